@@ -1,0 +1,174 @@
+"""The ``lqr`` backend: time-varying LQR with box-constrained controls, and its implicit VJP.
+
+Forward: the box-constrained LQR is a convex QP; it is solved by box-DDP
+(projected Newton per stage inside the Riccati sweep, a line search on the
+exact cost) iterated until the projected gradient of the total cost with
+respect to the controls is below ``tol``. Without bounds, one sweep is exact.
+
+Backward (Differentiable MPC paper, Module 1 and eq. 19): one more LQR solve
+with the cotangents as linear cost terms, f = 0, x_0 = 0 and the active
+controls frozen at zero, then the paper's eq. (8) for the cotangents of
+(C, c, F, f, x_0) and, from the reduced stationarity, of the bounds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from diffcontrol.backends.ops import Ops
+from diffcontrol.backends.riccati import _mv, costates, riccati_sweep, rollout
+from diffcontrol.errors import Status
+
+NAME = "lqr"
+
+#: The IR's arrays, batch-first: C (B,T,N,N), c (B,T,N), F (B,T,n,N), f (B,T,n),
+#: CT (B,n,n), cT (B,n), x0 (B,n), lo / hi (B,T,m) (infinite where unbounded).
+DATA_KEYS = ("C", "c", "F", "f", "CT", "cT", "x0", "lo", "hi")
+
+#: Options with their defaults and one line of documentation each.
+OPTIONS = {
+    "max_iter": (50, "box-DDP iterations at most (one suffices without bounds)"),
+    "tol": (None, "tolerance on the scaled projected gradient w.r.t. the controls; "
+                  "None: sqrt(machine epsilon) of the dtype"),
+    "backward": ("implicit", "'implicit' (one LQR solve, active set frozen) or 'unroll' "
+                             "(autodiff through every iteration)"),
+    "on_nonconvergence": ("warn", "'warn' (NotConvergedWarning) or 'raise' (SolverError)"),
+    "qp_max_iter": (20, "projected-Newton iterations of each stage's box QP"),
+    "ls_decay": (0.5, "step shrink factor of the line search"),
+    "ls_max_iter": (10, "line-search trials per iteration"),
+}
+BACKWARD_MODES = ("implicit", "unroll")
+
+
+@dataclass
+class Info:
+    """Per-example outcome: ``converged`` (B,) bool, ``iterations`` (B,) int,
+    ``residual`` (B,) the scaled projected gradient, ``status`` a list of :class:`Status`."""
+
+    converged: Any
+    iterations: Any
+    residual: Any
+    status: list
+
+
+def _affine_step(ops: Ops, F: Any, f: Any):
+    """x_{t+1} = F_t [x_t; u_t] + f_t as the rollout's step function."""
+
+    def step(t: int, x: Any, u: Any) -> Any:
+        return _mv(F[:, t], ops.xp.concatenate([x, u], -1)) + f[:, t]
+
+    return step
+
+
+def total_cost(ops: Ops, data: dict, x: Any, u: Any) -> Any:
+    """Exact objective (B,): sum_t 1/2 tau^T C tau + c^T tau + 1/2 x_T^T CT x_T + cT^T x_T."""
+    xp = ops.xp
+    tau = xp.concatenate([x[:, :-1], u], -1)
+    stage = 0.5 * (tau * _mv(data["C"], tau)).sum(-1) + (data["c"] * tau).sum(-1)
+    xT = x[:, -1]
+    return stage.sum(-1) + 0.5 * (xT * _mv(data["CT"], xT)).sum(-1) + (data["cT"] * xT).sum(-1)
+
+
+def projected_gradient_residual(ops: Ops, u: Any, g_u: Any, lo: Any, hi: Any) -> Any:
+    """max |u - clip(u - g_u)| / (1 + max |g_u|) per example: zero exactly at the QP's optimum."""
+    xp = ops.xp
+    pg = u - xp.minimum(xp.maximum(u - g_u, lo), hi)
+    flat = pg.reshape(pg.shape[0], -1)
+    scale = 1 + xp.amax(xp.abs(g_u.reshape(g_u.shape[0], -1)), -1)
+    return xp.amax(xp.abs(flat), -1) / scale
+
+
+def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tuple[Any, Any], Info, dict]:
+    """Solve the batch of (box-constrained) LQRs. Returns (x, u), Info and the residuals the VJP needs."""
+    xp = ops.xp
+    C, c, F, f, CT, cT, x0, lo, hi = (data[k] for k in DATA_KEYS)
+    B, T, m = lo.shape
+    bounded = bool((xp.isfinite(lo) | xp.isfinite(hi)).any())
+    tol = options["tol"] if options["tol"] is not None else ops.eps(C) ** 0.5
+    step = _affine_step(ops, F, f)
+
+    u = ops.zeros((B, T, m), C) if u_init is None else u_init
+    u = xp.minimum(xp.maximum(u, lo), hi)
+    zero_K = ops.zeros((B, T, m, x0.shape[-1]), C)
+    x, _ = rollout(ops, step, x0, u, ops.zeros((B, T, x0.shape[-1]), C), zero_K,
+                   ops.zeros((B, T, m), C), 0.0)
+    cost = total_cost(ops, data, x, u)
+    stalled = xp.zeros_like(cost, dtype=bool)
+    iterations = xp.where(stalled, 0, 0)
+    slack = 10 * ops.eps(C)
+
+    for _ in range(options["max_iter"]):
+        _, g_u = costates(ops, C, c, F, CT, cT, x, u)
+        residual = projected_gradient_residual(ops, u, g_u, lo, hi)
+        active = ~((residual <= tol) | stalled)
+        if not bool(active.any()):
+            break
+        # linear terms of the cost in deviation coordinates about the current iterate
+        tau = xp.concatenate([x[:, :-1], u], -1)
+        c_dev = _mv(C, tau) + c
+        cT_dev = _mv(CT, x[:, -1]) + cT
+        box = (lo - u, hi - u) if bounded else None
+        K, k, _ = riccati_sweep(ops, C, c_dev, F, CT, cT_dev, box=box, qp_max_iter=options["qp_max_iter"])
+        accepted = xp.zeros_like(active)
+        new_x, new_u, new_cost = x, u, cost
+        alpha = 1.0
+        for _ls in range(options["ls_max_iter"]):
+            cand_x, cand_u = rollout(ops, step, x0, u, x, K, k, alpha, lo if bounded else None, hi)
+            cand_cost = total_cost(ops, data, cand_x, cand_u)
+            ok = active & ~accepted & (cand_cost <= cost + slack * (1 + xp.abs(cost)))
+            new_x = xp.where(ok[:, None, None], cand_x, new_x)
+            new_u = xp.where(ok[:, None, None], cand_u, new_u)
+            new_cost = xp.where(ok, cand_cost, new_cost)
+            accepted = accepted | ok
+            if bool((accepted | ~active).all()):
+                break
+            alpha *= options["ls_decay"]
+        stalled = stalled | (active & ~accepted)
+        iterations = iterations + xp.where(accepted, 1, 0)
+        x, u, cost = new_x, new_u, new_cost
+
+    lam, g_u = costates(ops, C, c, F, CT, cT, x, u)
+    residual = projected_gradient_residual(ops, u, g_u, lo, hi)
+    converged = residual <= tol
+    status = [Status.CONVERGED if ok else (Status.LINE_SEARCH_FAILED if st else Status.MAX_ITER)
+              for ok, st in zip(converged.tolist(), stalled.tolist())]
+    # A control is active when the projected-gradient step lands on its bound.
+    active_lo = (u - g_u <= lo) & (g_u > 0)
+    active_hi = (u - g_u >= hi) & (g_u < 0)
+    saved = {"x": x, "u": u, "lam": lam, "active_lo": active_lo, "active_hi": active_hi}
+    return (x, u), Info(converged, iterations, residual, status), saved
+
+
+def vjp(data: dict, saved: dict, cotangents: tuple[Any, Any], ops: Ops) -> dict:
+    """Cotangents of the data given those of (x, u): one LQR solve with the active set frozen."""
+    xp = ops.xp
+    C, F, CT = data["C"], data["F"], data["CT"]
+    x, u, lam = saved["x"], saved["u"], saved["lam"]
+    gx, gu = cotangents
+    n, T = x.shape[-1], u.shape[1]
+    free = ~(saved["active_lo"] | saved["active_hi"])
+
+    g_tau = xp.concatenate([gx[:, :T], gu], -1)
+    g_T = gx[:, T]
+    K, k, _ = riccati_sweep(ops, C, g_tau, F, CT, g_T, free=free)
+    zeros_x = ops.zeros(x.shape[:1] + x.shape[2:], C)
+    dx, du = rollout(ops, _affine_step(ops, F, 0.0 * data["f"]), zeros_x, 0.0 * u, 0.0 * x[:, :T], K, k, 1.0)
+    dlam, r_u = costates(ops, C, g_tau, F, CT, g_T, dx, du)
+
+    tau = xp.concatenate([x[:, :T], u], -1)
+    d_tau = xp.concatenate([dx[:, :T], du], -1)
+    outer = d_tau[..., :, None] * tau[..., None, :]
+    outer_T = dx[:, T, :, None] * x[:, T, None, :]
+    zero = 0.0 * r_u
+    return {
+        "C": 0.5 * (outer + outer.mT),
+        "c": d_tau,
+        "F": lam[:, 1:, :, None] * d_tau[..., None, :] + dlam[:, 1:, :, None] * tau[..., None, :],
+        "f": dlam[:, 1:],
+        "CT": 0.5 * (outer_T + outer_T.mT),
+        "cT": dx[:, T],
+        "x0": dlam[:, 0],
+        "lo": xp.where(saved["active_lo"], r_u, zero),
+        "hi": xp.where(saved["active_hi"], r_u, zero),
+    }

@@ -1,0 +1,164 @@
+"""The batched Riccati kernel shared by the LQR-type backends (framework-neutral).
+
+Conventions (batch-first): ``C`` (B, T, N, N) and ``c`` (B, T, N) are the stage
+cost's Hessian and linear term over tau_t = [x_t; u_t] (N = n + m), ``F``
+(B, T, n, N) the dynamics' Jacobian, ``CT`` (B, n, n) and ``cT`` (B, n) the
+terminal cost's. ``ops`` supplies the array module and the two factorisations
+that differ between frameworks (see :mod:`diffcontrol.backends.ops`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from diffcontrol.backends.ops import Ops
+
+
+def _mv(A: Any, x: Any) -> Any:
+    """Batched matrix-vector product: (..., p, q) @ (..., q) -> (..., p)."""
+    return (A @ x[..., None])[..., 0]
+
+
+def _masked_hessian(ops: Ops, H: Any, free: Any) -> Any:
+    """H restricted to the free coordinates, with the identity on the clamped ones,
+    so one Cholesky serves every batch element whatever its free set."""
+    both = free[..., :, None] & free[..., None, :]
+    eye = ops.eye_like(H)
+    return ops.xp.where(both, H, 0.0 * H) + eye * (~free)[..., None, :]
+
+
+def box_qp(ops: Ops, H: Any, q: Any, lo: Any, hi: Any, max_iter: int) -> tuple[Any, Any, Any]:
+    """min_x 1/2 x^T H x + q^T x  s.t.  lo <= x <= hi, batched over the leading dims.
+
+    Projected Newton (Bertsekas 1982, as in Tassa et al. 2014's box-DDP) from
+    x = clip(0): Newton steps on the free set, Armijo backtracking along the
+    projection arc. Returns x, the free mask at x, and the Cholesky factor of
+    the free block (identity on clamped rows), which the caller reuses for K.
+    """
+    xp = ops.xp
+    x = xp.minimum(xp.maximum(0.0 * q, lo), hi)
+    tol = 100 * ops.eps(q)
+
+    def objective(z):
+        return 0.5 * (z * _mv(H, z)).sum(-1) + (q * z).sum(-1)
+
+    for _ in range(max_iter):
+        g = _mv(H, x) + q
+        free = ~(((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0)))
+        L = ops.cholesky(_masked_hessian(ops, H, free))
+        dx = -ops.cho_solve(L, g * free)
+        if not bool((xp.amax(xp.abs(dx), -1) > tol * (1 + xp.amax(xp.abs(x), -1))).any()):
+            break
+        f0, step = objective(x), 1.0
+        accepted = None
+        for _ls in range(20):
+            cand = xp.minimum(xp.maximum(x + step * dx, lo), hi)
+            ok = objective(cand) <= f0 + 1e-4 * (g * (cand - x)).sum(-1)
+            if accepted is None:
+                new, accepted = cand, ok
+            else:
+                new = xp.where((ok & ~accepted)[..., None], cand, new)
+                accepted = accepted | ok
+            if bool(accepted.all()):
+                break
+            step *= 0.5
+        x = xp.where(accepted[..., None], new, x)
+    g = _mv(H, x) + q
+    free = ~(((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0)))
+    return x, free, ops.cholesky(_masked_hessian(ops, H, free))
+
+
+def riccati_sweep(
+    ops: Ops,
+    C: Any,
+    c: Any,
+    F: Any,
+    CT: Any,
+    cT: Any,
+    *,
+    box: tuple[Any, Any] | None = None,
+    free: Any = None,
+    qp_max_iter: int = 20,
+) -> tuple[Any, Any, Any]:
+    """Backward Riccati recursion for the deviation problem
+    min sum_t 1/2 d_t^T C_t d_t + c_t^T d_t + 1/2 dx_T^T CT dx_T + cT^T dx_T,
+    dx_{t+1} = F_t d_t, dx_0 = 0.
+
+    Controls are limited either by ``box = (lo, hi)`` (each (B, T, m), bounds on
+    the control *deviation*; a box QP per stage decides the free set) or by a
+    fixed ``free`` mask (B, T, m) whose False entries are held at zero (the
+    backward pass's frozen active set). Neither: unconstrained.
+    Returns the policy du_t = K_t dx_t + k_t as K (B, T, m, n), k (B, T, m), and
+    the free mask (B, T, m).
+    """
+    xp = ops.xp
+    n = CT.shape[-1]
+    T = C.shape[1]
+    V, v = CT, cT
+    Ks, ks, frees = [None] * T, [None] * T, [None] * T
+    for t in reversed(range(T)):
+        Ft = F[:, t]
+        FtT = Ft.mT
+        Q = C[:, t] + FtT @ V @ Ft
+        q = c[:, t] + _mv(FtT, v)
+        Qxx, Qxu, Qux, Quu = Q[:, :n, :n], Q[:, :n, n:], Q[:, n:, :n], Q[:, n:, n:]
+        qx, qu = q[:, :n], q[:, n:]
+        if box is not None:
+            k, free_t, L = box_qp(ops, Quu, qu, box[0][:, t], box[1][:, t], qp_max_iter)
+        else:
+            free_t = free[:, t] if free is not None else xp.ones_like(qu, dtype=bool)
+            L = ops.cholesky(_masked_hessian(ops, Quu, free_t))
+            k = -ops.cho_solve(L, qu * free_t)
+        K = -ops.cho_solve(L, Qux * free_t[..., None])
+        KT = K.mT
+        V = Qxx + Qxu @ K + KT @ Qux + KT @ Quu @ K
+        V = 0.5 * (V + V.mT)
+        v = qx + _mv(Qxu, k) + _mv(KT, qu) + _mv(KT @ Quu, k)
+        Ks[t], ks[t], frees[t] = K, k, free_t
+    return xp.stack(Ks, 1), xp.stack(ks, 1), xp.stack(frees, 1)
+
+
+def rollout(
+    ops: Ops,
+    step: Callable[[int, Any, Any], Any],
+    x0: Any,
+    u_ref: Any,
+    x_ref: Any,
+    K: Any,
+    k: Any,
+    alpha: float,
+    lo: Any = None,
+    hi: Any = None,
+) -> tuple[Any, Any]:
+    """Forward pass of the policy u_t = clip(u_ref_t + alpha k_t + K_t (x_t - x_ref_t)),
+    x_{t+1} = step(t, x_t, u_t). Returns x (B, T+1, n) and u (B, T, m)."""
+    xp = ops.xp
+    x, xs, us = x0, [x0], []
+    for t in range(u_ref.shape[1]):
+        u = u_ref[:, t] + alpha * k[:, t] + _mv(K[:, t], x - x_ref[:, t])
+        if lo is not None:
+            u = xp.minimum(xp.maximum(u, lo[:, t]), hi[:, t])
+        x = step(t, x, u)
+        xs.append(x)
+        us.append(u)
+    return xp.stack(xs, 1), xp.stack(us, 1)
+
+
+def costates(ops: Ops, C: Any, c: Any, F: Any, CT: Any, cT: Any, x: Any, u: Any) -> tuple[Any, Any]:
+    """The adjoint recursion (the Differentiable MPC paper's eq. 7, our horizon convention):
+    lam_T = CT x_T + cT, g_t = C_t tau_t + c_t + F_t^T lam_{t+1}, lam_t = g_t[:n].
+
+    Returns lam (B, T+1, n) and g_u (B, T, m), the gradient of the total cost
+    with respect to each control through the dynamics.
+    """
+    xp = ops.xp
+    n, T = x.shape[-1], u.shape[1]
+    lam = _mv(CT, x[:, T]) + cT
+    lams, gus = [lam] + [None] * T, [None] * T
+    for t in reversed(range(T)):
+        tau = xp.concatenate([x[:, t], u[:, t]], -1)
+        g = _mv(C[:, t], tau) + c[:, t] + _mv(F[:, t].mT, lam)
+        lam, gus[t] = g[:, :n], g[:, n:]
+        lams[T - t] = lam
+    return xp.stack(lams[::-1], 1), xp.stack(gus, 1)

@@ -1,0 +1,1 @@
+"""From a declared problem to a compiled one: analysis, selection, lowering."""

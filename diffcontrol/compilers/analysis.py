@@ -1,0 +1,214 @@
+"""Analysis: compose the atoms' local facts into a :class:`ProblemForm`, each fact with its reason.
+
+This is the one place where "the dynamics are affine" or "the stage cost is
+quadratic" is decided; atoms only state how their own facts follow from their
+arguments'.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from diffcontrol.dsl.atoms import Index
+from diffcontrol.dsl.constraints import Constraint, Equality, Inequality
+from diffcontrol.dsl.expression import CONSTANT, CONVEX, Expression
+from diffcontrol.dsl.function import FunctionCall
+from diffcontrol.dsl.leaves import Control, Leaf
+from diffcontrol.dsl.problems import ControlProblem, Problem
+from diffcontrol.dsl.traverse import walk
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """Facts of one expression: polynomial degree in the decision leaves (None: not
+    polynomial), DCP curvature and sign, smoothness, and which decision leaves it uses."""
+
+    degree: int | None
+    curvature: str
+    sign: str
+    smooth: bool
+    opaque: bool
+    uses: frozenset[int]
+
+
+def expression_facts(expr: Expression, memo: dict[int, NodeFacts] | None = None) -> NodeFacts:
+    """Compose the local facts bottom-up (memoised by node identity)."""
+    memo = {} if memo is None else memo
+    for node in walk([expr]):
+        if id(node) in memo:
+            continue
+        args = [memo[id(a)] for a in node.args]
+        if isinstance(node, Leaf):
+            decision = node.is_decision
+            facts = NodeFacts(1 if decision else 0, node.curvature([], []), node.sign([]), True, False,
+                              frozenset([id(node)]) if decision else frozenset())
+        else:
+            facts = NodeFacts(
+                degree=None if isinstance(node, FunctionCall) and any(a.degree != 0 for a in args)
+                else node.degree([a.degree for a in args]),
+                curvature=node.curvature([a.curvature for a in args], [a.sign for a in args]),
+                sign=node.sign([a.sign for a in args]),
+                smooth=node.smooth and all(a.smooth for a in args),
+                opaque=isinstance(node, FunctionCall) or any(a.opaque for a in args),
+                uses=frozenset().union(*(a.uses for a in args)),
+            )
+        memo[id(node)] = facts
+    return memo[id(expr)]
+
+
+def first_term_beyond_degree(expr: Expression, max_degree: int) -> Expression | None:
+    """The innermost sub-expression whose degree exceeds ``max_degree`` (None if none does):
+    the term to name in an error message."""
+    memo: dict[int, NodeFacts] = {}
+    expression_facts(expr, memo)
+    for node in walk([expr]):
+        d = memo[id(node)].degree
+        if d is None or d > max_degree:
+            return node
+    return None
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One detected property: a short ``value`` and the ``reason`` behind it."""
+
+    value: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class BoxBound:
+    """``u[index] >= bound`` (``lower``) or ``u[index] <= bound``, from one constraint."""
+
+    lower: bool
+    index: object  # slice(None) for the whole control, else an Index's index
+    bound: Expression
+    source: Constraint
+
+
+@dataclass(frozen=True)
+class ProblemForm:
+    """The structure of a problem, as the backends' capabilities are written against it."""
+
+    kind: str  # "control" or "generic"
+    facts: dict[str, Fact]
+    box_bounds: tuple[BoxBound, ...] = ()
+    other_constraints: tuple[tuple[str, Constraint], ...] = field(default=())
+
+    def value(self, name: str) -> str | None:
+        fact = self.facts.get(name)
+        return None if fact is None else fact.value
+
+
+# ---- control problems ---------------------------------------------------------------
+
+
+def analyse(problem: ControlProblem | Problem) -> ProblemForm:
+    if isinstance(problem, ControlProblem):
+        return _analyse_control(problem)
+    return _analyse_generic(problem)
+
+
+def _analyse_control(p: ControlProblem) -> ProblemForm:
+    facts = {
+        "time structure": Fact(
+            "finite horizon",
+            f"states x_0..x_{p.horizon} in R^{p.n}, controls u_0..u_{p.horizon - 1} in R^{p.m}, "
+            f"horizon T={p.horizon}",
+        ),
+        "dynamics": _dynamics_fact(p.transition),
+        "stage cost": _cost_fact(p.cost, "stage cost"),
+        "terminal cost": Fact("none", "no terminal_cost given")
+        if p.terminal_cost is None else _cost_fact(p.terminal_cost, "terminal cost"),
+    }
+    boxes, others = [], []
+    for c in p.constraints:
+        kind, box = _classify_constraint(c, p)
+        if box is not None:
+            boxes.append(box)
+        else:
+            others.append((kind, c))
+    if not p.constraints:
+        facts["constraints"] = Fact("none", "no constraints")
+    else:
+        parts = []
+        if boxes:
+            parts.append("box on controls: " + ", ".join(str(b.source) for b in boxes))
+        parts += [f"{kind}: {c}" for kind, c in others]
+        kinds = (["box on controls"] if boxes else []) + sorted({k for k, _ in others})
+        facts["constraints"] = Fact(", ".join(kinds), "; ".join(parts))
+    return ProblemForm("control", facts, tuple(boxes), tuple(others))
+
+
+def _dynamics_fact(expr: Expression) -> Fact:
+    f = expression_facts(expr)
+    if f.opaque:
+        return Fact("opaque", f"{expr} calls an opaque dc.Function (derivatives by autodiff)")
+    if f.degree is not None and f.degree <= 1:
+        return Fact("affine", f"affine in (x, u): {expr}")
+    term = first_term_beyond_degree(expr, 1)
+    if not f.smooth:
+        return Fact("nonsmooth", f"{term} in the dynamics is not affine, and the dynamics are not smooth")
+    return Fact("smooth", f"{term} in the dynamics is not affine in (x, u)")
+
+
+def _cost_fact(expr: Expression, what: str) -> Fact:
+    f = expression_facts(expr)
+    if f.degree is not None and f.degree <= 2:
+        if f.curvature in (CONVEX, CONSTANT) or f.degree <= 1:
+            return Fact("quadratic, convex", f"{expr} is quadratic in (x, u) and convex by DCP rules")
+        return Fact("quadratic, convexity unknown",
+                    f"{expr} is quadratic in (x, u); its convexity depends on parameter values "
+                    "and is checked at solve time")
+    term = first_term_beyond_degree(expr, 2)
+    if f.opaque:
+        return Fact("opaque", f"{expr} calls an opaque dc.Function")
+    return Fact("smooth" if f.smooth else "nonsmooth", f"{term} in the {what} is not quadratic in (x, u)")
+
+
+def _classify_constraint(c: Constraint, p: ControlProblem) -> tuple[str, BoxBound | None]:
+    """Name the constraint's kind; a box bound on the control also gets its BoxBound."""
+    uses = expression_facts(c.lhs).uses | expression_facts(c.rhs).uses
+    if id(p.state) in uses:
+        return ("state constraint" if id(p.control) not in uses else "mixed state-control constraint"), None
+    if not uses:
+        return "constraint on parameters only", None
+    if isinstance(c, Inequality):
+        for side, other, lower in ((c.lhs, c.rhs, False), (c.rhs, c.lhs, True)):
+            index = _control_selection(side, p.control)
+            if index is not None and not expression_facts(other).uses:
+                return "box on controls", BoxBound(lower, index, other, c)
+    if isinstance(c, Equality):
+        return "equality on controls", None
+    return "general inequality on controls", None
+
+
+def _control_selection(expr: Expression, control: Control) -> object | None:
+    """``slice(None)`` if expr is the control itself, the index if it is ``u[index]``."""
+    if expr is control:
+        return slice(None)
+    if isinstance(expr, Index) and expr.args[0] is control:
+        return expr.index
+    return None
+
+
+# ---- generic problems ------------------------------------------------------------------
+
+
+def _analyse_generic(p: Problem) -> ProblemForm:
+    f = expression_facts(p.objective.expr)
+    if f.curvature in (CONVEX, CONSTANT) or (f.degree is not None and f.degree <= 1):
+        objective = Fact("convex", f"{p.objective.expr} is convex by DCP rules")
+    elif f.opaque:
+        objective = Fact("opaque", f"{p.objective.expr} calls an opaque dc.Function")
+    else:
+        objective = Fact("smooth" if f.smooth else "nonsmooth",
+                         f"{p.objective.expr} is not certified convex by DCP rules")
+    sizes = ", ".join(f"{v.name}{v.shape}" for v in p.variables())
+    facts = {
+        "time structure": Fact("none", f"a generic argmin over {sizes}"),
+        "objective": objective,
+        "constraints": Fact("none", "no constraints") if not p.constraints else Fact(
+            "general", "; ".join(str(c) for c in p.constraints)),
+    }
+    return ProblemForm("generic", facts)

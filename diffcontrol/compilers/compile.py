@@ -1,0 +1,60 @@
+"""compile(): analysis -> selection -> options -> lowering, each step one call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from diffcontrol.backends.registry import BY_NAME
+from diffcontrol.compilers.analysis import analyse
+from diffcontrol.compilers.compiled import CompiledProblem
+from diffcontrol.compilers.lower_lqr import lower_lqr
+from diffcontrol.compilers.selection import select
+from diffcontrol.errors import BackendError
+
+#: backend name -> lowering pass (ProblemForm facts were checked by selection)
+LOWERINGS = {"lqr": lower_lqr}
+
+
+def resolve_options(backend_module: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The backend's defaults updated with ``options``; unknown names and bad values raise."""
+    known = backend_module.OPTIONS
+    for name in options:
+        if name not in known:
+            raise BackendError(f"unknown option {name!r} for backend '{backend_module.NAME}'; "
+                               f"valid options: {', '.join(known)}")
+    resolved = {name: default for name, (default, _doc) in known.items()}
+    resolved.update(options)
+    if resolved["backward"] not in backend_module.BACKWARD_MODES:
+        raise BackendError(f"backward={resolved['backward']!r} is not offered by '{backend_module.NAME}'; "
+                           f"choose one of {', '.join(map(repr, backend_module.BACKWARD_MODES))}")
+    if resolved["on_nonconvergence"] not in ("warn", "raise"):
+        raise BackendError(f"on_nonconvergence must be 'warn' or 'raise', got {resolved['on_nonconvergence']!r}")
+    for name in ("max_iter", "qp_max_iter", "ls_max_iter"):
+        if name in resolved and (not isinstance(resolved[name], int) or resolved[name] < 1):
+            raise BackendError(f"{name} must be a positive int, got {resolved[name]!r}")
+    if resolved.get("tol") is not None and not resolved["tol"] > 0:
+        raise BackendError(f"tol must be positive, got {resolved['tol']!r}")
+    return resolved
+
+
+def compile_problem(problem: Any, backend: str, options: dict[str, Any]) -> CompiledProblem:
+    form = analyse(problem)                      # facts, each with its reason
+    decision = select(form, backend)             # raises BackendError for a forced misfit
+    if decision.chosen is None:
+        reasons = "\n".join(f"  - {name}: {why}" for name, why in decision.rejected.items())
+        raise BackendError(f"no available backend takes this problem:\n{reasons}")
+    module = BY_NAME[decision.chosen].load()
+    resolved = resolve_options(module, options)  # defaults + validation
+    program = LOWERINGS[decision.chosen](problem, form)
+    return CompiledProblem(problem, form, decision, program, module, resolved)
+
+
+def explain_problem(problem: Any) -> str:
+    """explain() of compile(backend="auto"), or of the analysis alone when nothing fits."""
+    from diffcontrol.explain import report
+
+    form = analyse(problem)
+    decision = select(form, "auto")
+    if decision.chosen is None:
+        return report(problem, form, decision, None, None)
+    return compile_problem(problem, "auto", {}).explain()

@@ -1,0 +1,60 @@
+"""CompiledProblem: an immutable artifact holding the analysis, the decision and the lowered IR."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from diffcontrol.compilers.analysis import ProblemForm
+from diffcontrol.compilers.selection import Decision
+from diffcontrol.dsl.leaves import Parameter
+
+
+@dataclass(frozen=True)
+class CompiledProblem:
+    """The result of ``prob.compile()``. Holds no per-call state: one compiled problem may
+    back several layers, used from several threads."""
+
+    problem: Any
+    form: ProblemForm
+    decision: Decision
+    program: Any
+    backend_module: ModuleType
+    options: dict[str, Any] = field(repr=False)
+
+    @property
+    def backend(self) -> str:
+        """The chosen backend's name: "lqr", ..."""
+        return self.decision.chosen
+
+    @property
+    def parameters(self) -> list[Parameter]:
+        """The layer's inputs, in order of first appearance."""
+        return list(self.program.parameters)
+
+    def tolerance(self, dtype: Any) -> float:
+        """The convergence tolerance in force for ``dtype`` (the ``tol`` option or its default)."""
+        import torch
+
+        tol = self.options.get("tol")
+        return tol if tol is not None else torch.finfo(dtype).eps ** 0.5
+
+    def explain(self) -> str:
+        """The detected structure, the backend chosen and why the others were not, and the
+        lowered problem."""
+        from diffcontrol.explain import report
+
+        return report(self.problem, self.form, self.decision, self.program, self.options)
+
+    def to_torch(self):
+        """A ``torch.nn.Module`` that solves the problem for given parameters, differentiably."""
+        from diffcontrol.emitters.torch_layer import TorchLayer
+
+        return TorchLayer(self)
+
+    def to_jax(self):
+        """A JAX function with a custom VJP (planned; raises until the JAX emitter lands)."""
+        from diffcontrol.errors import BackendError
+
+        raise BackendError("to_jax() is not available yet; use to_torch() for now")

@@ -1,0 +1,49 @@
+"""Evaluating expressions with a framework's arrays and autodiff (no framework imported here).
+
+``Framework`` is what an emitter supplies: the array module, constants, and
+the function transforms (vmap, jacobian, hessian, grad) through which the
+framework's own autodiff owns the parameter -> data map (ARCHITECTURE.md,
+principle 4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from diffcontrol.dsl.expression import Expression
+from diffcontrol.dsl.leaves import Constant, Leaf
+from diffcontrol.dsl.traverse import walk
+
+
+class Framework(Protocol):
+    xp: Any
+
+    def constant(self, value: Any, like: Any) -> Any:
+        """A NumPy value as an array of ``like``'s dtype and device."""
+
+    def vmap(self, fn: Callable) -> Callable:
+        """Vectorise ``fn`` over the leading axis of every input (pytrees of arrays)."""
+
+    def jacobian(self, fn: Callable) -> Callable:
+        """d fn / d(first argument), a vector-in, array-out Jacobian."""
+
+    def hessian(self, fn: Callable) -> Callable:
+        """Hessian of a scalar ``fn`` with respect to its first argument."""
+
+    def grad(self, fn: Callable) -> Callable:
+        """Gradient of a scalar ``fn`` with respect to its first argument."""
+
+
+def evaluate(roots: Iterable[Expression], env: dict[int, Any], fw: Framework, like: Any) -> list[Any]:
+    """Values of ``roots`` (no batch dimension) given leaf values ``env`` keyed by ``id(leaf)``."""
+    roots = list(roots)
+    values: dict[int, Any] = {}
+    for node in walk(roots):
+        if isinstance(node, Constant):
+            values[id(node)] = fw.constant(node.value, like)
+        elif isinstance(node, Leaf):
+            values[id(node)] = env[id(node)]
+        else:
+            values[id(node)] = node.evaluate(fw.xp, [values[id(a)] for a in node.args])
+    return [values[id(r)] for r in roots]

@@ -1,0 +1,151 @@
+"""Symbolic forms of the LQR data for explain(): F = [A  B], C = blockdiag(2*I, 0.2*I), ...
+
+Coefficients of affine expressions and Hessian blocks of the common quadratic
+atoms, rendered as short matrix expressions. Anything these rules do not
+cover renders as the derivative it stands for (still exact at call time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from diffcontrol.compilers.analysis import expression_facts
+from diffcontrol.dsl import atoms
+from diffcontrol.dsl.expression import Expression
+from diffcontrol.dsl.leaves import Constant, Leaf
+
+
+@dataclass(frozen=True)
+class Sym:
+    """``scale * text``, where text is a matrix expression ("I", "A", "A @ B")."""
+
+    text: str
+    scale: float = 1.0
+
+    def __str__(self) -> str:
+        if self.scale == 1.0:
+            return self.text
+        if self.scale == -1.0:
+            return f"-{self.text}"
+        return f"{self.scale:g}*{self.text}"
+
+    def times(self, factor: float) -> Sym:
+        return Sym(self.text, self.scale * factor)
+
+
+def _add(a: Sym | None, b: Sym | None) -> Sym | None:
+    if a is None or b is None:
+        return a if b is None else b
+    if a.text == b.text:
+        return Sym(a.text, a.scale + b.scale)
+    return Sym(f"{a} + {b}".replace("+ -", "- "))
+
+
+def _const_scale(expr: Expression) -> float | None:
+    return float(expr.value) if isinstance(expr, Constant) and expr.value.ndim == 0 else None
+
+
+def _scale(factor: Expression, s: Sym | None) -> Sym | None:
+    if s is None:
+        return None
+    k = _const_scale(factor)
+    if k is not None:
+        return s.times(k)
+    return Sym(f"{factor}*{s}" if s.scale == 1.0 else f"{s.scale:g}*{factor}*{s.text}")
+
+
+def _matmul(left: str, s: Sym | None) -> Sym | None:
+    if s is None:
+        return None
+    return Sym(left if s.text == "I" else f"{left} @ {s.text}", s.scale)
+
+
+def coefficient(expr: Expression, var: Leaf) -> Sym | None:
+    """d expr / d var for an expression affine in the decision leaves (None: zero)."""
+    if expr is var:
+        return Sym("I")
+    if isinstance(expr, Leaf) or not (expression_facts(expr).uses & {id(var)}):
+        return None
+    a = expr.args
+    if isinstance(expr, atoms.Add):
+        return _add(coefficient(a[0], var), coefficient(a[1], var))
+    if isinstance(expr, atoms.Neg):
+        c = coefficient(a[0], var)
+        return None if c is None else c.times(-1.0)
+    if isinstance(expr, atoms.Multiply):
+        if expression_facts(a[0]).degree == 0:
+            return _scale(a[0], coefficient(a[1], var))
+        if expression_facts(a[1]).degree == 0:
+            return _scale(a[1], coefficient(a[0], var))
+    if isinstance(expr, atoms.Divide) and expression_facts(a[1]).degree == 0:
+        k, c = _const_scale(a[1]), coefficient(a[0], var)
+        if c is None or k is not None:
+            return None if c is None else c.times(1.0 / k)
+        return Sym(f"{c}/{a[1]}")
+    if isinstance(expr, atoms.MatMul) and expression_facts(a[0]).degree == 0:
+        return _matmul(str(a[0]) if isinstance(a[0], Leaf) else f"({a[0]})", coefficient(a[1], var))
+    if isinstance(expr, atoms.Index):
+        c = coefficient(a[0], var)
+        return None if c is None else Sym(f"{c.text}[{str(expr)[len(str(a[0])) + 1:-1]}]", c.scale)
+    return Sym(f"d({expr})/d{var.name}")
+
+
+def hessian_blocks(expr: Expression, variables: list[Leaf]) -> dict[tuple[int, int], Sym] | None:
+    """Hessian blocks {(i, j): d^2 expr / d v_i d v_j} of a quadratic expression, or None
+    when a term is outside the rules."""
+    a = expr.args
+    facts = expression_facts(expr)
+    if facts.degree is not None and facts.degree <= 1:
+        return {}
+    if isinstance(expr, atoms.Add):
+        left, right = hessian_blocks(a[0], variables), hessian_blocks(a[1], variables)
+        if left is None or right is None:
+            return None
+        return {k: s for k in set(left) | set(right) if (s := _add(left.get(k), right.get(k))) is not None}
+    if isinstance(expr, atoms.Neg):
+        inner = hessian_blocks(a[0], variables)
+        return None if inner is None else {k: s.times(-1.0) for k, s in inner.items()}
+    if isinstance(expr, atoms.Multiply) and expr.shape == ():
+        for factor, rest in ((a[0], a[1]), (a[1], a[0])):
+            if expression_facts(factor).degree == 0 and factor.shape == ():
+                inner = hessian_blocks(rest, variables)
+                return None if inner is None else {k: _scale(factor, s) for k, s in inner.items()}
+    if isinstance(expr, (atoms.SumSquares, atoms.Square)) or (
+            isinstance(expr, atoms.Power) and expr.p == 2.0):
+        if isinstance(expr, atoms.SumSquares) or expr.shape == ():
+            return _gram(a[0], variables, None)
+    if isinstance(expr, atoms.QuadForm) and expression_facts(a[1]).degree == 0:
+        return _gram(a[0], variables, a[1])
+    return None
+
+
+def _gram(inner: Expression, variables: list[Leaf], P: Expression | None) -> dict | None:
+    """Blocks 2 J_i^T J_j (sum of squares) or J_i^T (P + P^T) J_j (quad_form) of an affine ``inner``."""
+    if (expression_facts(inner).degree or 0) > 1:
+        return None
+    if P is None:
+        core, factor = None, 2.0
+    elif isinstance(P, Constant) and np.allclose(P.value, P.value.T):
+        core, factor = str(P), 2.0
+    else:
+        core, factor = f"({P} + {P}.T)", 1.0
+    J = [coefficient(inner, v) for v in variables]
+    out = {}
+    for i, Ji in enumerate(J):
+        for j, Jj in enumerate(J):
+            if Ji is None or Jj is None:
+                continue
+            parts = ([] if Ji.text == "I" else [f"({Ji.text}).T"]) + ([core] if core else []) \
+                + ([] if Jj.text == "I" else [Jj.text])
+            out[(i, j)] = Sym(" @ ".join(parts) or "I", factor * Ji.scale * Jj.scale)
+    return out
+
+
+def render_block_matrix(blocks: dict[tuple[int, int], Sym], k: int) -> str:
+    """blockdiag(...) when off-diagonal blocks vanish, else [[..., ...], [..., ...]]."""
+    if all(i == j for i, j in blocks):
+        return f"blockdiag({', '.join(str(blocks.get((i, i), '0')) for i in range(k))})"
+    rows = ["[" + ", ".join(str(blocks.get((i, j), "0")) for j in range(k)) + "]" for i in range(k)]
+    return "[" + ", ".join(rows) + "]"

@@ -1,0 +1,1 @@
+"""The modelling language: leaves, atoms, constraints and problems."""

@@ -1,0 +1,581 @@
+"""Atoms: every operator and function of the DSL, each stating its local facts.
+
+An atom says how its shape, polynomial degree, curvature and sign follow from
+its arguments'; it never looks further down the tree. Evaluation uses the
+array module it is handed (``torch`` or ``jax.numpy``) through the names both
+share, on values without a batch dimension.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from diffcontrol.dsl.expression import (
+    AFFINE,
+    ANY_SIGN,
+    CONCAVE,
+    CONSTANT,
+    CONVEX,
+    NONNEG,
+    NONPOS,
+    UNKNOWN,
+    Expression,
+    as_expression,
+    broadcast_shape,
+)
+from diffcontrol.errors import ModelError
+
+_FLIP = {CONVEX: CONCAVE, CONCAVE: CONVEX}
+
+
+def _add_curvatures(curvatures: Sequence[str]) -> str:
+    """Curvature of a sum (DCP): convex + concave is unknown."""
+    kinds = {c for c in curvatures if c != CONSTANT}
+    if not kinds:
+        return CONSTANT
+    if kinds <= {AFFINE}:
+        return AFFINE
+    if kinds <= {AFFINE, CONVEX}:
+        return CONVEX
+    if kinds <= {AFFINE, CONCAVE}:
+        return CONCAVE
+    return UNKNOWN
+
+
+def _add_signs(signs: Sequence[str]) -> str:
+    if all(s == NONNEG for s in signs):
+        return NONNEG
+    if all(s == NONPOS for s in signs):
+        return NONPOS
+    return ANY_SIGN
+
+
+def _scale_curvature(curvature: str, sign: str) -> str:
+    """Curvature of (constant of ``sign``) * (expression of ``curvature``)."""
+    if curvature in (CONSTANT, AFFINE):
+        return curvature
+    if sign == NONNEG:
+        return curvature
+    if sign == NONPOS:
+        return _FLIP.get(curvature, UNKNOWN)
+    return UNKNOWN
+
+
+def _multiply_signs(a: str, b: str) -> str:
+    if ANY_SIGN in (a, b):
+        return ANY_SIGN
+    return NONNEG if a == b else NONPOS
+
+
+def _sum_degrees(degrees: Sequence[int | None]) -> int | None:
+    return None if any(d is None for d in degrees) else sum(degrees)
+
+
+def _max_degree(degrees: Sequence[int | None]) -> int | None:
+    return None if any(d is None for d in degrees) else max(degrees, default=0)
+
+
+class Add(Expression):
+    def __init__(self, a: Expression, b: Expression):
+        self.args = (a, b)
+        self.shape = broadcast_shape(a, b, "+")
+
+    degree = staticmethod(_max_degree)
+
+    def curvature(self, arg_curvatures, arg_signs):
+        return _add_curvatures(arg_curvatures)
+
+    def sign(self, arg_signs):
+        return _add_signs(arg_signs)
+
+    def evaluate(self, xp, values):
+        return values[0] + values[1]
+
+    def render(self, s):
+        return f"{s[0]} - {s[1][1:]}" if isinstance(self.args[1], Neg) else f"{s[0]} + {s[1]}"
+
+
+class Neg(Expression):
+    def __init__(self, a: Expression):
+        self.args = (a,)
+        self.shape = a.shape
+
+    degree = staticmethod(_max_degree)
+
+    def curvature(self, arg_curvatures, arg_signs):
+        return _FLIP.get(arg_curvatures[0], arg_curvatures[0])
+
+    def sign(self, arg_signs):
+        return {NONNEG: NONPOS, NONPOS: NONNEG}.get(arg_signs[0], ANY_SIGN)
+
+    def evaluate(self, xp, values):
+        return -values[0]
+
+    def render(self, s):
+        return f"-{_paren(self.args[0], s[0])}"
+
+
+class Multiply(Expression):
+    """Elementwise product with NumPy broadcasting (a scalar times anything included)."""
+
+    def __init__(self, a: Expression, b: Expression):
+        self.args = (a, b)
+        self.shape = broadcast_shape(a, b, "*")
+
+    degree = staticmethod(_sum_degrees)
+
+    def curvature(self, c, s):
+        if c[0] == CONSTANT:
+            return _scale_curvature(c[1], s[0])
+        if c[1] == CONSTANT:
+            return _scale_curvature(c[0], s[1])
+        return UNKNOWN
+
+    def sign(self, s):
+        return _multiply_signs(*s)
+
+    def evaluate(self, xp, values):
+        return values[0] * values[1]
+
+    def render(self, s):
+        return f"{_paren(self.args[0], s[0])} * {_paren(self.args[1], s[1])}"
+
+
+class Divide(Expression):
+    def __init__(self, a: Expression, b: Expression):
+        self.args = (a, b)
+        self.shape = broadcast_shape(a, b, "/")
+
+    def degree(self, d):
+        return d[0] if d[1] == 0 else None
+
+    def curvature(self, c, s):
+        if c[1] == CONSTANT:
+            return _scale_curvature(c[0], s[1])
+        return UNKNOWN
+
+    def sign(self, s):
+        return _multiply_signs(*s)
+
+    def evaluate(self, xp, values):
+        return values[0] / values[1]
+
+    def render(self, s):
+        return f"{_paren(self.args[0], s[0])} / {_paren(self.args[1], s[1], strict=True)}"
+
+
+class Power(Expression):
+    """``a ** p`` for a constant number ``p``."""
+
+    def __init__(self, a: Expression, p: Any):
+        if not isinstance(p, numbers.Real) or isinstance(p, bool):
+            raise ModelError(f"the exponent of {a} ** p must be a constant number, got {p!r}")
+        self.args = (a,)
+        self.p = float(p)
+        self.shape = a.shape
+
+    def _is_natural(self) -> bool:
+        return self.p.is_integer() and self.p >= 0
+
+    def degree(self, d):
+        if d[0] == 0:
+            return 0
+        return None if d[0] is None or not self._is_natural() else d[0] * int(self.p)
+
+    def curvature(self, c, s):
+        if c[0] == CONSTANT or self.p == 0:
+            return CONSTANT
+        if self.p == 1:
+            return c[0]
+        if self._is_natural() and int(self.p) % 2 == 0 and c[0] == AFFINE:
+            return CONVEX
+        return UNKNOWN
+
+    def sign(self, s):
+        return NONNEG if self._is_natural() and int(self.p) % 2 == 0 else ANY_SIGN
+
+    def evaluate(self, xp, values):
+        return values[0] ** self.p
+
+    def render(self, s):
+        return f"{_paren(self.args[0], s[0], strict=True)} ** {self.p:g}"
+
+
+class MatMul(Expression):
+    def __init__(self, a: Expression, b: Expression):
+        self.args = (a, b)
+        if a.ndim == 0 or b.ndim == 0 or a.ndim > 2 or b.ndim > 2:
+            raise ModelError(
+                f"'@' needs vectors or matrices, got shapes {a.shape} and {b.shape} in ({a}) @ ({b}); "
+                "use '*' for scalars"
+            )
+        if a.shape[-1] != b.shape[0]:
+            raise ModelError(f"shapes {a.shape} and {b.shape} do not match for '@' in ({a}) @ ({b})")
+        self.shape = a.shape[:-1] + b.shape[1:]
+
+    degree = staticmethod(_sum_degrees)
+
+    def curvature(self, c, s):
+        if c[0] == CONSTANT and c[1] == CONSTANT:
+            return CONSTANT
+        if CONSTANT in c and AFFINE in c:
+            return AFFINE
+        return UNKNOWN
+
+    def evaluate(self, xp, values):
+        return xp.matmul(values[0], values[1])
+
+    def render(self, s):
+        return f"{_paren(self.args[0], s[0])} @ {_paren(self.args[1], s[1], strict=True)}"
+
+
+class Index(Expression):
+    """``a[index]`` with ints, slices and integer lists, as NumPy basic/advanced indexing."""
+
+    def __init__(self, a: Expression, index: Any):
+        if a.ndim == 0:
+            raise ModelError(f"cannot index the scalar expression {a}")
+        self.index = _freeze_index(index)
+        try:
+            self.shape = np.empty(a.shape)[self.index].shape
+        except (IndexError, TypeError, ValueError) as exc:
+            raise ModelError(f"invalid index {index!r} for {a} of shape {a.shape}: {exc}") from None
+        self.args = (a,)
+
+    degree = staticmethod(_max_degree)
+
+    def curvature(self, c, s):
+        return c[0]
+
+    def sign(self, s):
+        return s[0]
+
+    def evaluate(self, xp, values):
+        return values[0][self.index]
+
+    def render(self, s):
+        return f"{_paren(self.args[0], s[0], strict=True)}[{_format_index(self.index)}]"
+
+
+class Transpose(Expression):
+    def __init__(self, a: Expression):
+        self.args = (a,)
+        self.shape = a.shape[::-1]
+
+    degree = staticmethod(_max_degree)
+
+    def curvature(self, c, s):
+        return c[0]
+
+    def sign(self, s):
+        return s[0]
+
+    def evaluate(self, xp, values):
+        return values[0].T if len(self.shape) == 2 else values[0]
+
+    def render(self, s):
+        return f"{_paren(self.args[0], s[0], strict=True)}.T"
+
+
+# ---- elementwise functions ----------------------------------------------------------
+
+
+class Elementwise(Expression):
+    """A smooth elementwise function; subclasses set ``fn`` (the array-module name)."""
+
+    fn = ""
+    #: curvature when the argument is affine (composition rules keep it simple)
+    of_affine = UNKNOWN
+    out_sign = ANY_SIGN
+
+    def __init__(self, a: Any):
+        a = as_expression(a)
+        self.args = (a,)
+        self.shape = a.shape
+
+    def degree(self, d):
+        return 0 if d[0] == 0 else None
+
+    def curvature(self, c, s):
+        if c[0] == CONSTANT:
+            return CONSTANT
+        return self.of_affine if c[0] == AFFINE else UNKNOWN
+
+    def sign(self, s):
+        return self.out_sign
+
+    def evaluate(self, xp, values):
+        return getattr(xp, self.fn)(values[0])
+
+    def render(self, s):
+        return f"{type(self).__name__.lower()}({s[0]})"
+
+
+class Sin(Elementwise):
+    fn = "sin"
+
+
+class Cos(Elementwise):
+    fn = "cos"
+
+
+class Tan(Elementwise):
+    fn = "tan"
+
+
+class Tanh(Elementwise):
+    fn = "tanh"
+
+
+class Exp(Elementwise):
+    fn, of_affine, out_sign = "exp", CONVEX, NONNEG
+
+
+class Log(Elementwise):
+    fn, of_affine = "log", CONCAVE
+
+
+class Sqrt(Elementwise):
+    fn, of_affine, out_sign = "sqrt", CONCAVE, NONNEG
+
+
+class Abs(Elementwise):
+    fn, of_affine, out_sign, smooth = "abs", CONVEX, NONNEG, False
+
+
+class Square(Elementwise):
+    fn, of_affine, out_sign = "square", CONVEX, NONNEG
+
+    def degree(self, d):
+        return None if d[0] is None else 2 * d[0]
+
+
+class Atan2(Expression):
+    def __init__(self, y: Any, x: Any):
+        y, x = as_expression(y), as_expression(x)
+        self.args = (y, x)
+        self.shape = broadcast_shape(y, x, "atan2")
+
+    def evaluate(self, xp, values):
+        return xp.arctan2(values[0], values[1])
+
+    def render(self, s):
+        return f"atan2({s[0]}, {s[1]})"
+
+
+# ---- reductions and quadratic atoms --------------------------------------------------
+
+
+class Sum(Expression):
+    def __init__(self, a: Any, axis: int | None = None):
+        a = as_expression(a)
+        self.args = (a,)
+        self.axis = axis
+        if axis is None:
+            self.shape = ()
+        else:
+            if not -a.ndim <= axis < a.ndim:
+                raise ModelError(f"axis {axis} is out of range for {a} of shape {a.shape}")
+            self.shape = a.shape[: axis % a.ndim] + a.shape[axis % a.ndim + 1 :]
+
+    degree = staticmethod(_max_degree)
+
+    def curvature(self, c, s):
+        return c[0]
+
+    def sign(self, s):
+        return s[0]
+
+    def evaluate(self, xp, values):
+        return values[0].sum() if self.axis is None else values[0].sum(self.axis)
+
+    def render(self, s):
+        return f"sum({s[0]})" if self.axis is None else f"sum({s[0]}, axis={self.axis})"
+
+
+class SumSquares(Expression):
+    def __init__(self, a: Any):
+        a = as_expression(a)
+        self.args = (a,)
+        self.shape = ()
+
+    def degree(self, d):
+        return None if d[0] is None else 2 * d[0]
+
+    def curvature(self, c, s):
+        return {CONSTANT: CONSTANT, AFFINE: CONVEX}.get(c[0], UNKNOWN)
+
+    def sign(self, s):
+        return NONNEG
+
+    def evaluate(self, xp, values):
+        return (values[0] * values[0]).sum()
+
+    def render(self, s):
+        return f"sum_squares({s[0]})"
+
+
+class QuadForm(Expression):
+    """``x^T P x`` for a vector ``x`` and a square ``P`` free of decision variables."""
+
+    def __init__(self, x: Any, P: Any):
+        x, P = as_expression(x), as_expression(P)
+        if x.ndim != 1 or P.shape != (x.shape[0], x.shape[0]):
+            raise ModelError(
+                f"quad_form(x, P) needs x of shape (n,) and P of shape (n, n); "
+                f"got {x.shape} and {P.shape} in quad_form({x}, {P})"
+            )
+        self.args = (x, P)
+        self.shape = ()
+
+    def degree(self, d):
+        if d[1] != 0:
+            return None
+        return None if d[0] is None else 2 * d[0]
+
+    def curvature(self, c, s):
+        if c[1] != CONSTANT:
+            return UNKNOWN
+        if c[0] == CONSTANT:
+            return CONSTANT
+        if c[0] != AFFINE:
+            return UNKNOWN
+        return self._definiteness()
+
+    def _definiteness(self) -> str:
+        from diffcontrol.dsl.leaves import Constant
+
+        P = self.args[1]
+        if not isinstance(P, Constant):  # a Parameter: only its value can tell
+            return UNKNOWN
+        eig = np.linalg.eigvalsh(0.5 * (P.value + P.value.T))
+        if eig.min() >= 0:
+            return CONVEX
+        return CONCAVE if eig.max() <= 0 else UNKNOWN
+
+    def sign(self, s):
+        return NONNEG if self._definiteness() == CONVEX else ANY_SIGN
+
+    def evaluate(self, xp, values):
+        x, P = values
+        return xp.matmul(x, xp.matmul(P, x))
+
+    def render(self, s):
+        return f"quad_form({s[0]}, {s[1]})"
+
+
+class Norm2(Expression):
+    smooth = False
+
+    def __init__(self, a: Any):
+        a = as_expression(a)
+        self.args = (a,)
+        self.shape = ()
+
+    def curvature(self, c, s):
+        return {CONSTANT: CONSTANT, AFFINE: CONVEX}.get(c[0], UNKNOWN)
+
+    def sign(self, s):
+        return NONNEG
+
+    def evaluate(self, xp, values):
+        return xp.sqrt((values[0] * values[0]).sum())
+
+    def render(self, s):
+        return f"norm2({s[0]})"
+
+
+# ---- joining ---------------------------------------------------------------------
+
+
+class Stack(Expression):
+    """``stack([a, b, ...])``: same-shape pieces along a new leading axis."""
+
+    def __init__(self, items: Sequence[Any]):
+        items = _as_items(items, "stack")
+        shapes = {e.shape for e in items}
+        if len(shapes) != 1:
+            raise ModelError(f"dc.stack needs pieces of one shape, got shapes {[e.shape for e in items]}")
+        self.args = tuple(items)
+        self.shape = (len(items),) + items[0].shape
+
+    degree = staticmethod(_max_degree)
+
+    def curvature(self, c, s):
+        return _add_curvatures(c)
+
+    def sign(self, s):
+        return _add_signs(s)
+
+    def evaluate(self, xp, values):
+        return xp.stack(values)
+
+    def render(self, s):
+        return f"stack([{', '.join(s)}])"
+
+
+class Concat(Expression):
+    """``concat([x, u, ...])``: vectors (scalars count as length 1) joined end to end."""
+
+    def __init__(self, items: Sequence[Any]):
+        items = _as_items(items, "concat")
+        bad = [e.shape for e in items if e.ndim > 1]
+        if bad:
+            raise ModelError(f"dc.concat joins vectors and scalars, got shapes {[e.shape for e in items]}")
+        self.args = tuple(items)
+        self.shape = (sum(max(e.size, 1) for e in items),)
+
+    degree = staticmethod(_max_degree)
+
+    def curvature(self, c, s):
+        return _add_curvatures(c)
+
+    def sign(self, s):
+        return _add_signs(s)
+
+    def evaluate(self, xp, values):
+        return xp.concatenate([v.reshape(1) if a.ndim == 0 else v for a, v in zip(self.args, values)])
+
+    def render(self, s):
+        return f"concat([{', '.join(s)}])"
+
+
+def _as_items(items: Any, what: str) -> list[Expression]:
+    if isinstance(items, Expression) or not isinstance(items, (list, tuple)):
+        raise ModelError(f"dc.{what} takes a list of expressions, e.g. dc.{what}([a, b])")
+    if not items:
+        raise ModelError(f"dc.{what} needs at least one piece")
+    return [as_expression(e) for e in items]
+
+
+def _freeze_index(index: Any) -> Any:
+    """Make an index hashable-ish and NumPy-compatible (lists become int arrays)."""
+    if isinstance(index, Expression):
+        raise ModelError("indices must be constant ints or slices, not expressions")
+    if isinstance(index, tuple):
+        return tuple(_freeze_index(i) for i in index)
+    if isinstance(index, (list, np.ndarray)):
+        return np.asarray(index, dtype=np.int64)
+    return index
+
+
+def _format_index(index: Any) -> str:
+    if isinstance(index, tuple):
+        return ", ".join(_format_index(i) for i in index)
+    if isinstance(index, slice):
+        parts = ["" if v is None else str(v) for v in (index.start, index.stop)]
+        text = ":".join(parts)
+        return text + (f":{index.step}" if index.step is not None else "")
+    if isinstance(index, np.ndarray):
+        return str(index.tolist())
+    return str(index)
+
+
+def _paren(expr: Expression, text: str, strict: bool = False) -> str:
+    """Parenthesise sums (and, if ``strict``, products) inside a tighter operator."""
+    loose = (Add, Neg, Multiply, Divide, MatMul) if strict else (Add,)
+    return f"({text})" if isinstance(expr, loose) else text

@@ -1,0 +1,138 @@
+"""Leaves of the expression tree: decision variables, parameters and constants."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+
+from diffcontrol.dsl.expression import (
+    AFFINE,
+    ANY_SIGN,
+    CONSTANT,
+    NONNEG,
+    NONPOS,
+    Expression,
+    as_shape,
+)
+from diffcontrol.errors import ModelError
+
+_counter = itertools.count(1)
+
+
+class Leaf(Expression):
+    """A named leaf. ``is_decision`` marks what an argmin optimises over."""
+
+    is_decision = False
+    _prefix = "leaf"
+
+    def __init__(self, shape: Any = (), name: str | None = None):
+        self.shape = () if shape == () else as_shape(shape)
+        self.args = ()
+        if name is not None and (not isinstance(name, str) or not name.isidentifier()):
+            raise ModelError(f"a name must be a Python identifier, got {name!r}")
+        self.name = name or f"{self._prefix}{next(_counter)}"
+
+    def render(self, arg_strs: list[str]) -> str:
+        return self.name
+
+    def degree(self, arg_degrees):  # decision leaves are handled by the analysis
+        return 0
+
+    def curvature(self, arg_curvatures, arg_signs):
+        return AFFINE if self.is_decision else CONSTANT
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.shape}, name={self.name!r})"
+
+
+class Variable(Leaf):
+    """A decision variable of a generic problem, ``dc.Variable(shape=(), name=None)``."""
+
+    is_decision = True
+    _prefix = "var"
+
+
+class Parameter(Leaf):
+    """A layer input; gradients flow to it. ``nonneg=True`` declares its sign for convexity."""
+
+    _prefix = "param"
+
+    def __init__(self, shape: Any = (), name: str | None = None, *, nonneg: bool = False):
+        super().__init__(shape, name)
+        self.nonneg = bool(nonneg)
+
+    def sign(self, arg_signs):
+        return NONNEG if self.nonneg else ANY_SIGN
+
+
+class State(Leaf):
+    """The state x_t of an optimal-control problem; ``x.next`` stands for x_{t+1}."""
+
+    is_decision = True
+
+    def __init__(self, n: int, name: str | None = None):
+        super().__init__(as_shape(n), name or "x")
+        if len(self.shape) != 1:
+            raise ModelError(f"a State is a vector: dc.State(n) with an int n, got shape {self.shape}")
+
+    @property
+    def next(self) -> StateNext:
+        return StateNext(self)
+
+
+class StateNext(Expression):
+    """x_{t+1}; only valid as one side of the dynamics ``x.next == f(x, u)``."""
+
+    def __init__(self, state: State):
+        self.state = state
+        self.shape = state.shape
+        self.args = ()
+
+    def render(self, arg_strs):
+        return f"{self.state.name}.next"
+
+    def evaluate(self, xp, values):
+        raise ModelError(f"{self} may appear only as the left side of the dynamics")
+
+
+class Control(Leaf):
+    """The control u_t of an optimal-control problem."""
+
+    is_decision = True
+
+    def __init__(self, m: int, name: str | None = None):
+        super().__init__(as_shape(m), name or "u")
+        if len(self.shape) != 1:
+            raise ModelError(f"a Control is a vector: dc.Control(m) with an int m, got shape {self.shape}")
+
+
+class Constant(Leaf):
+    """A Python number or NumPy array inside an expression (float64 on the host)."""
+
+    def __init__(self, value: np.ndarray):
+        self.value = np.asarray(value, dtype=float)
+        self.shape = tuple(self.value.shape)
+        self.args = ()
+        self.name = _format_constant(self.value)
+        if not np.all(np.isfinite(self.value)):
+            raise ModelError(f"constant {self.name} contains NaN or Inf")
+
+    def sign(self, arg_signs):
+        if np.all(self.value >= 0):
+            return NONNEG
+        if np.all(self.value <= 0):
+            return NONPOS
+        return ANY_SIGN
+
+    def evaluate(self, xp, values):  # constants are materialised by the evaluator
+        raise AssertionError("constants are evaluated by the evaluator")
+
+
+def _format_constant(value: np.ndarray) -> str:
+    if value.ndim == 0:
+        return f"{float(value):g}"
+    if value.size <= 4:
+        return np.array2string(value, separator=", ", formatter={"float_kind": lambda v: f"{v:g}"})
+    return f"const{value.shape}"

@@ -1,0 +1,215 @@
+"""Problems: a generic argmin (:class:`Problem`) and an optimal-control problem."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+from diffcontrol.dsl.constraints import Constraint, Equality
+from diffcontrol.dsl.expression import Expression, as_expression
+from diffcontrol.dsl.function import Function, FunctionCall
+from diffcontrol.dsl.leaves import Control, Parameter, State, StateNext, Variable
+from diffcontrol.dsl.traverse import nodes_of_type
+from diffcontrol.errors import ModelError
+
+
+class Minimize:
+    """The objective of a :class:`Problem`: a scalar expression to minimise."""
+
+    def __init__(self, expr: Any):
+        self.expr = as_expression(expr)
+        if self.expr.shape != ():
+            raise ModelError(f"the objective must be a scalar, got shape {self.expr.shape} for {self.expr}")
+
+    def __str__(self) -> str:
+        return f"minimize {self.expr}"
+
+
+class Maximize(Minimize):
+    """Maximise a scalar expression (minimises its negation)."""
+
+    def __init__(self, expr: Any):
+        super().__init__(expr)
+        self.expr = -self.expr
+
+
+class _ProblemBase:
+    """What both problem kinds share: their expressions, parameters, compile and explain."""
+
+    def expressions(self) -> list[Expression]:
+        raise NotImplementedError
+
+    def parameters(self) -> list[Parameter]:
+        """The parameters, in order of first appearance; the layer's keyword names."""
+        return nodes_of_type(self.expressions(), Parameter)
+
+    def functions(self) -> list[Function]:
+        """The distinct opaque functions used, in order of first appearance."""
+        found: dict[int, Function] = {}
+        for call in nodes_of_type(self.expressions(), FunctionCall):
+            found.setdefault(id(call.function), call.function)
+        return list(found.values())
+
+    def _check_parameter_names(self) -> None:
+        names: dict[str, Parameter] = {}
+        for p in self.parameters():
+            if p.name in names:
+                raise ModelError(f"two different parameters are named {p.name!r}; give each a unique name")
+            names[p.name] = p
+
+    def compile(self, backend: str = "auto", **options: Any):
+        """Analyse, select a backend and lower; returns a :class:`~diffcontrol.CompiledProblem`."""
+        from diffcontrol.compilers.compile import compile_problem
+
+        return compile_problem(self, backend, options)
+
+    def explain(self) -> str:
+        """The analysis, the backend ``compile(backend="auto")`` picks and why, and the lowering."""
+        from diffcontrol.compilers.compile import explain_problem
+
+        return explain_problem(self)
+
+
+class Problem(_ProblemBase):
+    """``dc.Problem(dc.Minimize(expr), constraints=[...])``: a generic argmin."""
+
+    def __init__(self, objective: Minimize, constraints: Sequence[Constraint] | None = None):
+        if not isinstance(objective, Minimize):
+            raise ModelError("dc.Problem takes dc.Minimize(expr) (or dc.Maximize(expr)) as its objective")
+        self.objective = objective
+        self.constraints = _as_constraints(constraints)
+        exprs = self.expressions()
+        for kind in (State, Control, StateNext):
+            found = nodes_of_type(exprs, kind)
+            if found:
+                raise ModelError(
+                    f"{found[0]} is a {kind.__name__}; states and controls belong in dc.ControlProblem, "
+                    "a dc.Problem optimises over dc.Variable"
+                )
+        if not self.variables():
+            raise ModelError("the problem has no dc.Variable to optimise over")
+        self._check_parameter_names()
+
+    def expressions(self) -> list[Expression]:
+        return [self.objective.expr] + [e for c in self.constraints for e in (c.lhs, c.rhs)]
+
+    def variables(self) -> list[Variable]:
+        """The variables, in order of first appearance: the order of the layer's results."""
+        return nodes_of_type(self.expressions(), Variable)
+
+
+class ControlProblem(_ProblemBase):
+    """A finite-horizon optimal-control problem (states x_0..x_T, controls u_0..u_{T-1}).
+
+    minimise  sum_{t<T} cost(x_t, u_t) + terminal_cost(x_T)
+    s.t.      x_{t+1} = f(x_t, u_t),  x_0 = initial_state,  constraints(x_t, u_t) for t < T
+    """
+
+    def __init__(
+        self,
+        dynamics: Equality,
+        cost: Any,
+        horizon: int,
+        initial_state: Any,
+        constraints: Sequence[Constraint] | None = None,
+        terminal_cost: Any = None,
+    ):
+        self.state, self.transition = _split_dynamics(dynamics)
+        n = self.state.shape[0]
+        self.dynamics = dynamics
+        self.cost = _scalar(cost, "cost")
+        self.terminal_cost = None if terminal_cost is None else _scalar(terminal_cost, "terminal_cost")
+        if not isinstance(horizon, numbers.Integral) or isinstance(horizon, bool) or horizon < 1:
+            raise ModelError(f"horizon must be a positive int, got {horizon!r}")
+        self.horizon = int(horizon)
+        self.initial_state = as_expression(initial_state)
+        if self.initial_state.shape != (n,):
+            raise ModelError(
+                f"initial_state must have the state's shape ({n},), got {self.initial_state.shape} "
+                f"for {self.initial_state}"
+            )
+        self.constraints = _as_constraints(constraints)
+        self.control = self._find_control()
+        self._check_leaves()
+        self._check_parameter_names()
+
+    @property
+    def n(self) -> int:
+        return self.state.shape[0]
+
+    @property
+    def m(self) -> int:
+        return self.control.shape[0]
+
+    def expressions(self) -> list[Expression]:
+        exprs = [self.transition, self.cost]
+        if self.terminal_cost is not None:
+            exprs.append(self.terminal_cost)
+        exprs.append(self.initial_state)
+        return exprs + [e for c in self.constraints for e in (c.lhs, c.rhs)]
+
+    def _find_control(self) -> Control:
+        controls = nodes_of_type(self.expressions(), Control)
+        if not controls:
+            raise ModelError("the problem has no dc.Control: the dynamics, cost or constraints must use one")
+        if len(controls) > 1:
+            raise ModelError(
+                f"a ControlProblem has one control, found {controls[0].name} and {controls[1].name}; "
+                "join them into one dc.Control and index it"
+            )
+        return controls[0]
+
+    def _check_leaves(self) -> None:
+        where = {"dynamics": [self.transition], "cost": [self.cost],
+                 "initial_state": [self.initial_state],
+                 "constraints": [e for c in self.constraints for e in (c.lhs, c.rhs)]}
+        if self.terminal_cost is not None:
+            where["terminal_cost"] = [self.terminal_cost]
+        for part, exprs in where.items():
+            for leaf in nodes_of_type(exprs, Variable):
+                raise ModelError(f"{part} uses the dc.Variable {leaf.name}; a ControlProblem optimises over "
+                                 "its State and Control only")
+            for node in nodes_of_type(exprs, StateNext):
+                raise ModelError(f"{part} uses {node}; x.next may appear only in the dynamics 'x.next == f(x, u)'")
+            for state in nodes_of_type(exprs, State):
+                if state is not self.state:
+                    raise ModelError(f"{part} uses the state {state.name}, but the dynamics are of {self.state.name}")
+        if self.terminal_cost is not None and nodes_of_type([self.terminal_cost], Control):
+            raise ModelError(f"terminal_cost {self.terminal_cost} uses the control; it may depend on x_T only")
+        if nodes_of_type([self.initial_state], State) or nodes_of_type([self.initial_state], Control):
+            raise ModelError(f"initial_state {self.initial_state} must not depend on the state or control")
+
+
+def _split_dynamics(dynamics: Any) -> tuple[State, Expression]:
+    if not isinstance(dynamics, Equality):
+        raise ModelError("dynamics must be written 'x.next == f(x, u)'")
+    lhs, rhs = dynamics.lhs, dynamics.rhs
+    if isinstance(rhs, StateNext) and not isinstance(lhs, StateNext):
+        lhs, rhs = rhs, lhs
+    if not isinstance(lhs, StateNext):
+        raise ModelError(f"dynamics must be written 'x.next == f(x, u)'; got {dynamics}")
+    n = lhs.state.shape[0]
+    if rhs.shape != (n,):
+        raise ModelError(f"the dynamics' right side must have the state's shape ({n},), got {rhs.shape} for {rhs}")
+    return lhs.state, rhs
+
+
+def _scalar(expr: Any, what: str) -> Expression:
+    expr = as_expression(expr)
+    if expr.shape != ():
+        raise ModelError(f"{what} must be a scalar expression, got shape {expr.shape} for {expr}; "
+                         "wrap it in dc.sum or dc.sum_squares")
+    return expr
+
+
+def _as_constraints(constraints: Sequence[Constraint] | None) -> list[Constraint]:
+    if constraints is None:
+        return []
+    if isinstance(constraints, Constraint):
+        constraints = [constraints]
+    out = list(constraints)
+    for c in out:
+        if not isinstance(c, Constraint):
+            raise ModelError(f"constraints must be comparisons of expressions (a <= b, a == b), got {c!r}")
+    return out

@@ -1,0 +1,1 @@
+"""Emitters: a compiled problem as a framework layer (torch now; JAX planned)."""

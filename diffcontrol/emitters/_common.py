@@ -1,0 +1,79 @@
+"""What every emitter does the same way: binding arguments by name, batch sizes, checks.
+
+Written once, framework-neutral: the emitter passes its array conversion in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from diffcontrol.dsl.leaves import Parameter
+from diffcontrol.errors import InputError, SolverError
+
+
+def _signature(parameters: Sequence[Parameter]) -> str:
+    if not parameters:
+        return "no parameters"
+    return ", ".join(f"{p.name}{p.shape}" for p in parameters)
+
+
+def check_names(parameters: Sequence[Parameter], given: dict[str, Any]) -> None:
+    """Unknown or missing parameter names raise InputError naming the valid ones."""
+    names = [p.name for p in parameters]
+    for name in given:
+        if name not in names:
+            raise InputError(f"unknown parameter {name!r}; this layer takes {_signature(parameters)}")
+    for p in parameters:
+        if p.name not in given:
+            raise InputError(f"missing parameter {p.name!r} of shape {p.shape}; "
+                             f"this layer takes {_signature(parameters)}")
+
+
+def batch_size_of(parameters: Sequence[Parameter], values: dict[str, Any],
+                  extra: dict[str, tuple[tuple[int, ...], Any]] | None = None) -> int | None:
+    """The shared leading batch size, or None when nothing is batched.
+
+    ``values`` are arrays; each must have the parameter's shape, or one more
+    leading dimension. ``extra`` adds call-time inputs (``u_init``) as
+    name -> (unbatched shape, array).
+    """
+    shapes = {p.name: (p.shape, values[p.name]) for p in parameters}
+    shapes.update(extra or {})
+    sizes: dict[str, int] = {}
+    for name, (shape, value) in shapes.items():
+        got = tuple(value.shape)
+        if got == shape:
+            continue
+        if len(got) == len(shape) + 1 and got[1:] == shape:
+            sizes[name] = got[0]
+            continue
+        raise InputError(f"{name!r} expects shape {shape} or (B, {', '.join(map(str, shape))})"
+                         .replace("(B, )", "(B,)") + f", got {got}")
+    if len(set(sizes.values())) > 1:
+        listed = ", ".join(f"{k}: {v}" for k, v in sizes.items())
+        raise InputError(f"batched inputs must share one batch size, got {listed}")
+    return next(iter(sizes.values()), None)
+
+
+def check_finite(values: dict[str, Any], is_finite: Callable[[Any], bool]) -> None:
+    """Non-finite inputs raise SolverError before any solve."""
+    for name, value in values.items():
+        if not is_finite(value):
+            raise SolverError(f"input {name!r} contains NaN or Inf; no solve was attempted")
+
+
+def expand_to_batch(parameters: Sequence[Parameter], values: dict[str, Any], batch: int,
+                    broadcast: Callable[[Any, tuple[int, ...]], Any]) -> dict[str, Any]:
+    """Every parameter with a leading batch dimension (unbatched ones broadcast, no copy)."""
+    out = {}
+    for p in parameters:
+        v = values[p.name]
+        out[p.name] = v if tuple(v.shape) == (batch,) + p.shape else broadcast(v, (batch,) + p.shape)
+    return out
+
+
+def nonconvergence_message(n_bad: int, batch: int, worst: float, tol: float) -> str:
+    return (f"{n_bad} of {batch} examples did not converge (largest residual {worst:.2e} > tol "
+            f"{tol:.1e}); their gradients rest on a fixed point that was not reached. Raise max_iter, "
+            "warm-start with u_init, or pass on_nonconvergence='raise' to stop here")

@@ -1,0 +1,148 @@
+"""``compiled.to_torch()``: the compiled problem as a ``torch.nn.Module``."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffcontrol.emitters import _common
+from diffcontrol.emitters.torch_ops import TorchFramework, TorchOps
+from diffcontrol.errors import InputError, NotConvergedWarning, SolverError
+
+_SUPPORTED = (torch.float32, torch.float64)
+
+
+class TorchLayer(torch.nn.Module):
+    """Call with the parameters by name: ``layer(A=A, B=B, x0=x0)``.
+
+    Every parameter may carry one leading batch dimension B; unbatched ones
+    broadcast. A ControlProblem returns ``(x, u)`` of shapes (B, T+1, n) and
+    (B, T, m), without B when nothing is batched. ``u_init=`` warm-starts the
+    controls; ``return_info=True`` appends the solver's Info.
+    """
+
+    def __init__(self, compiled: Any):
+        super().__init__()
+        self.compiled = compiled
+        # Registered so .parameters(), .to() and optimisers see the dc.Function weights.
+        self.functions = torch.nn.ModuleList(
+            [f.fn for f in compiled.problem.functions() if isinstance(f.fn, torch.nn.Module)])
+
+    def extra_repr(self) -> str:
+        names = ", ".join(p.name for p in self.compiled.parameters)
+        return f"backend={self.compiled.backend!r}, parameters=({names})"
+
+    def forward(self, *, u_init: Any = None, return_info: bool = False, **params: Any):
+        compiled = self.compiled
+        parameters = compiled.parameters
+        _common.check_names(parameters, params)
+        dtype, device = _dtype_and_device({**params, "u_init": u_init})
+        values = {k: _to_tensor(v, dtype, device) for k, v in params.items()}
+        prob = compiled.problem
+        extra = {}
+        if u_init is not None:
+            u_init = _to_tensor(u_init, dtype, device)
+            extra["u_init"] = ((prob.horizon, prob.m), u_init)
+        batch = _common.batch_size_of(parameters, values, extra)
+        _common.check_finite({**values, **({"u_init": u_init} if u_init is not None else {})},
+                             lambda t: bool(torch.isfinite(t).all()))
+        B = batch or 1
+        values = _common.expand_to_batch(parameters, values, B, lambda v, s: v.expand(s))
+        if u_init is not None and u_init.ndim == 2:
+            u_init = u_init.expand(B, *u_init.shape)
+
+        like = torch.zeros(B, dtype=dtype, device=device)
+        data = compiled.program.data(TorchFramework, values, like)
+        _check_box(data)
+        outputs, info = self._solve(data, u_init)
+        self._report(info, B)
+        if batch is None:
+            outputs = tuple(o[0] for o in outputs)
+            info = _unbatch(info)
+        return (*outputs, info) if return_info else outputs
+
+    def _solve(self, data: dict, u_init: Any):
+        compiled = self.compiled
+        backend, options = compiled.backend_module, compiled.options
+        if options["backward"] == "unroll":
+            outputs, info, _ = backend.solve(data, options, TorchOps, u_init)
+            return outputs, info
+        holder: list = []
+        keys = backend.DATA_KEYS
+        flat = _ImplicitSolve.apply(backend, options, holder, u_init, keys, *(data[k] for k in keys))
+        return flat, holder[0]
+
+    def _report(self, info: Any, batch: int) -> None:
+        bad = ~info.converged
+        if not bool(bad.any()):
+            return
+        tol = self.compiled.tolerance(info.residual.dtype)
+        message = _common.nonconvergence_message(int(bad.sum()), batch, float(info.residual.max()), tol)
+        if self.compiled.options["on_nonconvergence"] == "raise":
+            raise SolverError(message)
+        warnings.warn(message, NotConvergedWarning, stacklevel=3)
+
+
+class _ImplicitSolve(torch.autograd.Function):
+    """Forward: the backend's solve without a graph. Backward: the backend's VJP."""
+
+    @staticmethod
+    def forward(ctx, backend, options, holder, u_init, keys, *arrays):
+        data = dict(zip(keys, arrays))
+        with torch.no_grad():
+            outputs, info, saved = backend.solve(data, options, TorchOps, u_init)
+        holder.append(info)
+        ctx.backend, ctx.keys, ctx.saved_keys = backend, keys, tuple(saved)
+        ctx.save_for_backward(*arrays, *saved.values())
+        return tuple(outputs)
+
+    @staticmethod
+    def backward(ctx, *cotangents):
+        tensors = ctx.saved_tensors
+        data = dict(zip(ctx.keys, tensors[: len(ctx.keys)]))
+        saved = dict(zip(ctx.saved_keys, tensors[len(ctx.keys):]))
+        outputs = (saved["x"], saved["u"])
+        cot = tuple(torch.zeros_like(o) if g is None else g for g, o in zip(cotangents, outputs))
+        with torch.no_grad():
+            grads = ctx.backend.vjp(data, saved, cot, TorchOps)
+        return (None, None, None, None, None, *(grads[k] for k in ctx.keys))
+
+
+def _dtype_and_device(inputs: dict[str, Any]) -> tuple[torch.dtype, torch.device]:
+    tensors = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+    devices = {v.device for v in tensors.values()}
+    if len(devices) > 1:
+        listed = ", ".join(f"{k}: {v.device}" for k, v in tensors.items())
+        raise InputError(f"inputs are on different devices ({listed}); move them to one device")
+    floats = [v.dtype for v in tensors.values() if v.is_floating_point()]
+    for k, v in tensors.items():
+        if v.is_complex() or (v.is_floating_point() and v.dtype not in _SUPPORTED):
+            raise InputError(f"input {k!r} has dtype {v.dtype}; diffcontrol solves in float32 or float64")
+    dtype = floats[0] if floats else torch.get_default_dtype()
+    for d in floats[1:]:
+        dtype = torch.promote_types(dtype, d)
+    device = devices.pop() if devices else torch.device("cpu")
+    return dtype, device
+
+
+def _to_tensor(value: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype=dtype, device=device)
+    try:
+        return torch.as_tensor(np.asarray(value, dtype=float), dtype=dtype, device=device)
+    except (TypeError, ValueError):
+        raise InputError(f"cannot convert {type(value).__name__} to a tensor") from None
+
+
+def _check_box(data: dict) -> None:
+    if "lo" in data and bool((data["lo"] > data["hi"]).any()):
+        bad = (data["lo"] > data["hi"]).nonzero()[0].tolist()
+        raise SolverError(f"the box on the controls is empty: lower bound > upper bound for "
+                          f"u[{bad[-1]}] (batch element {bad[0]}); check the bounds' parameters")
+
+
+def _unbatch(info: Any) -> Any:
+    return type(info)(info.converged[0], info.iterations[0], info.residual[0], info.status[0])

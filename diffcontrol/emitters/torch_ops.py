@@ -1,0 +1,60 @@
+"""The torch implementations of the backends' :class:`~diffcontrol.backends.ops.Ops`
+and the compilers' :class:`~diffcontrol.compilers.evaluate.Framework`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from diffcontrol.errors import SolverError
+
+NOT_PD = ("a matrix that must be positive definite is not (the control block Q_uu = C_uu + F_u^T V F_u "
+          "of some stage, or a box QP's free block): the stage cost must be convex and strictly convex "
+          "in u; add e.g. 1e-6 * dc.sum_squares(u) to the cost")
+
+
+class TorchOps:
+    """Array operations for the framework-neutral backends, on torch tensors."""
+
+    xp = torch
+
+    @staticmethod
+    def cholesky(A: torch.Tensor) -> torch.Tensor:
+        L, info = torch.linalg.cholesky_ex(A)
+        if bool((info > 0).any()):
+            raise SolverError(NOT_PD)
+        return L
+
+    @staticmethod
+    def cho_solve(L: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if b.ndim == L.ndim - 1:
+            return torch.cholesky_solve(b[..., None], L)[..., 0]
+        return torch.cholesky_solve(b, L)
+
+    @staticmethod
+    def eye_like(A: torch.Tensor) -> torch.Tensor:
+        return torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+
+    @staticmethod
+    def eps(A: torch.Tensor) -> float:
+        return torch.finfo(A.dtype).eps
+
+    @staticmethod
+    def zeros(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(shape, dtype=like.dtype, device=like.device)
+
+
+class TorchFramework:
+    """Constants and function transforms (torch.func) for evaluating the IR's data."""
+
+    xp = torch
+
+    @staticmethod
+    def constant(value: Any, like: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(value, dtype=like.dtype, device=like.device)
+
+    vmap = staticmethod(torch.func.vmap)
+    jacobian = staticmethod(torch.func.jacfwd)
+    hessian = staticmethod(torch.func.hessian)
+    grad = staticmethod(torch.func.grad)

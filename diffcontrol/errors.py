@@ -1,0 +1,40 @@
+"""The exceptions and warnings diffcontrol raises, and the status codes of a solve.
+
+Every message names the offending term and the way out; tests assert them.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class DiffControlError(Exception):
+    """Base class of every error diffcontrol raises."""
+
+
+class ModelError(DiffControlError, ValueError):
+    """The problem as declared is invalid (shapes, structure, misuse of the DSL)."""
+
+
+class BackendError(DiffControlError, ValueError):
+    """A backend cannot take the problem, or was given options it does not know."""
+
+
+class InputError(DiffControlError, ValueError):
+    """A layer was called with bad inputs (names, shapes, batch sizes, dtypes, devices)."""
+
+
+class SolverError(DiffControlError, RuntimeError):
+    """A solve could not be carried out or its result cannot be trusted."""
+
+
+class NotConvergedWarning(UserWarning):
+    """A solver stopped before its tolerance; gradients rest on an unreached fixed point."""
+
+
+class Status(enum.Enum):
+    """Per-example outcome of a solve; the value is the user-facing message."""
+
+    CONVERGED = "converged"
+    MAX_ITER = "stopped at max_iter before reaching tol"
+    LINE_SEARCH_FAILED = "the line search found no decrease; the iterate may be off the optimum"

@@ -1,0 +1,107 @@
+"""The report behind ``explain()``: rendered from the same ProblemForm, Decision and IR
+that the solve uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from diffcontrol.backends.registry import BY_NAME
+from diffcontrol.compilers.analysis import ProblemForm
+from diffcontrol.compilers.selection import Decision
+from diffcontrol.compilers.symbolic import coefficient, hessian_blocks, render_block_matrix
+from diffcontrol.dsl import atoms
+from diffcontrol.dsl.expression import Expression
+from diffcontrol.dsl.leaves import Constant, Leaf, Parameter
+from diffcontrol.dsl.problems import ControlProblem
+from diffcontrol.dsl.traverse import nodes_of_type
+
+
+def report(problem: Any, form: ProblemForm, decision: Decision, program: Any, options: dict | None) -> str:
+    lines = [_header(problem), "", "Structure"]
+    width = max(len(k) for k in form.facts)
+    for name, fact in form.facts.items():
+        lines.append(f"  {name:<{width}}  {fact.value}")
+        lines.append(f"  {'':<{width}}    because {fact.reason}")
+    lines += ["", f"Backend: {decision.chosen or 'none'}", f"  why: {decision.why}"]
+    if decision.chosen:
+        lines.append(f"  what it does: {BY_NAME[decision.chosen].summary}")
+    lines.append("  not chosen:" if decision.chosen else "  rejected:")
+    for name, why in decision.rejected.items():
+        lines.append(f"    {name}: {why}")
+    if program is not None and decision.chosen == "lqr":
+        lines += ["", *_lqr_lowering(program)]
+    if options:
+        lines += ["", "Options", *(f"  {k} = {v!r}" for k, v in options.items())]
+    return "\n".join(lines)
+
+
+def _header(problem: Any) -> str:
+    params = ", ".join(f"{p.name}{p.shape}" for p in problem.parameters()) or "none"
+    if isinstance(problem, ControlProblem):
+        return (f"ControlProblem: state {problem.state.name} in R^{problem.n}, control "
+                f"{problem.control.name} in R^{problem.m}, horizon T={problem.horizon}; "
+                f"parameters: {params}")
+    variables = ", ".join(f"{v.name}{v.shape}" for v in problem.variables())
+    return f"Problem: variables {variables}; parameters: {params}"
+
+
+def _feeds(exprs: list[Expression]) -> str:
+    names = [p.name for p in nodes_of_type(exprs, Parameter)]
+    return f"from {', '.join(names)}" if names else "constant"
+
+
+def _is_linear(expr: Expression) -> bool:
+    """True when expr vanishes at x = u = 0 by structure (no constant offset)."""
+    if isinstance(expr, Constant):
+        return bool(np.all(expr.value == 0))
+    if isinstance(expr, Leaf):
+        return expr.is_decision
+    if isinstance(expr, (atoms.Multiply, atoms.MatMul)):
+        return any(_is_linear(a) for a in expr.args)
+    if isinstance(expr, (atoms.SumSquares, atoms.Square, atoms.QuadForm)):
+        return _is_linear(expr.args[0])
+    if isinstance(expr, (atoms.Add, atoms.Neg, atoms.Index, atoms.Stack, atoms.Concat, atoms.Sum,
+                         atoms.Transpose, atoms.Divide)):
+        args = expr.args[:1] if isinstance(expr, atoms.Divide) else expr.args
+        return all(_is_linear(a) for a in args)
+    return False
+
+
+def _linear_term(expr: Expression, what: str) -> str:
+    return "0" if _is_linear(expr) else f"gradient of the {what} at 0 (evaluated per call)"
+
+
+def _lqr_lowering(program: Any) -> list[str]:
+    p: ControlProblem = program.problem
+    x, u = p.state, p.control
+    n, m, T = p.n, p.m, p.horizon
+    Fx, Fu = coefficient(p.transition, x), coefficient(p.transition, u)
+    F = f"[{Fx or '0'}, {Fu or '0'}]"
+    f = "0" if _is_linear(p.transition) else f"{p.transition} at x = u = 0"
+    blocks = hessian_blocks(p.cost, [x, u])
+    C = render_block_matrix(blocks, 2) if blocks is not None else "Hessian of the stage cost (per call)"
+    lines = [
+        "Lowered problem (LQR data, time-invariant over t = 0..T-1)",
+        f"  sizes: n={n}, m={m}, N=n+m={n + m}, T={T}; tau_t = [{x.name}_t; {u.name}_t]",
+        f"  dynamics    x_(t+1) = F tau_t + f        F = {F}, f = {f}   ({_feeds([p.transition])})",
+        f"  stage cost  1/2 tau^T C tau + c^T tau    C = {C}, c = {_linear_term(p.cost, 'stage cost')}"
+        f"   ({_feeds([p.cost])})",
+    ]
+    if p.terminal_cost is None:
+        lines.append("  terminal    none (C_T = 0, c_T = 0)")
+    else:
+        tb = hessian_blocks(p.terminal_cost, [x])
+        CT = str(tb.get((0, 0), "0")) if tb is not None else "Hessian of the terminal cost (per call)"
+        lines.append(f"  terminal    1/2 x^T C_T x + c_T^T x     C_T = {CT}, "
+                     f"c_T = {_linear_term(p.terminal_cost, 'terminal cost')}   ({_feeds([p.terminal_cost])})")
+    lines.append(f"  x_0 = {p.initial_state}   ({_feeds([p.initial_state])})")
+    if program.bounds:
+        bounds = "; ".join(str(b.source) for b in program.bounds)
+        lines.append(f"  control box  {bounds}   ({_feeds([b.bound for b in program.bounds])})")
+    else:
+        lines.append("  control box  none")
+    lines.append(f"  arrays: C (B,{T},{n + m},{n + m}), c (B,{T},{n + m}), F (B,{T},{n},{n + m}), "
+                 f"f (B,{T},{n}), C_T (B,{n},{n}), c_T (B,{n}), x_0 (B,{n}), lo/hi (B,{T},{m})")
+    return lines
