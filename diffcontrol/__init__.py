@@ -4,6 +4,7 @@ The public names of ``../API.md``; importing this never imports JAX.
 """
 
 from diffcontrol.compilers.compiled import CompiledProblem
+from diffcontrol.dsl.constraints import Constraint, Equality, Inequality
 from diffcontrol.dsl.constructors import (
     abs,
     atan2,
@@ -22,7 +23,6 @@ from diffcontrol.dsl.constructors import (
     tan,
     tanh,
 )
-from diffcontrol.dsl.constraints import Constraint, Equality, Inequality
 from diffcontrol.dsl.expression import Expression
 from diffcontrol.dsl.function import Function
 from diffcontrol.dsl.leaves import Control, Parameter, State, Variable

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import cvxpy as cp
-import numpy as np
 import torch
 
 import diffcontrol as dc

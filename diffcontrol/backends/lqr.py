@@ -154,7 +154,7 @@ def vjp(data: dict, saved: dict, cotangents: tuple[Any, Any], ops: Ops) -> dict:
     C, F, CT = data["C"], data["F"], data["CT"]
     x, u, lam = saved["x"], saved["u"], saved["lam"]
     gx, gu = cotangents
-    n, T = x.shape[-1], u.shape[1]
+    T = u.shape[1]
     free = ~(saved["active_lo"] | saved["active_hi"])
 
     g_tau = xp.concatenate([gx[:, :T], gu], -1)

@@ -24,15 +24,16 @@ NONNEG, NONPOS, ANY_SIGN = "nonneg", "nonpos", "unknown"
 
 def as_shape(shape: Any) -> Shape:
     """Normalise an int or a tuple of ints into a shape tuple."""
-    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
-        shape = (int(shape),)
-    try:
-        shape = tuple(int(d) for d in shape)
-    except TypeError:
-        raise ModelError(f"a shape must be an int or a tuple of ints, got {shape!r}") from None
-    if any(d < 1 for d in shape):
-        raise ModelError(f"every dimension of a shape must be positive, got {shape}")
-    return shape
+    dims = (shape,) if _is_int(shape) else shape
+    if not isinstance(dims, (tuple, list)) or not all(_is_int(d) for d in dims):
+        raise ModelError(f"a shape must be an int or a tuple of ints, got {shape!r}")
+    if any(d < 1 for d in dims):
+        raise ModelError(f"every dimension of a shape must be positive, got {tuple(dims)}")
+    return tuple(int(d) for d in dims)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 class Expression:

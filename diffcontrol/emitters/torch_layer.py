@@ -118,6 +118,9 @@ def _dtype_and_device(inputs: dict[str, Any]) -> tuple[torch.dtype, torch.device
         listed = ", ".join(f"{k}: {v.device}" for k, v in tensors.items())
         raise InputError(f"inputs are on different devices ({listed}); move them to one device")
     floats = [v.dtype for v in tensors.values() if v.is_floating_point()]
+    # NumPy float arrays keep their precision, as torch.as_tensor would; Python numbers adapt.
+    floats += [torch.from_numpy(np.zeros(0, dtype=v.dtype)).dtype for v in inputs.values()
+               if isinstance(v, np.ndarray) and v.dtype in (np.float32, np.float64)]
     for k, v in tensors.items():
         if v.is_complex() or (v.is_floating_point() and v.dtype not in _SUPPORTED):
             raise InputError(f"input {k!r} has dtype {v.dtype}; diffcontrol solves in float32 or float64")

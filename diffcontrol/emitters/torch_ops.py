@@ -55,6 +55,11 @@ class TorchFramework:
         return torch.as_tensor(value, dtype=like.dtype, device=like.device)
 
     vmap = staticmethod(torch.func.vmap)
-    jacobian = staticmethod(torch.func.jacfwd)
-    hessian = staticmethod(torch.func.hessian)
+    # Reverse mode only: torch's forward-AD levels are process-global, so jacfwd is not
+    # thread-safe (a compiled problem must serve several threads at once).
+    jacobian = staticmethod(torch.func.jacrev)
+
+    @staticmethod
+    def hessian(fn):
+        return torch.func.jacrev(torch.func.jacrev(fn))
     grad = staticmethod(torch.func.grad)
