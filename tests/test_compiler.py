@@ -107,7 +107,8 @@ def test_generic_problems_wait_for_their_backends():
 
 
 def test_bound_of_wrong_shape_is_a_model_error():
-    with pytest.raises(dc.ModelError, match=r"bound \[1, 1, 1\] of shape \(3,\) in .u\[0\] <= \[1, 1, 1\]. does not fit"):
+    message = r"bound \[1, 1, 1\] of shape \(3,\) in .u\[0\] <= \[1, 1, 1\]. does not fit"
+    with pytest.raises(dc.ModelError, match=message):
         _readme_problem(constraints=lambda x, u: [u[0] <= np.ones(3)]).compile()
 
 
