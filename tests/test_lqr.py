@@ -179,7 +179,7 @@ def test_warm_start_reaches_the_same_solution_in_fewer_iterations():
     x, u, cold = layer(**v, return_info=True)
     x2, u2, warm = layer(**v, u_init=u, return_info=True)
     assert rel_err(u2, u) < 1e-10
-    assert (warm.iterations <= cold.iterations).all() and (warm.iterations == 0).all()
+    assert int(cold.iterations.sum()) > 5 and (warm.iterations == 0).all()
 
 
 def test_nonconvergence_warns_and_raises_on_request():

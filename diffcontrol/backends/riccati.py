@@ -90,32 +90,43 @@ def riccati_sweep(
     fixed ``free`` mask (B, T, m) whose False entries are held at zero (the
     backward pass's frozen active set). Neither: unconstrained.
     Returns the policy du_t = K_t dx_t + k_t as K (B, T, m, n), k (B, T, m), and
-    the free mask (B, T, m).
+    the free mask (B, T, m) (None when unconstrained).
     """
     xp = ops.xp
     n = CT.shape[-1]
     T = C.shape[1]
+    FT = F.mT
     V, v = CT, cT
     Ks, ks, frees = [None] * T, [None] * T, [None] * T
     for t in reversed(range(T)):
-        Ft = F[:, t]
-        FtT = Ft.mT
+        Ft, FtT = F[:, t], FT[:, t]
         Q = C[:, t] + FtT @ V @ Ft
         q = c[:, t] + _mv(FtT, v)
         Qxx, Qxu, Qux, Quu = Q[:, :n, :n], Q[:, :n, n:], Q[:, n:, :n], Q[:, n:, n:]
         qx, qu = q[:, :n], q[:, n:]
         if box is not None:
             k, free_t, L = box_qp(ops, Quu, qu, box[0][:, t], box[1][:, t], qp_max_iter)
+            K = -ops.cho_solve(L, Qux * free_t[..., None])
+            KT = K.mT
+            V = Qxx + Qxu @ K + KT @ Qux + KT @ Quu @ K
+            v = qx + _mv(Qxu, k) + _mv(KT, qu) + _mv(KT @ Quu, k)
         else:
-            free_t = free[:, t] if free is not None else xp.ones_like(qu, dtype=bool)
-            L = ops.cholesky(_masked_hessian(ops, Quu, free_t))
-            k = -ops.cho_solve(L, qu * free_t)
-        K = -ops.cho_solve(L, Qux * free_t[..., None])
-        KT = K.mT
-        V = Qxx + Qxu @ K + KT @ Qux + KT @ Quu @ K
+            # k and K from one solve; with k = -H^-1 q_u on the free set the value function
+            # simplifies to V = Qxx + Qxu K, v = qx + Qxu k (the K^T terms cancel).
+            if free is None:
+                free_t, H, rhs = None, Quu, xp.concatenate([Qux, qu[..., None]], -1)
+            else:
+                free_t = free[:, t]
+                H = _masked_hessian(ops, Quu, free_t)
+                rhs = xp.concatenate([Qux, qu[..., None]], -1) * free_t[..., None]
+            Kk = -ops.cho_solve(ops.cholesky(H), rhs)
+            K, k = Kk[..., :n], Kk[..., n]
+            V = Qxx + Qxu @ K
+            v = qx + _mv(Qxu, k)
         V = 0.5 * (V + V.mT)
-        v = qx + _mv(Qxu, k) + _mv(KT, qu) + _mv(KT @ Quu, k)
         Ks[t], ks[t], frees[t] = K, k, free_t
+    if free is None and box is None:
+        return xp.stack(Ks, 1), xp.stack(ks, 1), None
     return xp.stack(Ks, 1), xp.stack(ks, 1), xp.stack(frees, 1)
 
 

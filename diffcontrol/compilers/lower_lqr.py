@@ -10,15 +10,17 @@ Parameters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from diffcontrol.compilers.analysis import BoxBound, ProblemForm
 from diffcontrol.compilers.evaluate import Framework, evaluate
+from diffcontrol.dsl.function import FunctionCall
 from diffcontrol.dsl.leaves import Parameter
 from diffcontrol.dsl.problems import ControlProblem
+from diffcontrol.dsl.traverse import nodes_of_type
 from diffcontrol.errors import ModelError
 
 
@@ -29,6 +31,8 @@ class LQRProgram:
     problem: ControlProblem
     bounds: tuple[BoxBound, ...]
     parameters: tuple[Parameter, ...]
+    # parameter-free data per (keys, dtype, device): a pure cache, never per-call state
+    _constants: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def n(self) -> int:
@@ -47,46 +51,77 @@ class LQRProgram:
 
         ``params`` maps each parameter's name to an array with a leading batch
         dimension B; ``like`` is an array of shape (B,) giving dtype and device.
+        Pieces that depend on no parameter are computed once per dtype and device.
         """
         xp = fw.xp
-        per_example = fw.vmap(lambda p, ref: self._stage_data(fw, p, ref))
-        C, c, F, f, CT, cT, x0, lo, hi = per_example(params, like)
         B, T = like.shape[0], self.T
-        over_time = [xp.broadcast_to(a[:, None], (B, T) + tuple(a.shape[1:])) for a in (C, c, F, f, lo, hi)]
-        C, c, F, f, lo, hi = over_time
-        return {"C": C, "c": c, "F": F, "f": f, "CT": CT, "cT": cT, "x0": x0, "lo": lo, "hi": hi}
+        out: dict[str, Any] = {}
+        for keys, exprs, piece in self._pieces():
+            names = {p.name for p in nodes_of_type(exprs, Parameter)}
+            if names or nodes_of_type(exprs, FunctionCall):  # a dc.Function's weights may change
+                sub = {k: v for k, v in params.items() if k in names}
+                values = fw.vmap(lambda p, ref, piece=piece: piece(fw, p, ref))(sub, like)
+            else:
+                cache_key = (keys, str(like.dtype), str(getattr(like, "device", "")))
+                if cache_key not in self._constants:
+                    self._constants[cache_key] = piece(fw, {}, like[0])
+                values = [xp.broadcast_to(v, (B,) + tuple(v.shape)) for v in self._constants[cache_key]]
+            out.update(zip(keys, values))
+        for k in ("C", "c", "F", "f", "lo", "hi"):  # time-invariant stage data, repeated over t (no copy)
+            out[k] = xp.broadcast_to(out[k][:, None], (B, T) + tuple(out[k].shape[1:]))
+        return out
 
-    def _stage_data(self, fw: Framework, p: dict[str, Any], ref: Any) -> tuple:
-        prob, n, m = self.problem, self.n, self.m
-        env = {id(param): p[param.name] for param in self.parameters}
+    def _pieces(self):
+        """(data keys, expressions they depend on, function computing them for one example)."""
+        prob = self.problem
+        terminal = [prob.terminal_cost] if prob.terminal_cost is not None else []
+        return [
+            (("F", "f"), [prob.transition], self._dynamics),
+            (("C", "c"), [prob.cost], self._stage_cost),
+            (("CT", "cT"), terminal, self._terminal_cost),
+            (("x0",), [prob.initial_state], self._initial_state),
+            (("lo", "hi"), [b.bound for b in self.bounds], self._bounds),
+        ]
 
-        def at(tau: Any, expr) -> Any:
-            local = dict(env)
-            local[id(prob.state)] = tau[:n]
-            local[id(prob.control)] = tau[n:]
-            return evaluate([expr], local, fw, ref)[0]
+    def _env(self, p: dict[str, Any], tau: Any = None) -> dict[int, Any]:
+        env = {id(param): p[param.name] for param in self.parameters if param.name in p}
+        if tau is not None:
+            env[id(self.problem.state)] = tau[: self.n]
+            env[id(self.problem.control)] = tau[self.n:]
+        return env
 
-        zero = fw.constant(np.zeros(n + m), ref)
-        F = fw.jacobian(lambda tau: at(tau, prob.transition))(zero)
-        f = at(zero, prob.transition)
-        C = fw.hessian(lambda tau: at(tau, prob.cost))(zero)
-        c = fw.grad(lambda tau: at(tau, prob.cost))(zero)
-        if prob.terminal_cost is None:
-            CT, cT = fw.constant(np.zeros((n, n)), ref), fw.constant(np.zeros(n), ref)
-        else:
-            terminal = prob.terminal_cost
-            xT = fw.constant(np.zeros(n), ref)
+    def _dynamics(self, fw: Framework, p: dict, ref: Any) -> tuple:
+        def g(tau):
+            return evaluate([self.problem.transition], self._env(p, tau), fw, ref)[0]
 
-            def term(z: Any) -> Any:
-                return evaluate([terminal], {**env, id(prob.state): z}, fw, ref)[0]
+        zero = fw.constant(np.zeros(self.n + self.m), ref)
+        return fw.jacobian(g)(zero), g(zero)
 
-            CT, cT = fw.hessian(term)(xT), fw.grad(term)(xT)
-        x0 = evaluate([prob.initial_state], env, fw, ref)[0]
-        lo, hi = self._bounds(fw, env, ref)
-        return C, c, F, f, CT, cT, x0, lo, hi
+    def _stage_cost(self, fw: Framework, p: dict, ref: Any) -> tuple:
+        def g(tau):
+            return evaluate([self.problem.cost], self._env(p, tau), fw, ref)[0]
 
-    def _bounds(self, fw: Framework, env: dict, ref: Any) -> tuple[Any, Any]:
-        xp, m = fw.xp, self.m
+        zero = fw.constant(np.zeros(self.n + self.m), ref)
+        return fw.hessian(g)(zero), fw.grad(g)(zero)
+
+    def _terminal_cost(self, fw: Framework, p: dict, ref: Any) -> tuple:
+        n = self.n
+        if self.problem.terminal_cost is None:
+            return fw.constant(np.zeros((n, n)), ref), fw.constant(np.zeros(n), ref)
+
+        def g(z):
+            env = self._env(p)
+            env[id(self.problem.state)] = z
+            return evaluate([self.problem.terminal_cost], env, fw, ref)[0]
+
+        zero = fw.constant(np.zeros(n), ref)
+        return fw.hessian(g)(zero), fw.grad(g)(zero)
+
+    def _initial_state(self, fw: Framework, p: dict, ref: Any) -> tuple:
+        return (evaluate([self.problem.initial_state], self._env(p), fw, ref)[0],)
+
+    def _bounds(self, fw: Framework, p: dict, ref: Any) -> tuple[Any, Any]:
+        xp, m, env = fw.xp, self.m, self._env(p)
         lo = fw.constant(np.full(m, -np.inf), ref)
         hi = fw.constant(np.full(m, np.inf), ref)
         for b in self.bounds:
