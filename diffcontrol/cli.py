@@ -1,0 +1,23 @@
+"""The ``diffcontrol`` command: ``diffcontrol demo`` runs the main job."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="diffcontrol", description="diffcontrol command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="learn an LQR controller's dynamics from its controls only")
+    demo.add_argument("--iterations", type=int, default=300, help="training iterations (default 300)")
+    demo.add_argument("--out", default="demo_output", help="folder for the figure and the table")
+    demo.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    from diffcontrol.demo import run
+
+    run(iterations=args.iterations, out=args.out, seed=args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
