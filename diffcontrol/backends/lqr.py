@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from diffcontrol.backends.ops import Ops
-from diffcontrol.backends.riccati import _mv, costates, riccati_sweep, rollout
+from diffcontrol.backends.riccati import Policy, _mv, costates, resweep, riccati_sweep, rollout
 from diffcontrol.errors import Status
 
 NAME = "lqr"
@@ -87,15 +87,19 @@ def projected_gradient_residual(ops: Ops, data: dict, x: Any, u: Any, g_u: Any) 
     return xp.amax(xp.abs(pg).reshape(pg.shape[0], -1), -1) / scale
 
 
-def _newton_step(ops: Ops, data: dict, x: Any, u: Any, free: Any = None) -> tuple[Any, Any]:
+def _newton_step(ops: Ops, data: dict, x: Any, u: Any, free: Any = None) -> tuple[Any, Any, Policy]:
     """The exact minimiser of the LQ problem with the controls where ``free`` is False held at
-    their values in ``u`` (None: all free); (x, u) must be a trajectory of the dynamics."""
+    their values in ``u`` (None: all free). (x, u) is the reference; it need not satisfy the
+    dynamics (its defects enter the sweep). Also returns the sweep's policy, whose
+    factorisation the backward pass can reuse."""
     xp = ops.xp
     tau = xp.concatenate([x[:, :-1], u], -1)
-    c_dev = _mv(data["C"], tau) + data["c"]          # cost gradient about the current trajectory
+    c_dev = _mv(data["C"], tau) + data["c"]          # cost gradient about the reference
     cT_dev = _mv(data["CT"], x[:, -1]) + data["cT"]
-    K, k, _ = riccati_sweep(ops, data["C"], c_dev, data["F"], data["CT"], cT_dev, free=free)
-    return rollout(ops, _affine_step(ops, data["F"], data["f"]), data["x0"], u, x, K, k, 1.0)
+    defect = _mv(data["F"], tau) + data["f"] - x[:, 1:]
+    policy = riccati_sweep(ops, data["C"], c_dev, data["F"], data["CT"], cT_dev, f=defect, free=free)
+    x, u = rollout(ops, _affine_step(ops, data["F"], data["f"]), data["x0"], u, x, policy.K, policy.k, 1.0)
+    return x, u, policy
 
 
 def _simulate(ops: Ops, data: dict, u: Any) -> Any:
@@ -107,7 +111,7 @@ def _simulate(ops: Ops, data: dict, u: Any) -> Any:
     return x
 
 
-def _active_set_method(ops: Ops, data: dict, u: Any, max_iter: int, tol: float) -> tuple[Any, Any, Any]:
+def _active_set_method(ops: Ops, data: dict, u: Any, max_iter: int, tol: float) -> tuple[Any, Any, Any, Any]:
     """Primal-dual active-set method for the box-constrained LQ problem (Hintermueller, Ito and
     Kunisch 2002; a semismooth Newton method): each iteration is one Riccati solve with the
     active controls held at their bounds, then the sets are updated from the primal
@@ -115,7 +119,8 @@ def _active_set_method(ops: Ops, data: dict, u: Any, max_iter: int, tol: float) 
     exactly the KKT point. Usually 2-6 iterations; it can cycle on rare problems, and the
     caller's box-DDP then finishes those examples. The initial sets are the controls that
     ``u`` (a warm start) holds at a bound the gradient pushes against; examples whose ``u``
-    already meets ``tol`` take no iteration. Returns x, u (clipped) and the counts.
+    already meets ``tol`` take no iteration. Returns x, u (clipped), the counts and the last
+    sweep's policy (whose free sets are those of every settled example).
     """
     xp = ops.xp
     lo, hi = data["lo"], data["hi"]
@@ -124,9 +129,10 @@ def _active_set_method(ops: Ops, data: dict, u: Any, max_iter: int, tol: float) 
     at_lo, at_hi = (u <= lo) & (g_u > 0), (u >= hi) & (g_u < 0)
     done = projected_gradient_residual(ops, data, x, u, g_u) <= tol
     iterations = xp.where(done, 0, 0)
+    policy = None
     for _ in range(max_iter):
         u_ref = xp.where(at_lo, lo, xp.where(at_hi, hi, u))
-        x_new, u_new = _newton_step(ops, data, _simulate(ops, data, u_ref), u_ref, ~(at_lo | at_hi))
+        x_new, u_new, policy = _newton_step(ops, data, x, u_ref, ~(at_lo | at_hi))
         _, g_u = costates(ops, data["C"], data["c"], data["F"], data["CT"], data["cT"], x_new, u_new)
         free = ~(at_lo | at_hi)
         new_lo = (at_lo & (g_u > 0)) | (free & (u_new < lo))
@@ -140,7 +146,7 @@ def _active_set_method(ops: Ops, data: dict, u: Any, max_iter: int, tol: float) 
         if bool(done.all()):
             break
     u = xp.minimum(xp.maximum(u, lo), hi)
-    return _simulate(ops, data, u), u, iterations
+    return _simulate(ops, data, u), u, iterations, policy
 
 
 def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tuple[Any, Any], Info, dict]:
@@ -160,26 +166,27 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
     u = ops.zeros((B, T, m), C) if u_init is None else u_init
     u = xp.minimum(xp.maximum(u, lo), hi)
     if bounded:
-        x, u, iterations = _active_set_method(ops, data, u, options["max_iter"], tol)
+        x, u, iterations, policy = _active_set_method(ops, data, u, options["max_iter"], tol)
     else:
-        x, u = _newton_step(ops, data, _simulate(ops, data, u), u)
+        x, u, policy = _newton_step(ops, data, ops.zeros((B, T + 1, x0.shape[-1]), C), u)
         iterations = xp.where(xp.isfinite(u[:, 0, 0]), 1, 1)  # one exact solve
     cost = total_cost(ops, data, x, u)
     stalled = xp.zeros_like(cost, dtype=bool)
     slack = 10 * ops.eps(C)
 
+    lam, g_u = costates(ops, C, c, F, CT, cT, x, u)
+    residual = projected_gradient_residual(ops, data, x, u, g_u)
     for _ in range(options["max_iter"]):
-        lam, g_u = costates(ops, C, c, F, CT, cT, x, u)
-        residual = projected_gradient_residual(ops, data, x, u, g_u)
         active = ~((residual <= tol) | stalled)
         if not bool(active.any()):
             break
+        policy = None  # box-DDP moves the point: the backward pass factorises afresh
         # box-DDP: linear terms of the cost in deviation coordinates about the current iterate
         tau = xp.concatenate([x[:, :-1], u], -1)
         c_dev = _mv(C, tau) + c
         cT_dev = _mv(CT, x[:, -1]) + cT
         box = (lo - u, hi - u) if bounded else None
-        K, k, _ = riccati_sweep(ops, C, c_dev, F, CT, cT_dev, box=box, qp_max_iter=options["qp_max_iter"])
+        K, k, _ = riccati_sweep(ops, C, c_dev, F, CT, cT_dev, box=box, qp_max_iter=options["qp_max_iter"])[:3]
         accepted = xp.zeros_like(active)
         new_x, new_u, new_cost = x, u, cost
         alpha = 1.0
@@ -197,9 +204,9 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
         stalled = stalled | (active & ~accepted)
         iterations = iterations + xp.where(accepted, 1, 0)
         x, u, cost = new_x, new_u, new_cost
+        lam, g_u = costates(ops, C, c, F, CT, cT, x, u)
+        residual = projected_gradient_residual(ops, data, x, u, g_u)
 
-    lam, g_u = costates(ops, C, c, F, CT, cT, x, u)
-    residual = projected_gradient_residual(ops, data, x, u, g_u)
     converged = residual <= tol
     status = [Status.CONVERGED if ok else (Status.LINE_SEARCH_FAILED if st else Status.MAX_ITER)
               for ok, st in zip(converged.tolist(), stalled.tolist())]
@@ -207,11 +214,15 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
     active_lo = (u - g_u <= lo) & (g_u > 0)
     active_hi = (u - g_u >= hi) & (g_u < 0)
     saved = {"x": x, "u": u, "lam": lam, "active_lo": active_lo, "active_hi": active_hi}
+    if policy is not None:
+        saved.update(K=policy.K, L=policy.L, Qxu=policy.Qxu,
+                     free_fwd=xp.ones_like(u, dtype=bool) if policy.free is None else policy.free)
     return (x, u), Info(converged, iterations, residual, status), saved
 
 
-def vjp(data: dict, saved: dict, cotangents: tuple[Any, Any], ops: Ops) -> dict:
-    """Cotangents of the data given those of (x, u): one LQR solve with the active set frozen."""
+def vjp(data: dict, saved: dict, cotangents: tuple[Any, Any], ops: Ops, needs: Any = DATA_KEYS) -> dict:
+    """Cotangents of the data named in ``needs`` (the others are None) given those of (x, u):
+    one LQR solve with the active set frozen."""
     xp = ops.xp
     C, F, CT = data["C"], data["F"], data["CT"]
     x, u, lam = saved["x"], saved["u"], saved["lam"]
@@ -221,24 +232,34 @@ def vjp(data: dict, saved: dict, cotangents: tuple[Any, Any], ops: Ops) -> dict:
 
     g_tau = xp.concatenate([gx[:, :T], gu], -1)
     g_T = gx[:, T]
-    K, k, _ = riccati_sweep(ops, C, g_tau, F, CT, g_T, free=free)
+    if saved.get("L") is not None and bool((saved["free_fwd"] == free).all()):
+        # same C, F, CT and free set as the forward's last sweep: reuse its factorisation
+        policy = resweep(ops, Policy(saved["K"], None, free, saved["L"], saved["Qxu"]), g_tau, F, g_T)
+    else:
+        policy = riccati_sweep(ops, C, g_tau, F, CT, g_T, free=free)
+    K, k = policy.K, policy.k
     zeros_x = ops.zeros(x.shape[:1] + x.shape[2:], C)
     dx, du = rollout(ops, _affine_step(ops, F, 0.0 * data["f"]), zeros_x, 0.0 * u, 0.0 * x[:, :T], K, k, 1.0)
     dlam, r_u = costates(ops, C, g_tau, F, CT, g_T, dx, du)
 
     tau = xp.concatenate([x[:, :T], u], -1)
     d_tau = xp.concatenate([dx[:, :T], du], -1)
-    outer = d_tau[..., :, None] * tau[..., None, :]
-    outer_T = dx[:, T, :, None] * x[:, T, None, :]
     zero = 0.0 * r_u
-    return {
-        "C": 0.5 * (outer + outer.mT),
-        "c": d_tau,
-        "F": lam[:, 1:, :, None] * d_tau[..., None, :] + dlam[:, 1:, :, None] * tau[..., None, :],
-        "f": dlam[:, 1:],
-        "CT": 0.5 * (outer_T + outer_T.mT),
-        "cT": dx[:, T],
-        "x0": dlam[:, 0],
-        "lo": xp.where(saved["active_lo"], r_u, zero),
-        "hi": xp.where(saved["active_hi"], r_u, zero),
+    formulas = {  # the Differentiable MPC paper's eq. (8) in our horizon convention
+        "C": lambda: _sym_outer(d_tau, tau),
+        "c": lambda: d_tau,
+        "F": lambda: lam[:, 1:, :, None] * d_tau[..., None, :] + dlam[:, 1:, :, None] * tau[..., None, :],
+        "f": lambda: dlam[:, 1:],
+        "CT": lambda: _sym_outer(dx[:, T], x[:, T]),
+        "cT": lambda: dx[:, T],
+        "x0": lambda: dlam[:, 0],
+        "lo": lambda: xp.where(saved["active_lo"], r_u, zero),
+        "hi": lambda: xp.where(saved["active_hi"], r_u, zero),
     }
+    return {k: formulas[k]() if k in needs else None for k in DATA_KEYS}
+
+
+def _sym_outer(a: Any, b: Any) -> Any:
+    """1/2 (a b^T + b a^T) over the last axis, batched."""
+    outer = a[..., :, None] * b[..., None, :]
+    return 0.5 * (outer + outer.mT)

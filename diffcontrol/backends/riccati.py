@@ -10,7 +10,7 @@ that differ between frameworks (see :mod:`diffcontrol.backends.ops`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from diffcontrol.backends.ops import Ops
 
@@ -69,6 +69,19 @@ def box_qp(ops: Ops, H: Any, q: Any, lo: Any, hi: Any, max_iter: int) -> tuple[A
     return x, free, ops.cholesky(_masked_hessian(ops, H, free))
 
 
+class Policy(NamedTuple):
+    """du_t = K_t dx_t + k_t: K (B, T, m, n), k (B, T, m), the free mask (B, T, m) or None
+    (unconstrained). Without a box, also the factors that let :func:`resweep` reuse the
+    sweep for new linear terms: the Cholesky factors L (B, T, m, m) of the free blocks and
+    Qxu (B, T, n, m)."""
+
+    K: Any
+    k: Any
+    free: Any
+    L: Any = None
+    Qxu: Any = None
+
+
 def riccati_sweep(
     ops: Ops,
     C: Any,
@@ -77,31 +90,31 @@ def riccati_sweep(
     CT: Any,
     cT: Any,
     *,
+    f: Any = None,
     box: tuple[Any, Any] | None = None,
     free: Any = None,
     qp_max_iter: int = 20,
-) -> tuple[Any, Any, Any]:
+) -> Policy:
     """Backward Riccati recursion for the deviation problem
     min sum_t 1/2 d_t^T C_t d_t + c_t^T d_t + 1/2 dx_T^T CT dx_T + cT^T dx_T,
-    dx_{t+1} = F_t d_t, dx_0 = 0.
+    dx_{t+1} = F_t d_t + f_t (``f`` (B, T, n): the reference trajectory's defects; None: 0).
 
     Controls are limited either by ``box = (lo, hi)`` (each (B, T, m), bounds on
     the control *deviation*; a box QP per stage decides the free set) or by a
     fixed ``free`` mask (B, T, m) whose False entries are held at zero (the
     backward pass's frozen active set). Neither: unconstrained.
-    Returns the policy du_t = K_t dx_t + k_t as K (B, T, m, n), k (B, T, m), and
-    the free mask (B, T, m) (None when unconstrained).
+    Returns the :class:`Policy`.
     """
     xp = ops.xp
     n = CT.shape[-1]
     T = C.shape[1]
     FT = F.mT
     V, v = CT, cT
-    Ks, ks, frees = [None] * T, [None] * T, [None] * T
+    Ks, ks, frees, Ls, Qxus = [None] * T, [None] * T, [None] * T, [None] * T, [None] * T
     for t in reversed(range(T)):
         Ft, FtT = F[:, t], FT[:, t]
         Q = C[:, t] + FtT @ V @ Ft
-        q = c[:, t] + _mv(FtT, v)
+        q = c[:, t] + _mv(FtT, v if f is None else v + _mv(V, f[:, t]))
         Qxx, Qxu, Qux, Quu = Q[:, :n, :n], Q[:, :n, n:], Q[:, n:, :n], Q[:, n:, n:]
         qx, qu = q[:, :n], q[:, n:]
         if box is not None:
@@ -119,15 +132,35 @@ def riccati_sweep(
                 free_t = free[:, t]
                 H = _masked_hessian(ops, Quu, free_t)
                 rhs = xp.concatenate([Qux, qu[..., None]], -1) * free_t[..., None]
-            Kk = -ops.cho_solve(ops.cholesky(H), rhs)
+            L = ops.cholesky(H)
+            Kk = -ops.cho_solve(L, rhs)
             K, k = Kk[..., :n], Kk[..., n]
+            Ls[t], Qxus[t] = L, Qxu
             V = Qxx + Qxu @ K
             v = qx + _mv(Qxu, k)
         V = 0.5 * (V + V.mT)
         Ks[t], ks[t], frees[t] = K, k, free_t
-    if free is None and box is None:
-        return xp.stack(Ks, 1), xp.stack(ks, 1), None
-    return xp.stack(Ks, 1), xp.stack(ks, 1), xp.stack(frees, 1)
+    K, k = xp.stack(Ks, 1), xp.stack(ks, 1)
+    if box is not None:
+        return Policy(K, k, xp.stack(frees, 1))
+    return Policy(K, k, None if free is None else free, xp.stack(Ls, 1), xp.stack(Qxus, 1))
+
+
+def resweep(ops: Ops, policy: Policy, c: Any, F: Any, cT: Any) -> Policy:
+    """The sweep of :func:`riccati_sweep` for new linear terms ``c``, ``cT`` and the same
+    C, F, CT and free set, reusing its factorisations: only k changes (the Differentiable
+    MPC paper's "reusing the factorizations from the forward pass")."""
+    xp = ops.xp
+    n, T = cT.shape[-1], c.shape[1]
+    FT = F.mT
+    v, ks = cT, [None] * T
+    for t in reversed(range(T)):
+        q = c[:, t] + _mv(FT[:, t], v)
+        qu = q[:, n:] if policy.free is None else q[:, n:] * policy.free[:, t]
+        k = -ops.cho_solve(policy.L[:, t], qu)
+        v = q[:, :n] + _mv(policy.Qxu[:, t], k)
+        ks[t] = k
+    return Policy(policy.K, xp.stack(ks, 1), policy.free, policy.L, policy.Qxu)
 
 
 def rollout(

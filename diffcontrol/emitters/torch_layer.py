@@ -106,8 +106,9 @@ class _ImplicitSolve(torch.autograd.Function):
         saved = dict(zip(ctx.saved_keys, tensors[len(ctx.keys):]))
         outputs = (saved["x"], saved["u"])
         cot = tuple(torch.zeros_like(o) if g is None else g for g, o in zip(cotangents, outputs))
+        needs = {k for k, need in zip(ctx.keys, ctx.needs_input_grad[5:]) if need}
         with torch.no_grad():
-            grads = ctx.backend.vjp(data, saved, cot, TorchOps)
+            grads = ctx.backend.vjp(data, saved, cot, TorchOps, needs)
         return (None, None, None, None, None, *(grads[k] for k in ctx.keys))
 
 
