@@ -24,7 +24,26 @@ NAME = "lqr"
 
 #: The IR's arrays, batch-first: C (B,T,N,N), c (B,T,N), F (B,T,n,N), f (B,T,n),
 #: CT (B,n,n), cT (B,n), x0 (B,n), lo / hi (B,T,m) (infinite where unbounded).
+#: C, c, F, f may come without the T axis: time-invariant, and their cotangents then
+#: come summed over time (contractions instead of (B,T,n,N) outer products).
 DATA_KEYS = ("C", "c", "F", "f", "CT", "cT", "x0", "lo", "hi")
+_STAGE_NDIM = {"C": 4, "c": 3, "F": 4, "f": 3}
+
+
+def _over_time(ops: Ops, data: dict) -> dict:
+    """The data with every stage array carrying its T axis (views, no copies)."""
+    B, T = data["lo"].shape[:2]
+    full = dict(data)
+    for k, ndim in _STAGE_NDIM.items():
+        a = data[k]
+        if a.ndim == ndim - 1:
+            full[k] = ops.xp.broadcast_to(a[:, None], (B, T) + tuple(a.shape[1:]))
+    return full
+
+
+def _outer(a: Any, b: Any, summed: bool) -> Any:
+    """a_t b_t^T per stage (B, T, p, q), or its sum over t (B, p, q) as one contraction."""
+    return a.mT @ b if summed else a[..., :, None] * b[..., None, :]
 
 #: Options with their defaults and one line of documentation each.
 OPTIONS = {
@@ -157,6 +176,7 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
     takes whatever has not reached ``tol``, so the result is always verified by the KKT residual.
     """
     xp = ops.xp
+    data = _over_time(ops, data)
     C, c, F, f, CT, cT, x0, lo, hi = (data[k] for k in DATA_KEYS)
     B, T, m = lo.shape
     bounded = bool((xp.isfinite(lo) | xp.isfinite(hi)).any())
@@ -224,6 +244,8 @@ def vjp(data: dict, saved: dict, cotangents: tuple[Any, Any], ops: Ops, needs: A
     """Cotangents of the data named in ``needs`` (the others are None) given those of (x, u):
     one LQR solve with the active set frozen."""
     xp = ops.xp
+    invariant = {k for k, ndim in _STAGE_NDIM.items() if data[k].ndim == ndim - 1}
+    data = _over_time(ops, data)
     C, F, CT = data["C"], data["F"], data["CT"]
     x, u, lam = saved["x"], saved["u"], saved["lam"]
     gx, gu = cotangents
@@ -245,12 +267,16 @@ def vjp(data: dict, saved: dict, cotangents: tuple[Any, Any], ops: Ops, needs: A
     tau = xp.concatenate([x[:, :T], u], -1)
     d_tau = xp.concatenate([dx[:, :T], du], -1)
     zero = 0.0 * r_u
+
+    def over_t(key: str, a: Any) -> Any:
+        return a.sum(1) if key in invariant else a
+
     formulas = {  # the Differentiable MPC paper's eq. (8) in our horizon convention
-        "C": lambda: _sym_outer(d_tau, tau),
-        "c": lambda: d_tau,
-        "F": lambda: lam[:, 1:, :, None] * d_tau[..., None, :] + dlam[:, 1:, :, None] * tau[..., None, :],
-        "f": lambda: dlam[:, 1:],
-        "CT": lambda: _sym_outer(dx[:, T], x[:, T]),
+        "C": lambda: _symmetric(_outer(d_tau, tau, "C" in invariant)),
+        "c": lambda: over_t("c", d_tau),
+        "F": lambda: _outer(lam[:, 1:], d_tau, "F" in invariant) + _outer(dlam[:, 1:], tau, "F" in invariant),
+        "f": lambda: over_t("f", dlam[:, 1:]),
+        "CT": lambda: _symmetric(_outer(dx[:, T:], x[:, T:], True)),
         "cT": lambda: dx[:, T],
         "x0": lambda: dlam[:, 0],
         "lo": lambda: xp.where(saved["active_lo"], r_u, zero),
@@ -259,7 +285,5 @@ def vjp(data: dict, saved: dict, cotangents: tuple[Any, Any], ops: Ops, needs: A
     return {k: formulas[k]() if k in needs else None for k in DATA_KEYS}
 
 
-def _sym_outer(a: Any, b: Any) -> Any:
-    """1/2 (a b^T + b a^T) over the last axis, batched."""
-    outer = a[..., :, None] * b[..., None, :]
-    return 0.5 * (outer + outer.mT)
+def _symmetric(M: Any) -> Any:
+    return 0.5 * (M + M.mT)

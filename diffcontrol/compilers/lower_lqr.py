@@ -67,7 +67,7 @@ class LQRProgram:
                     self._constants[cache_key] = piece(fw, {}, like[0])
                 values = [xp.broadcast_to(v, (B,) + tuple(v.shape)) for v in self._constants[cache_key]]
             out.update(zip(keys, values))
-        for k in ("C", "c", "F", "f", "lo", "hi"):  # time-invariant stage data, repeated over t (no copy)
+        for k in ("lo", "hi"):  # C, c, F, f stay time-invariant (no T axis); the bounds carry it
             out[k] = xp.broadcast_to(out[k][:, None], (B, T) + tuple(out[k].shape[1:]))
         return out
 
