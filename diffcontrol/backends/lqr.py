@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from diffcontrol.backends.ops import Ops
-from diffcontrol.backends.riccati import Policy, _mv, costates, resweep, riccati_sweep, rollout
+from diffcontrol.backends.riccati import (
+    Policy,
+    _mv,
+    control_gradient,
+    costates,
+    resweep,
+    riccati_sweep,
+    rollout,
+)
 from diffcontrol.errors import Status
 
 NAME = "lqr"
@@ -152,7 +160,7 @@ def _active_set_method(ops: Ops, data: dict, u: Any, max_iter: int, tol: float) 
     for _ in range(max_iter):
         u_ref = xp.where(at_lo, lo, xp.where(at_hi, hi, u))
         x_new, u_new, policy = _newton_step(ops, data, x, u_ref, ~(at_lo | at_hi))
-        _, g_u = costates(ops, data["C"], data["c"], data["F"], data["CT"], data["cT"], x_new, u_new)
+        g_u = control_gradient(policy, x_new[:, :-1] - x[:, :-1], u_new - u_ref)
         free = ~(at_lo | at_hi)
         new_lo = (at_lo & (g_u > 0)) | (free & (u_new < lo))
         new_hi = (at_hi & (g_u < 0)) | (free & (u_new > hi))

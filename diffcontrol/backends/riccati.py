@@ -80,6 +80,9 @@ class Policy(NamedTuple):
     free: Any
     L: Any = None
     Qxu: Any = None
+    q_u: Any = None   # (B, T, m): with Q_ux, Q_uu the control block of the Q-function, whose
+    Q_ux: Any = None  # gradient at a rolled-out point is the gradient of the total cost
+    Q_uu: Any = None  # w.r.t. u_t (the envelope theorem), with no costate pass
 
 
 def riccati_sweep(
@@ -110,7 +113,7 @@ def riccati_sweep(
     T = C.shape[1]
     FT = F.mT
     V, v = CT, cT
-    Ks, ks, frees, Ls, Qxus = [None] * T, [None] * T, [None] * T, [None] * T, [None] * T
+    Ks, ks, frees, Ls, Qxus, qus, Quxs, Quus = ([None] * T for _ in range(8))
     for t in reversed(range(T)):
         Ft, FtT = F[:, t], FT[:, t]
         Q = C[:, t] + FtT @ V @ Ft
@@ -135,7 +138,7 @@ def riccati_sweep(
             L = ops.cholesky(H)
             Kk = -ops.cho_solve(L, rhs)
             K, k = Kk[..., :n], Kk[..., n]
-            Ls[t], Qxus[t] = L, Qxu
+            Ls[t], Qxus[t], qus[t], Quxs[t], Quus[t] = L, Qxu, qu, Qux, Quu
             V = Qxx + Qxu @ K
             v = qx + _mv(Qxu, k)
         V = 0.5 * (V + V.mT)
@@ -143,7 +146,8 @@ def riccati_sweep(
     K, k = xp.stack(Ks, 1), xp.stack(ks, 1)
     if box is not None:
         return Policy(K, k, xp.stack(frees, 1))
-    return Policy(K, k, None if free is None else free, xp.stack(Ls, 1), xp.stack(Qxus, 1))
+    stacked = (xp.stack(a, 1) for a in (Ls, Qxus, qus, Quxs, Quus))
+    return Policy(K, k, None if free is None else free, *stacked)
 
 
 def resweep(ops: Ops, policy: Policy, c: Any, F: Any, cT: Any) -> Policy:
@@ -161,6 +165,13 @@ def resweep(ops: Ops, policy: Policy, c: Any, F: Any, cT: Any) -> Policy:
         v = q[:, :n] + _mv(policy.Qxu[:, t], k)
         ks[t] = k
     return Policy(policy.K, xp.stack(ks, 1), policy.free, policy.L, policy.Qxu)
+
+
+def control_gradient(policy: Policy, dx: Any, du: Any) -> Any:
+    """d(total cost)/d u_t (B, T, m) at the point reached by rolling out ``policy``, from its
+    Q-function: q_u + Q_ux dx + Q_uu du with (dx, du) (B, T, n), (B, T, m) the deviations
+    from the sweep's reference."""
+    return policy.q_u + _mv(policy.Q_ux, dx) + _mv(policy.Q_uu, du)
 
 
 def rollout(

@@ -67,15 +67,22 @@ class Parameter(Leaf):
         return NONNEG if self.nonneg else ANY_SIGN
 
 
-class State(Leaf):
-    """The state x_t of an optimal-control problem; ``x.next`` stands for x_{t+1}."""
+class _StageVector(Leaf):
+    """A per-stage decision vector of a control problem (the state or the control)."""
 
     is_decision = True
 
-    def __init__(self, n: int, name: str | None = None):
-        super().__init__(as_shape(n), name or "x")
+    def __init__(self, size: int, name: str | None = None):
+        super().__init__(as_shape(size), name or self._prefix)
         if len(self.shape) != 1:
-            raise ModelError(f"a State is a vector: dc.State(n) with an int n, got shape {self.shape}")
+            kind = type(self).__name__
+            raise ModelError(f"a {kind} is a vector: dc.{kind}(size) with an int size, got shape {self.shape}")
+
+
+class State(_StageVector):
+    """The state x_t of an optimal-control problem, ``dc.State(n)``; ``x.next`` stands for x_{t+1}."""
+
+    _prefix = "x"
 
     @property
     def next(self) -> StateNext:
@@ -97,15 +104,10 @@ class StateNext(Expression):
         raise ModelError(f"{self} may appear only as the left side of the dynamics")
 
 
-class Control(Leaf):
-    """The control u_t of an optimal-control problem."""
+class Control(_StageVector):
+    """The control u_t of an optimal-control problem, ``dc.Control(m)``."""
 
-    is_decision = True
-
-    def __init__(self, m: int, name: str | None = None):
-        super().__init__(as_shape(m), name or "u")
-        if len(self.shape) != 1:
-            raise ModelError(f"a Control is a vector: dc.Control(m) with an int m, got shape {self.shape}")
+    _prefix = "u"
 
 
 class Constant(Leaf):
