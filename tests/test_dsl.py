@@ -155,6 +155,13 @@ def test_control_problem_validation_messages():
                                  + dc.Parameter(name="p") * dc.sum_squares(x)))
 
 
+def test_parameter_names_that_the_layer_uses_itself_are_refused():
+    x, u = dc.State(2), dc.Control(1)
+    with pytest.raises(dc.ModelError, match="may not be named 'u_init'"):
+        dc.ControlProblem(dynamics=x.next == x + u, cost=dc.sum_squares(u), horizon=2,
+                          initial_state=dc.Parameter(2, name="u_init"))
+
+
 def test_generic_problem_variables_in_order_of_appearance():
     a, b = dc.Variable(2, name="a"), dc.Variable(name="b")
     prob = dc.Problem(dc.Minimize(dc.sum_squares(a) + b ** 2), [b >= 1])

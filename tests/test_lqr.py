@@ -216,3 +216,24 @@ def test_non_positive_definite_control_cost_raises():
     layer = prob.compile().to_torch()
     with pytest.raises(dc.SolverError, match="positive definite"):
         layer(R=torch.tensor(-5.0, dtype=torch.float64))
+
+
+def test_autodiff_fallback_for_jacobians_agrees_with_the_symbolic_path():
+    """Dynamics the symbolic Jacobian rules do not cover (a transposed vector) lower through autodiff."""
+    n, m, T = 3, 2, 4
+    x, u = dc.State(n), dc.Control(m)
+    A, B, x0 = dc.Parameter((n, n), name="A"), dc.Parameter((n, m), name="B"), dc.Parameter(n, name="x0")
+    cost = dc.sum_squares(x) + dc.sum_squares(u)
+    symbolic = dc.ControlProblem(dynamics=x.next == A @ x + B @ u, cost=cost, horizon=T, initial_state=x0)
+    fallback = dc.ControlProblem(dynamics=x.next == (A @ x).T + B @ u, cost=cost, horizon=T, initial_state=x0)
+    assert symbolic.compile().program.jacobians is not None
+    assert fallback.compile().program.jacobians is None
+    v = lq_values(n, m, 2, seed=9)
+    wx, wu = _loss_weights(T, n, m, 2)
+    grads = []
+    for prob in (symbolic, fallback):
+        inputs = {k: v[k].clone().requires_grad_(True) for k in ("A", "B", "x0")}
+        xs, us = prob.compile().to_torch()(**inputs)
+        ((wx * xs).sum() + (wu * us).sum()).backward()
+        grads.append((xs.detach(), inputs["A"].grad))
+    assert rel_err(grads[1][0], grads[0][0]) < 1e-12 and rel_err(grads[1][1], grads[0][1]) < 1e-12

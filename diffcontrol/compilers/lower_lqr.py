@@ -17,6 +17,8 @@ import numpy as np
 
 from diffcontrol.compilers.analysis import BoxBound, ProblemForm
 from diffcontrol.compilers.evaluate import Framework, evaluate
+from diffcontrol.compilers.linearize import jacobian_expression
+from diffcontrol.dsl.expression import Expression
 from diffcontrol.dsl.function import FunctionCall
 from diffcontrol.dsl.leaves import Parameter
 from diffcontrol.dsl.problems import ControlProblem
@@ -31,6 +33,8 @@ class LQRProgram:
     problem: ControlProblem
     bounds: tuple[BoxBound, ...]
     parameters: tuple[Parameter, ...]
+    #: (df/dx, df/du) as expressions in the parameters, or None: autodiff per call
+    jacobians: tuple[Expression, Expression] | None = None
     # parameter-free data per (keys, dtype, device): a pure cache, never per-call state
     _constants: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -95,7 +99,10 @@ class LQRProgram:
             return evaluate([self.problem.transition], self._env(p, tau), fw, ref)[0]
 
         zero = fw.constant(np.zeros(self.n + self.m), ref)
-        return fw.jacobian(g)(zero), g(zero)
+        if self.jacobians is None:
+            return fw.jacobian(g)(zero), g(zero)
+        Fx, Fu, f = evaluate([*self.jacobians, self.problem.transition], self._env(p, zero), fw, ref)
+        return fw.xp.concatenate([Fx, Fu], -1), f
 
     def _stage_cost(self, fw: Framework, p: dict, ref: Any) -> tuple:
         def g(tau):
@@ -149,4 +156,7 @@ def lower_lqr(problem: ControlProblem, form: ProblemForm) -> LQRProgram:
                 f"the bound {b.bound} of shape {b.bound.shape} in '{b.source}' does not fit "
                 f"the {rows.size} control entries it bounds"
             ) from None
-    return LQRProgram(problem, form.box_bounds, tuple(problem.parameters()))
+    Fx = jacobian_expression(problem.transition, problem.state)
+    Fu = jacobian_expression(problem.transition, problem.control)
+    jacobians = None if Fx is None or Fu is None else (Fx, Fu)
+    return LQRProgram(problem, form.box_bounds, tuple(problem.parameters()), jacobians)

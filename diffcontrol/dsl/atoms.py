@@ -239,7 +239,7 @@ class Index(Expression):
     def __init__(self, a: Expression, index: Any):
         if a.ndim == 0:
             raise ModelError(f"cannot index the scalar expression {a}")
-        self.index = _freeze_index(index)
+        self.index = _reversed_slices_as_arrays(_freeze_index(index), a.shape)
         try:
             self.shape = np.empty(a.shape)[self.index].shape
         except (IndexError, TypeError, ValueError) as exc:
@@ -561,6 +561,16 @@ def _freeze_index(index: Any) -> Any:
     if isinstance(index, (list, np.ndarray)):
         return np.asarray(index, dtype=np.int64)
     return index
+
+
+def _reversed_slices_as_arrays(index: Any, shape: tuple[int, ...]) -> Any:
+    """torch cannot slice with a negative step: such a slice becomes the integer array it selects."""
+    parts = index if isinstance(index, tuple) else (index,)
+    if not any(isinstance(p, slice) and (p.step or 1) < 0 for p in parts):
+        return index
+    if len(parts) != 1 or len(shape) != 1:
+        raise ModelError(f"a negative-step slice is supported on vectors only, got index {index!r} for shape {shape}")
+    return np.ascontiguousarray(np.arange(shape[0])[parts[0]])
 
 
 def _format_index(index: Any) -> str:

@@ -14,6 +14,10 @@ from diffcontrol.dsl.traverse import nodes_of_type
 from diffcontrol.errors import ModelError
 
 
+#: Keywords of the layers' call, so no parameter may take them.
+RESERVED_NAMES = ("u_init", "y_init", "return_info")
+
+
 class Minimize:
     """The objective of a :class:`Problem`: a scalar expression to minimise."""
 
@@ -54,6 +58,9 @@ class _ProblemBase:
     def _check_parameter_names(self) -> None:
         names: dict[str, Parameter] = {}
         for p in self.parameters():
+            if p.name in RESERVED_NAMES:
+                raise ModelError(f"a parameter may not be named {p.name!r}: the layer takes that keyword "
+                                 f"itself ({', '.join(RESERVED_NAMES)} are reserved)")
             if p.name in names:
                 raise ModelError(f"two different parameters are named {p.name!r}; give each a unique name")
             names[p.name] = p

@@ -1,0 +1,112 @@
+"""Jacobians of affine expressions as expressions: d(A @ x + B @ u)/dx is ``A``.
+
+A lowering pass: for dynamics affine in (x, u) it builds, once at compile time,
+expressions in the parameters for F = [df/dx, df/du]. Evaluating them is a
+few array ops, where autodiff would trace and transpose the whole expression
+on every call. Constructs outside these rules return None, and the lowering
+falls back to the framework's autodiff (still exact).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from diffcontrol.compilers.analysis import expression_facts
+from diffcontrol.dsl import atoms
+from diffcontrol.dsl.expression import Expression
+from diffcontrol.dsl.leaves import Constant, Leaf
+
+
+class _Unsupported(Exception):
+    """A construct the rules do not cover."""
+
+
+class _Identity:
+    """d var / d var, kept symbolic so that ``M @ I`` simplifies to ``M``."""
+
+    def __init__(self, k: int):
+        self.k = k
+
+
+class _Rows(Expression):
+    """Matrices (and (k,) rows) stacked along the first axis: the Jacobian of a concat."""
+
+    def __init__(self, parts: list[Expression]):
+        self.args = tuple(parts)
+        k = parts[0].shape[-1]
+        self.shape = (sum(p.shape[0] if p.ndim == 2 else 1 for p in parts), k)
+
+    def evaluate(self, xp, values):
+        return xp.concatenate([v.reshape(1, -1) if v.ndim == 1 else v for v in values], 0)
+
+    def render(self, s):
+        return f"rows([{', '.join(s)}])"
+
+
+def jacobian_expression(expr: Expression, var: Leaf) -> Expression | None:
+    """d expr / d var as an expression of shape expr.shape + var.shape (expr affine in the
+    decision variables, at most 1-D), or None where the rules do not apply."""
+    if expr.ndim > 1 or var.ndim != 1:
+        return None
+    try:
+        return _materialise(_coef(expr, var), expr.shape, var.shape[0])
+    except _Unsupported:
+        return None
+
+
+def _materialise(c: Any, shape: tuple[int, ...], k: int) -> Expression:
+    if c is None:
+        return Constant(np.zeros(shape + (k,)))
+    if isinstance(c, _Identity):
+        return Constant(np.eye(k))
+    if c.shape != shape + (k,):  # e.g. a scalar's row added to a vector's rows
+        return c + Constant(np.zeros(shape + (k,)))
+    return c
+
+
+def _free_of(expr: Expression, var: Leaf) -> bool:
+    return id(var) not in expression_facts(expr).uses
+
+
+def _coef(expr: Expression, var: Leaf) -> Any:
+    """None (zero), an _Identity, or an expression of shape expr.shape + (k,)."""
+    k = var.shape[0]
+    if expr is var:
+        return _Identity(k)
+    if _free_of(expr, var):
+        return None
+    a = expr.args
+    if isinstance(expr, atoms.Add):
+        left, right = _coef(a[0], var), _coef(a[1], var)
+        if left is None or right is None:
+            return _materialise(left if right is None else right, expr.shape, k)
+        return _materialise(left, a[0].shape, k) + _materialise(right, a[1].shape, k)
+    if isinstance(expr, atoms.Neg):
+        return -_materialise(_coef(a[0], var), a[0].shape, k)
+    if isinstance(expr, (atoms.Multiply, atoms.Divide)):
+        factor_first = isinstance(expr, atoms.Multiply) and _free_of(a[0], var)
+        factor, inner = (a[0], a[1]) if factor_first else (a[1], a[0])
+        if not _free_of(factor, var) or factor.ndim > 1:
+            raise _Unsupported
+        column = factor if factor.ndim == 0 else factor[:, None]  # scales the rows
+        c = _materialise(_coef(inner, var), inner.shape, k)
+        return c * column if isinstance(expr, atoms.Multiply) else c / column
+    if isinstance(expr, atoms.MatMul):
+        if _free_of(a[0], var) and a[0].ndim == 2:
+            c = _coef(a[1], var)
+            return a[0] if isinstance(c, _Identity) else a[0] @ _materialise(c, a[1].shape, k)
+        if _free_of(a[1], var) and a[1].ndim == 2 and a[0].ndim == 1:
+            c = _coef(a[0], var)
+            return a[1].T if isinstance(c, _Identity) else a[1].T @ _materialise(c, a[0].shape, k)
+        raise _Unsupported
+    if isinstance(expr, atoms.Index) and a[0].ndim == 1:
+        return _materialise(_coef(a[0], var), a[0].shape, k)[expr.index]
+    if isinstance(expr, atoms.Stack) and all(p.ndim == 0 for p in a):
+        return atoms.Stack([_materialise(_coef(p, var), (), k) for p in a])
+    if isinstance(expr, atoms.Concat):
+        return _Rows([_materialise(_coef(p, var), p.shape, k) for p in a])
+    if isinstance(expr, atoms.Sum) and expr.axis is None and a[0].ndim == 1:
+        return atoms.Sum(_materialise(_coef(a[0], var), a[0].shape, k), axis=0)
+    raise _Unsupported
