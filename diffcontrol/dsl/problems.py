@@ -13,7 +13,6 @@ from diffcontrol.dsl.leaves import Control, Parameter, State, StateNext, Variabl
 from diffcontrol.dsl.traverse import nodes_of_type
 from diffcontrol.errors import ModelError
 
-
 #: Keywords of the layers' call, so no parameter may take them.
 RESERVED_NAMES = ("u_init", "y_init", "return_info")
 
