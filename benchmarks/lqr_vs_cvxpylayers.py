@@ -125,7 +125,7 @@ def main():
         for batch in batches:
             A, B, x0 = inputs(n, m, batch, seed=batch)
             big = n * T * batch > 12 * 50 * 32
-            reps_ours, reps_cvx = (3, 1) if args.quick else (7, 1 if big else 3)
+            reps_ours, reps_cvx = (3, 1) if args.quick else (15, 1 if big else 3)
             row = {"problem": label, "batch": batch}
             for name, layer, reps in (("ours", ours, reps_ours), ("cvx", theirs, reps_cvx)):
                 row[f"{name}_fwd"] = timed(lambda layer=layer, A=A, B=B, x0=x0: run_case(layer, A, B, x0, False), reps)
@@ -153,7 +153,7 @@ def write_markdown(rows, args):
         f"{getattr(cvxpylayers, '__version__', '?')}, diffcp {diffcp.__version__}, cvxpy {cp.__version__}; "
         "float64, 1 torch thread, cvxpylayers with one job (`n_jobs_forward = n_jobs_backward = 1`). "
         "cvxpylayers runs with its defaults (for these problems the same results and times as forcing diffcp's "
-        "`solve_method='SCS'`). Medians of repeated runs after one warm-up (ours: 7 runs; cvxpylayers: 3, 1 at the "
+        "`solve_method='SCS'`). Medians of repeated runs after one warm-up (ours: 15 runs; cvxpylayers: 3, 1 at the "
         "largest sizes). Forward: no gradient requested (cvxpylayers then skips its derivative setup). "
         "Gradient error: relative error of d(sum x + sum u)/d x0 on the first <= 4 examples against a dense "
         "reduced-KKT solve whose active set comes from cvxpy + Clarabel at tolerance 1e-12.",
