@@ -3,6 +3,7 @@
 The public names of ``../API.md``; importing this never imports JAX.
 """
 
+from diffcontrol import models
 from diffcontrol.compilers.compiled import CompiledProblem
 from diffcontrol.dsl.constraints import Constraint, Equality, Inequality
 from diffcontrol.dsl.constructors import (
@@ -41,6 +42,6 @@ __all__ = [
     "BackendError", "CompiledProblem", "Constraint", "Control", "ControlProblem", "Equality",
     "Expression", "Function", "Inequality", "InputError", "Maximize", "Minimize", "ModelError",
     "NotConvergedWarning", "Parameter", "Problem", "SolverError", "State", "Variable", "abs",
-    "atan2", "concat", "cos", "exp", "log", "norm2", "quad_form", "sin", "sqrt", "square",
+    "atan2", "concat", "cos", "exp", "log", "models", "norm2", "quad_form", "sin", "sqrt", "square",
     "stack", "sum", "sum_squares", "tan", "tanh",
 ]

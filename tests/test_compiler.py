@@ -58,13 +58,21 @@ def test_parameter_scaled_cost_is_quadratic_with_convexity_checked_at_solve_time
     assert form.value("stage cost") == "quadratic, convex"
 
 
-def test_nonlinear_dynamics_have_no_backend_yet_and_say_why():
+def test_smooth_nonlinear_dynamics_go_to_ilqr_and_explain_says_why_not_lqr():
     prob = _readme_problem(dynamics=lambda x, u: dc.stack([dc.sin(x[0]), x[1], x[2], u[0]]))
+    assert prob.compile().backend == "ilqr"
+    text = prob.explain()
+    assert "'lqr' needs dynamics affine in (x, u); sin(x[0]) in the dynamics" in text
+    assert "'ilqr' takes smooth nonlinear dynamics" in text
+
+
+def test_nonsmooth_dynamics_have_no_backend_and_say_why():
+    prob = _readme_problem(dynamics=lambda x, u: dc.stack([dc.abs(x[0]), x[1], x[2], u[0]]))
     with pytest.raises(dc.BackendError, match=r"no available backend takes this problem:\n  - lqr: 'lqr' needs "
-                                              r"dynamics affine in \(x, u\); sin\(x\[0\]\) in the dynamics"):
+                                              r"dynamics affine in \(x, u\); abs\(x\[0\]\) in the dynamics"):
         prob.compile()
     text = prob.explain()
-    assert "Backend: none" in text and "'ilqr' takes smooth nonlinear dynamics" in text
+    assert "Backend: none" in text and "'ilqr' needs smooth dynamics" in text
 
 
 def test_state_constraint_rules_out_lqr():

@@ -13,20 +13,20 @@ controls frozen at zero, then the paper's eq. (8) for the cotangents of
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+from diffcontrol.backends import kkt
+from diffcontrol.backends.kkt import Info
 from diffcontrol.backends.ops import Ops
 from diffcontrol.backends.riccati import (
     Policy,
     _mv,
     control_gradient,
     costates,
-    resweep,
+    frozen_lqr_adjoint,
     riccati_sweep,
     rollout,
 )
-from diffcontrol.errors import Status
 
 NAME = "lqr"
 
@@ -68,17 +68,6 @@ OPTIONS = {
 BACKWARD_MODES = ("implicit", "unroll")
 
 
-@dataclass
-class Info:
-    """Per-example outcome: ``converged`` (B,) bool, ``iterations`` (B,) int,
-    ``residual`` (B,) the scaled projected gradient, ``status`` a list of :class:`Status`."""
-
-    converged: Any
-    iterations: Any
-    residual: Any
-    status: list
-
-
 def _affine_step(ops: Ops, F: Any, f: Any):
     """x_{t+1} = F_t [x_t; u_t] + f_t as the rollout's step function."""
 
@@ -98,20 +87,12 @@ def total_cost(ops: Ops, data: dict, x: Any, u: Any) -> Any:
 
 
 def projected_gradient_residual(ops: Ops, data: dict, x: Any, u: Any, g_u: Any) -> Any:
-    """Scaled KKT residual per example (B,): the largest entry of the projected gradient
-    (g_u, zeroed where a control sits at a bound that g_u pushes against), relative to
-    1 + the largest term summed into g_u (so roundoff of the dtype is what ``tol`` compares to).
-    """
-    xp = ops.xp
-    lo, hi = data["lo"], data["hi"]
-    slack = ops.eps(u) ** 0.5 * (1 + xp.abs(u))
-    blocked = ((u - lo <= slack) & (g_u > 0)) | ((hi - u <= slack) & (g_u < 0))
-    pg = xp.where(blocked, 0.0 * g_u, g_u)
+    """The scaled KKT residual (B,) of :func:`~diffcontrol.backends.kkt.projected_gradient_residual`,
+    scaled by the terms of the LQ problem's control gradient."""
     n = x.shape[-1]
-    tau = xp.concatenate([x[:, :-1], u], -1)
-    terms = [_mv(data["C"], tau)[..., n:], data["c"][..., n:], g_u]
-    scale = 1 + sum(xp.amax(xp.abs(t).reshape(t.shape[0], -1), -1) for t in terms)
-    return xp.amax(xp.abs(pg).reshape(pg.shape[0], -1), -1) / scale
+    tau = ops.xp.concatenate([x[:, :-1], u], -1)
+    terms = [_mv(data["C"], tau)[..., n:], data["c"][..., n:]]
+    return kkt.projected_gradient_residual(ops, u, data["lo"], data["hi"], g_u, terms)
 
 
 def _newton_step(ops: Ops, data: dict, x: Any, u: Any, free: Any = None) -> tuple[Any, Any, Policy]:
@@ -236,11 +217,8 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
         residual = projected_gradient_residual(ops, data, x, u, g_u)
 
     converged = residual <= tol
-    status = [Status.CONVERGED if ok else (Status.LINE_SEARCH_FAILED if st else Status.MAX_ITER)
-              for ok, st in zip(converged.tolist(), stalled.tolist())]
-    # A control is active when the projected-gradient step lands on its bound.
-    active_lo = (u - g_u <= lo) & (g_u > 0)
-    active_hi = (u - g_u >= hi) & (g_u < 0)
+    status = kkt.statuses(converged, stalled)
+    active_lo, active_hi = kkt.active_bounds(u, lo, hi, g_u)
     saved = {"x": x, "u": u, "lam": lam, "active_lo": active_lo, "active_hi": active_hi}
     if policy is not None:
         saved.update(K=policy.K, L=policy.L, Qxu=policy.Qxu,
@@ -261,16 +239,11 @@ def vjp(data: dict, saved: dict, cotangents: tuple[Any, Any], ops: Ops, needs: A
     free = ~(saved["active_lo"] | saved["active_hi"])
 
     g_tau = xp.concatenate([gx[:, :T], gu], -1)
-    g_T = gx[:, T]
+    reuse = None
     if saved.get("L") is not None and bool((saved["free_fwd"] == free).all()):
         # same C, F, CT and free set as the forward's last sweep: reuse its factorisation
-        policy = resweep(ops, Policy(saved["K"], None, free, saved["L"], saved["Qxu"]), g_tau, F, g_T)
-    else:
-        policy = riccati_sweep(ops, C, g_tau, F, CT, g_T, free=free)
-    K, k = policy.K, policy.k
-    zeros_x = ops.zeros(x.shape[:1] + x.shape[2:], C)
-    dx, du = rollout(ops, _affine_step(ops, F, 0.0 * data["f"]), zeros_x, 0.0 * u, 0.0 * x[:, :T], K, k, 1.0)
-    dlam, r_u = costates(ops, C, g_tau, F, CT, g_T, dx, du)
+        reuse = Policy(saved["K"], None, free, saved["L"], saved["Qxu"])
+    dx, du, dlam, r_u = frozen_lqr_adjoint(ops, C, F, CT, free, g_tau, gx[:, T], reuse)
 
     tau = xp.concatenate([x[:, :T], u], -1)
     d_tau = xp.concatenate([dx[:, :T], du], -1)

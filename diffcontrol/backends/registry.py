@@ -36,6 +36,7 @@ class Capabilities:
 
 
 _QUADRATIC = ("quadratic, convex", "quadratic, convexity unknown")
+_SMOOTH = _QUADRATIC + ("smooth", "opaque")
 
 #: In order of preference: the most structured solver that takes a problem wins.
 BACKENDS: tuple[Capabilities, ...] = (
@@ -56,8 +57,23 @@ BACKENDS: tuple[Capabilities, ...] = (
         ),
         module="diffcontrol.backends.lqr",
     ),
-    Capabilities("ilqr", "box-constrained iLQR for smooth nonlinear dynamics with exact implicit "
-                 "gradients", kinds=("control",)),
+    Capabilities(
+        "ilqr",
+        "box-constrained iLQR for smooth nonlinear dynamics and costs; backward = one LQR solve "
+        "on the Hessian of the Lagrangian (exact implicit gradients)",
+        kinds=("control",),
+        requirements=(
+            Requirement("dynamics", ("affine", "smooth", "opaque"), "smooth dynamics",
+                        "write the dynamics with smooth atoms"),
+            Requirement("stage cost", _SMOOTH, "a smooth stage cost", "write the cost with smooth atoms"),
+            Requirement("terminal cost", ("none",) + _SMOOTH, "a smooth terminal cost",
+                        "write the cost with smooth atoms"),
+            Requirement("constraints", ("none", "box on controls"),
+                        "no constraints other than box bounds on the controls",
+                        "'cone' takes general convex constraints"),
+        ),
+        module="diffcontrol.backends.ilqr",
+    ),
     Capabilities("cone", "convex problems as cone programs through cvxpy, cvxpylayers and diffcp",
                  kinds=("control", "generic")),
     Capabilities("ift_cg", "generic unconstrained argmin; implicit-function-theorem gradients by "

@@ -201,19 +201,56 @@ def rollout(
 
 
 def costates(ops: Ops, C: Any, c: Any, F: Any, CT: Any, cT: Any, x: Any, u: Any) -> tuple[Any, Any]:
-    """The adjoint recursion (the Differentiable MPC paper's eq. 7, our horizon convention):
-    lam_T = CT x_T + cT, g_t = C_t tau_t + c_t + F_t^T lam_{t+1}, lam_t = g_t[:n].
+    """The adjoint recursion of an LQ problem at (x, u): :func:`adjoint` with the cost
+    gradients C_t tau_t + c_t and CT x_T + cT."""
+    tau = ops.xp.concatenate([x[:, :-1], u], -1)
+    return adjoint(ops, _mv(C, tau) + c, F, _mv(CT, x[:, -1]) + cT)
+
+
+def adjoint(ops: Ops, grad_tau: Any, F: Any, grad_T: Any) -> tuple[Any, Any]:
+    """The costate recursion (the Differentiable MPC paper's eq. 7, our horizon convention)
+    given the stage costs' gradients ``grad_tau`` (B, T, N) and the terminal cost's
+    ``grad_T`` (B, n) along a trajectory, and the dynamics' Jacobians F (B, T, n, N) there:
+    lam_T = grad_T, g_t = grad_tau_t + F_t^T lam_{t+1}, lam_t = g_t[:n].
 
     Returns lam (B, T+1, n) and g_u (B, T, m), the gradient of the total cost
     with respect to each control through the dynamics.
     """
     xp = ops.xp
-    n, T = x.shape[-1], u.shape[1]
-    lam = _mv(CT, x[:, T]) + cT
+    n, T = grad_T.shape[-1], grad_tau.shape[1]
+    lam = grad_T
     lams, gus = [lam] + [None] * T, [None] * T
     for t in reversed(range(T)):
-        tau = xp.concatenate([x[:, t], u[:, t]], -1)
-        g = _mv(C[:, t], tau) + c[:, t] + _mv(F[:, t].mT, lam)
+        g = grad_tau[:, t] + _mv(F[:, t].mT, lam)
         lam, gus[t] = g[:, :n], g[:, n:]
         lams[T - t] = lam
     return xp.stack(lams[::-1], 1), xp.stack(gus, 1)
+
+
+def frozen_lqr_adjoint(
+    ops: Ops, C: Any, F: Any, CT: Any, free: Any, g_tau: Any, g_T: Any, policy: Policy | None = None
+) -> tuple[Any, Any, Any, Any]:
+    """The backward pass shared by the LQR-type backends (the Differentiable MPC paper's
+    eq. 19): one LQR solve with the output cotangents ``g_tau`` (B, T, N), ``g_T`` (B, n) as
+    linear cost terms, x_0 = 0, no defects and the controls where ``free`` (B, T, m) is False
+    held at zero. ``policy``: a forward sweep with the same C, F, CT and free set, whose
+    factorisation is then reused.
+
+    Returns (dx (B, T+1, n), du (B, T, m), dlam (B, T+1, n), r_u (B, T, m)): the solution,
+    its costates, and the reduced gradient r_u (the multipliers of the frozen controls).
+    """
+    if policy is not None:
+        policy = resweep(ops, policy, g_tau, F, g_T)
+    else:
+        policy = riccati_sweep(ops, C, g_tau, F, CT, g_T, free=free)
+    n = CT.shape[-1]
+    zeros_x = ops.zeros(g_T.shape[:1] + (n,), C)
+    zeros_u = ops.zeros(free.shape, C)
+
+    def step(t: int, x: Any, u: Any) -> Any:
+        return _mv(F[:, t], ops.xp.concatenate([x, u], -1))
+
+    zeros_ref = ops.zeros(g_tau.shape[:2] + (n,), C)
+    dx, du = rollout(ops, step, zeros_x, zeros_u, zeros_ref, policy.K, policy.k, 1.0)
+    dlam, r_u = costates(ops, C, g_tau, F, CT, g_T, dx, du)
+    return dx, du, dlam, r_u

@@ -7,12 +7,13 @@ from typing import Any
 from diffcontrol.backends.registry import BY_NAME
 from diffcontrol.compilers.analysis import analyse
 from diffcontrol.compilers.compiled import CompiledProblem
+from diffcontrol.compilers.lower_ilqr import lower_ilqr
 from diffcontrol.compilers.lower_lqr import lower_lqr
 from diffcontrol.compilers.selection import select
 from diffcontrol.errors import BackendError
 
 #: backend name -> lowering pass (ProblemForm facts were checked by selection)
-LOWERINGS = {"lqr": lower_lqr}
+LOWERINGS = {"lqr": lower_lqr, "ilqr": lower_ilqr}
 
 
 def resolve_options(backend_module: Any, options: dict[str, Any]) -> dict[str, Any]:
@@ -29,9 +30,11 @@ def resolve_options(backend_module: Any, options: dict[str, Any]) -> dict[str, A
                            f"choose one of {', '.join(map(repr, backend_module.BACKWARD_MODES))}")
     if resolved["on_nonconvergence"] not in ("warn", "raise"):
         raise BackendError(f"on_nonconvergence must be 'warn' or 'raise', got {resolved['on_nonconvergence']!r}")
-    for name in ("max_iter", "qp_max_iter", "ls_max_iter"):
+    for name in ("max_iter", "qp_max_iter", "ls_max_iter", "ls_parallel"):
         if name in resolved and (not isinstance(resolved[name], int) or resolved[name] < 1):
             raise BackendError(f"{name} must be a positive int, got {resolved[name]!r}")
+    if "ls_decay" in resolved and not 0 < resolved["ls_decay"] < 1:
+        raise BackendError(f"ls_decay must lie in (0, 1), got {resolved['ls_decay']!r}")
     if resolved.get("tol") is not None and not resolved["tol"] > 0:
         raise BackendError(f"tol must be positive, got {resolved['tol']!r}")
     return resolved

@@ -25,14 +25,15 @@ class Framework(Protocol):
     def vmap(self, fn: Callable) -> Callable:
         """Vectorise ``fn`` over the leading axis of every input (pytrees of arrays)."""
 
-    def jacobian(self, fn: Callable) -> Callable:
-        """d fn / d(first argument), a vector-in, array-out Jacobian."""
+    def jacobian(self, fn: Callable, argnums: int = 0) -> Callable:
+        """d fn / d(argument ``argnums``), a vector-in, array-out Jacobian."""
 
-    def hessian(self, fn: Callable) -> Callable:
-        """Hessian of a scalar ``fn`` with respect to its first argument."""
+    def hessian(self, fn: Callable, argnums: int = 0) -> Callable:
+        """Hessian of a scalar ``fn`` with respect to argument ``argnums``."""
 
-    def grad(self, fn: Callable) -> Callable:
-        """Gradient of a scalar ``fn`` with respect to its first argument."""
+    def grad(self, fn: Callable, argnums: int = 0, has_aux: bool = False) -> Callable:
+        """Gradient of a scalar ``fn`` with respect to argument ``argnums`` (with ``has_aux``,
+        ``fn`` returns (scalar, aux) and the result is (gradient, aux))."""
 
 
 def evaluate(roots: Iterable[Expression], env: dict[int, Any], fw: Framework, like: Any) -> list[Any]:

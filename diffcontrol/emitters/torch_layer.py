@@ -57,23 +57,29 @@ class TorchLayer(torch.nn.Module):
         like = torch.zeros(B, dtype=dtype, device=device)
         data = compiled.program.data(TorchFramework, values, like)
         _check_box(data)
-        outputs, info = self._solve(data, u_init)
+        outputs, info = self._solve(values, data, u_init)
         self._report(info, B)
         if batch is None:
             outputs = tuple(o[0] for o in outputs)
             info = _unbatch(info)
         return (*outputs, info) if return_info else outputs
 
-    def _solve(self, data: dict, u_init: Any):
+    def _solve(self, values: dict, data: dict, u_init: Any):
+        """Solve; attach the implicit backward (the backend's VJP) where gradients are needed."""
         compiled = self.compiled
-        backend, options = compiled.backend_module, compiled.options
-        if options["backward"] == "unroll":
+        backend, options, program = compiled.backend_module, compiled.options, compiled.program
+        if options["backward"] == "unroll":  # autograd records every iteration
             outputs, info, _ = backend.solve(data, options, TorchOps, u_init)
             return outputs, info
-        holder: list = []
-        keys = backend.DATA_KEYS
-        flat = _ImplicitSolve.apply(backend, options, holder, u_init, keys, *(data[k] for k in keys))
-        return flat, holder[0]
+        with torch.no_grad():
+            outputs, info, saved = backend.solve(data, options, TorchOps, u_init)
+        if not torch.is_grad_enabled():
+            return outputs, info
+        inputs = program.implicit_inputs(TorchFramework, values, data, saved)
+        if not any(isinstance(v, torch.Tensor) and v.requires_grad for v in inputs.values()):
+            return outputs, info
+        flat = _ImplicitSolve.apply(backend, saved, tuple(inputs), *inputs.values())
+        return flat, info
 
     def _report(self, info: Any, batch: int) -> None:
         bad = ~info.converged
@@ -87,29 +93,29 @@ class TorchLayer(torch.nn.Module):
 
 
 class _ImplicitSolve(torch.autograd.Function):
-    """Forward: the backend's solve without a graph. Backward: the backend's VJP."""
+    """Ties a finished solve to its inputs: forward returns the solution, backward is the
+    backend's VJP, giving the cotangents of ``inputs`` (whatever the program's
+    ``implicit_inputs`` made them), from which torch's autograd carries on."""
 
     @staticmethod
-    def forward(ctx, backend, options, holder, u_init, keys, *arrays):
-        data = dict(zip(keys, arrays))
-        with torch.no_grad():
-            outputs, info, saved = backend.solve(data, options, TorchOps, u_init)
-        holder.append(info)
-        ctx.backend, ctx.keys, ctx.saved_keys = backend, keys, tuple(saved)
-        ctx.save_for_backward(*arrays, *saved.values())
-        return tuple(outputs)
+    def forward(ctx, backend, saved, keys, *inputs):
+        tensors = {k: v for k, v in saved.items() if isinstance(v, torch.Tensor)}
+        ctx.backend, ctx.keys, ctx.saved_keys = backend, keys, tuple(tensors)
+        ctx.others = {k: v for k, v in saved.items() if k not in tensors}
+        ctx.save_for_backward(*inputs, *tensors.values())
+        return saved["x"].clone(), saved["u"].clone()
 
     @staticmethod
     def backward(ctx, *cotangents):
         tensors = ctx.saved_tensors
-        data = dict(zip(ctx.keys, tensors[: len(ctx.keys)]))
-        saved = dict(zip(ctx.saved_keys, tensors[len(ctx.keys):]))
+        inputs = dict(zip(ctx.keys, tensors[: len(ctx.keys)]))
+        saved = {**dict(zip(ctx.saved_keys, tensors[len(ctx.keys):])), **ctx.others}
         outputs = (saved["x"], saved["u"])
         cot = tuple(torch.zeros_like(o) if g is None else g for g, o in zip(cotangents, outputs))
-        needs = {k for k, need in zip(ctx.keys, ctx.needs_input_grad[5:]) if need}
+        needs = {k for k, need in zip(ctx.keys, ctx.needs_input_grad[3:]) if need}
         with torch.no_grad():
-            grads = ctx.backend.vjp(data, saved, cot, TorchOps, needs)
-        return (None, None, None, None, None, *(grads[k] for k in ctx.keys))
+            grads = ctx.backend.vjp(inputs, saved, cot, TorchOps, needs)
+        return (None, None, None, *(grads[k] for k in ctx.keys))
 
 
 def _dtype_and_device(inputs: dict[str, Any]) -> tuple[torch.dtype, torch.device]:

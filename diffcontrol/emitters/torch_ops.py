@@ -57,9 +57,14 @@ class TorchFramework:
     vmap = staticmethod(torch.func.vmap)
     # Reverse mode only: torch's forward-AD levels are process-global, so jacfwd is not
     # thread-safe (a compiled problem must serve several threads at once).
-    jacobian = staticmethod(torch.func.jacrev)
+    @staticmethod
+    def jacobian(fn, argnums=0):
+        return torch.func.jacrev(fn, argnums=argnums)
 
     @staticmethod
-    def hessian(fn):
-        return torch.func.jacrev(torch.func.jacrev(fn))
-    grad = staticmethod(torch.func.grad)
+    def hessian(fn, argnums=0):
+        return torch.func.jacrev(torch.func.jacrev(fn, argnums=argnums), argnums=argnums)
+
+    @staticmethod
+    def grad(fn, argnums=0, has_aux=False):
+        return torch.func.grad(fn, argnums=argnums, has_aux=has_aux)

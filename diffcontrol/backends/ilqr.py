@@ -1,0 +1,165 @@
+"""The ``ilqr`` backend: box-constrained iLQR for smooth dynamics, with exact implicit gradients.
+
+Forward (the Differentiable MPC paper's Appendix A; Tassa et al. 2014): at the
+current trajectory, linearize the dynamics and quadraticize the costs; one
+Riccati sweep with a projected-Newton box QP per stage (the kernel of the lqr
+backend) gives a feedback policy; a line search on the true cost rolls it out
+for several step sizes at once and keeps, per example, the largest that lowers
+the cost. An example stops once the projected gradient of its total cost with
+respect to the controls is below ``tol`` (or no step lowers its cost).
+
+Backward (``backward="implicit"``): the implicit function theorem at the fixed
+point. The KKT conditions of the *nonlinear* problem (stationarity of the
+Lagrangian, the dynamics, x_0, the active bounds) are differentiated: their
+Jacobian in (x, u, lam) is the KKT matrix of an LQR whose stage Hessian is the
+Hessian of the Lagrangian, C_t + sum_i lam_{t+1,i} d2 f_i, so the backward is
+one Riccati solve with the active controls frozen (the paper's eq. 19, made
+exact; cf. Jin et al. 2020 and Xu, Molloy & Gould 2023), linear in the
+horizon and independent of the number of forward iterations.
+``backward="gauss_newton"`` drops the dynamics' second derivatives, as the
+Differentiable MPC paper and mpc.pytorch do (inexact for nonlinear dynamics;
+kept for comparison). The VJP returns the cotangents of the KKT conditions'
+parameter-dependent parts (see :meth:`ILQRProgram.implicit_inputs`); the
+framework's autodiff carries them to the parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from diffcontrol.backends import kkt
+from diffcontrol.backends.kkt import Info
+from diffcontrol.backends.ops import Ops
+from diffcontrol.backends.riccati import adjoint, frozen_lqr_adjoint, riccati_sweep, rollout
+
+NAME = "ilqr"
+
+#: The arrays of the implicit backward (the KKT conditions' parameter-dependent parts).
+DATA_KEYS = ("grad_tau", "next", "grad_T", "x0", "lo", "hi")
+
+#: Options with their defaults and one line of documentation each.
+OPTIONS = {
+    "max_iter": (100, "iLQR iterations at most"),
+    "tol": (None, "tolerance on the scaled projected gradient of the total cost w.r.t. the controls; "
+                  "None: sqrt(machine epsilon) of the dtype"),
+    "backward": ("implicit", "'implicit' (exact: one LQR solve on the Hessian of the Lagrangian), "
+                             "'gauss_newton' (the final LQR approximation, as mpc.pytorch; inexact "
+                             "for nonlinear dynamics) or 'unroll' (autodiff through every iteration)"),
+    "on_nonconvergence": ("warn", "'warn' (NotConvergedWarning) or 'raise' (SolverError)"),
+    "qp_max_iter": (20, "projected-Newton iterations of each stage's box QP"),
+    "ls_decay": (0.5, "step shrink factor of the line search"),
+    "ls_max_iter": (10, "step sizes tried per iteration: 1, decay, decay^2, ..."),
+    "ls_parallel": (4, "step sizes rolled out at once (one batched rollout) per line-search round"),
+}
+BACKWARD_MODES = ("implicit", "gauss_newton", "unroll")
+
+
+def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tuple[Any, Any], Info, dict]:
+    """Solve the batch. ``data``: x0 (B, n), lo / hi (B, T, m) and ``model`` (see
+    :class:`~diffcontrol.compilers.lower_ilqr.Model`). Returns (x, u), Info, and what the VJP needs."""
+    xp = ops.xp
+    model, x0, lo, hi = data["model"], data["x0"], data["lo"], data["hi"]
+    B, T, m = lo.shape
+    n = x0.shape[-1]
+    bounded = bool((xp.isfinite(lo) | xp.isfinite(hi)).any())
+    tol = options["tol"] if options["tol"] is not None else ops.eps(x0) ** 0.5
+
+    u = ops.zeros((B, T, m), x0) if u_init is None else u_init
+    u = xp.minimum(xp.maximum(u, lo), hi)
+    x = _simulate(ops, model, x0, u)
+    cost = model.cost(x, u)
+    stalled = xp.zeros_like(cost, dtype=bool)
+    iterations = xp.where(stalled, 1, 0)  # integer zeros on the arrays' device
+    for it in range(options["max_iter"] + 1):
+        C, c, CT, cT = model.quadraticize(x, u)
+        F = model.linearize(x, u)
+        lam, g_u = adjoint(ops, c, F, cT)
+        residual = kkt.projected_gradient_residual(ops, u, lo, hi, g_u, [c[..., n:]])
+        active = ~((residual <= tol) | stalled)
+        if it == options["max_iter"] or not bool(active.any()):
+            break
+        box = (lo - u, hi - u) if bounded else None
+        policy = riccati_sweep(ops, C, c, F, CT, cT, box=box, qp_max_iter=options["qp_max_iter"])
+        x_new, u_new, cost_new, accepted = _line_search(
+            ops, model, x0, x, u, cost, policy.K, policy.k, (lo, hi) if bounded else None, active, options)
+        x, u, cost = x_new, u_new, cost_new
+        stalled = stalled | (active & ~accepted)
+        iterations = iterations + xp.where(accepted, 1, 0)
+
+    converged = residual <= tol
+    active_lo, active_hi = kkt.active_bounds(u, lo, hi, g_u)
+    saved = {"x": x, "u": u, "lam": lam, "active_lo": active_lo, "active_hi": active_hi,
+             "C": C, "F": F, "CT": CT, "model": model, "mode": options["backward"]}
+    return (x, u), Info(converged, iterations, residual, kkt.statuses(converged, stalled)), saved
+
+
+def _simulate(ops: Ops, model: Any, x0: Any, u: Any) -> Any:
+    """x (B, T+1, n) from x0 (B, n) under the open-loop controls u (B, T, m)."""
+    xs = [x0]
+    for t in range(u.shape[1]):
+        xs.append(model.step(xs[-1], u[:, t]))
+    return ops.xp.stack(xs, 1)
+
+
+def _line_search(ops: Ops, model: Any, x0: Any, x: Any, u: Any, cost: Any, K: Any, k: Any,
+                 box: tuple[Any, Any] | None, active: Any, options: dict) -> tuple[Any, Any, Any, Any]:
+    """Per example, the largest step size alpha in 1, decay, decay^2, ... whose rollout of
+    u_t = clip(u_t + alpha k_t + K_t (x'_t - x_t)) lowers the cost; ``ls_parallel`` step
+    sizes are rolled out as one batch. Returns the new x, u, cost and which examples moved."""
+    xp = ops.xp
+    B = cost.shape[0]
+    alphas = [options["ls_decay"] ** i for i in range(options["ls_max_iter"])]
+    new_x, new_u, new_cost = x, u, cost
+    accepted = xp.zeros_like(active)
+    for start in range(0, len(alphas), options["ls_parallel"]):
+        chunk = alphas[start:start + options["ls_parallel"]]
+        copies = len(chunk)
+
+        def tile(a: Any, copies: int = copies) -> Any:
+            return a if copies == 1 else xp.concatenate([a] * copies, 0)
+
+        alpha = xp.concatenate([ops.zeros((B, 1), x0) + a for a in chunk], 0)
+        lo, hi = (tile(box[0]), tile(box[1])) if box is not None else (None, None)
+        cx, cu = rollout(ops, lambda t, xt, ut: model.step(xt, ut), tile(x0), tile(u), tile(x[:, :-1]),
+                         tile(K), tile(k), alpha, lo, hi)
+        ccost = model.cost(cx, cu)
+        # a decrease, or, for the full step, no increase beyond roundoff: near the solution the
+        # decrease of a Newton step drops below roundoff of the cost before its gradient does
+        slack = 10 * ops.eps(cost) * (1 + xp.abs(cost))
+        for j in range(copies):
+            rows = slice(j * B, (j + 1) * B)
+            bound = cost + slack if start + j == 0 else cost
+            take = active & ~accepted & (ccost[rows] < bound)
+            new_x = xp.where(take[:, None, None], cx[rows], new_x)
+            new_u = xp.where(take[:, None, None], cu[rows], new_u)
+            new_cost = xp.where(take, ccost[rows], new_cost)
+            accepted = accepted | take
+        if bool((accepted | ~active).all()):
+            break
+    return new_x, new_u, new_cost, accepted
+
+
+def vjp(data: dict, saved: dict, cotangents: tuple[Any, Any], ops: Ops, needs: Any = DATA_KEYS) -> dict:
+    """Cotangents of the KKT conditions' parameter-dependent parts (:data:`DATA_KEYS`) given
+    those of (x, u): one LQR solve on the Hessian of the Lagrangian (Gauss-Newton: of the
+    cost only) with the active controls frozen."""
+    xp = ops.xp
+    x, u, lam = saved["x"], saved["u"], saved["lam"]
+    T = u.shape[1]
+    H = saved["C"]
+    if saved["mode"] != "gauss_newton":
+        H = H + saved["model"].dynamics_curvature(x[:, :-1], u, lam[:, 1:])
+    free = ~(saved["active_lo"] | saved["active_hi"])
+    gx, gu = cotangents
+    g_tau = xp.concatenate([gx[:, :T], gu], -1)
+    dx, du, dlam, r_u = frozen_lqr_adjoint(ops, H, saved["F"], saved["CT"], free, g_tau, gx[:, T])
+    zero = 0.0 * r_u
+    grads = {
+        "grad_tau": xp.concatenate([dx[:, :T], du], -1),
+        "next": dlam[:, 1:],
+        "grad_T": dx[:, T],
+        "x0": dlam[:, 0],
+        "lo": xp.where(saved["active_lo"], r_u, zero),
+        "hi": xp.where(saved["active_hi"], r_u, zero),
+    }
+    return {k: grads[k] if k in needs else None for k in DATA_KEYS}

@@ -1,0 +1,45 @@
+"""Optimality of a box-constrained control problem, shared by the LQR-type backends:
+the per-example Info, the scaled projected-gradient residual and the active set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from diffcontrol.backends.ops import Ops
+from diffcontrol.errors import Status
+
+
+@dataclass
+class Info:
+    """Per-example outcome: ``converged`` (B,) bool, ``iterations`` (B,) int,
+    ``residual`` (B,) the scaled projected gradient, ``status`` a list of :class:`Status`."""
+
+    converged: Any
+    iterations: Any
+    residual: Any
+    status: list
+
+
+def projected_gradient_residual(ops: Ops, u: Any, lo: Any, hi: Any, g_u: Any, terms: list) -> Any:
+    """Scaled KKT residual per example (B,): the largest entry of the projected gradient
+    (g_u (B, T, m), zeroed where a control sits at a bound that g_u pushes against),
+    relative to 1 + the largest entry of each of ``terms`` (the terms summed into g_u, so
+    that roundoff of the dtype is what ``tol`` compares to)."""
+    xp = ops.xp
+    slack = ops.eps(u) ** 0.5 * (1 + xp.abs(u))
+    blocked = ((u - lo <= slack) & (g_u > 0)) | ((hi - u <= slack) & (g_u < 0))
+    pg = xp.where(blocked, 0.0 * g_u, g_u)
+    scale = 1 + sum(xp.amax(xp.abs(t).reshape(t.shape[0], -1), -1) for t in [*terms, g_u])
+    return xp.amax(xp.abs(pg).reshape(pg.shape[0], -1), -1) / scale
+
+
+def active_bounds(u: Any, lo: Any, hi: Any, g_u: Any) -> tuple[Any, Any]:
+    """The controls held by their lower / upper bound: where the projected-gradient step
+    u - g_u lands on (or beyond) the bound, with g_u pushing against it."""
+    return (u - g_u <= lo) & (g_u > 0), (u - g_u >= hi) & (g_u < 0)
+
+
+def statuses(converged: Any, stalled: Any) -> list[Status]:
+    return [Status.CONVERGED if ok else (Status.LINE_SEARCH_FAILED if st else Status.MAX_ITER)
+            for ok, st in zip(converged.tolist(), stalled.tolist())]

@@ -1,0 +1,112 @@
+"""What every lowered ControlProblem shares: sizes, the environment that binds the DSL's
+leaves to arrays, and the initial state and control bounds as data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from diffcontrol.compilers.analysis import BoxBound
+from diffcontrol.compilers.evaluate import Framework, evaluate
+from diffcontrol.dsl.function import FunctionCall
+from diffcontrol.dsl.leaves import Parameter
+from diffcontrol.dsl.problems import ControlProblem
+from diffcontrol.dsl.traverse import nodes_of_type
+from diffcontrol.errors import ModelError
+
+
+@dataclass(frozen=True)
+class ControlProgram:
+    """A ControlProblem's expressions, its box bounds and parameters (in order of first use)."""
+
+    problem: ControlProblem
+    bounds: tuple[BoxBound, ...]
+    parameters: tuple[Parameter, ...]
+    # parameter-free data per (keys, dtype, device): a pure cache, never per-call state
+    _constants: dict = field(default_factory=dict, compare=False, repr=False, kw_only=True)
+
+    @property
+    def n(self) -> int:
+        return self.problem.n
+
+    @property
+    def m(self) -> int:
+        return self.problem.m
+
+    @property
+    def T(self) -> int:
+        return self.problem.horizon
+
+    def _evaluate_pieces(self, fw: Framework, params: dict[str, Any], like: Any, pieces: list) -> dict[str, Any]:
+        """Evaluate each (keys, expressions, piece) for the batch (vectorised over B); pieces
+        that depend on no parameter (nor dc.Function) are computed once per dtype and device.
+        "lo" and "hi" get the T axis: (B, T, m)."""
+        xp = fw.xp
+        B, T = like.shape[0], self.T
+        out: dict[str, Any] = {}
+        for keys, exprs, piece in pieces:
+            names = {p.name for p in nodes_of_type(exprs, Parameter)}
+            if names or nodes_of_type(exprs, FunctionCall):  # a dc.Function's weights may change
+                sub = {k: v for k, v in params.items() if k in names}
+                values = fw.vmap(lambda p, ref, piece=piece: piece(fw, p, ref))(sub, like)
+            else:
+                cache_key = (keys, str(like.dtype), str(getattr(like, "device", "")))
+                if cache_key not in self._constants:
+                    self._constants[cache_key] = piece(fw, {}, like[0])
+                values = [xp.broadcast_to(v, (B,) + tuple(v.shape)) for v in self._constants[cache_key]]
+            out.update(zip(keys, values))
+        for k in ("lo", "hi"):
+            if k in out:
+                out[k] = xp.broadcast_to(out[k][:, None], (B, T) + tuple(out[k].shape[1:]))
+        return out
+
+    def _bound_pieces(self) -> list:
+        """The pieces of :meth:`_evaluate_pieces` for x0 and the control box."""
+        return [
+            (("x0",), [self.problem.initial_state], self._initial_state),
+            (("lo", "hi"), [b.bound for b in self.bounds], self._bounds),
+        ]
+
+    def _env(self, p: dict[str, Any], tau: Any = None) -> dict[int, Any]:
+        """Leaf values keyed by id: the parameters in ``p``, and x, u from tau = [x; u]."""
+        env = {id(param): p[param.name] for param in self.parameters if param.name in p}
+        if tau is not None:
+            env[id(self.problem.state)] = tau[: self.n]
+            env[id(self.problem.control)] = tau[self.n:]
+        return env
+
+    def _initial_state(self, fw: Framework, p: dict, ref: Any) -> tuple:
+        return (evaluate([self.problem.initial_state], self._env(p), fw, ref)[0],)
+
+    def _bounds(self, fw: Framework, p: dict, ref: Any) -> tuple[Any, Any]:
+        """(lo, hi) of shape (m,), infinite where a control is unbounded."""
+        xp, m, env = fw.xp, self.m, self._env(p)
+        lo = fw.constant(np.full(m, -np.inf), ref)
+        hi = fw.constant(np.full(m, np.inf), ref)
+        for b in self.bounds:
+            rows = np.atleast_1d(np.arange(m)[b.index])
+            value = xp.broadcast_to(evaluate([b.bound], env, fw, ref)[0], (rows.size,))
+            scatter = np.zeros((m, rows.size))
+            scatter[rows, np.arange(rows.size)] = 1.0
+            full = fw.constant(scatter, ref) @ value
+            mask = fw.constant(np.isin(np.arange(m), rows).astype(float), ref) > 0.5
+            if b.lower:
+                lo = xp.where(mask, xp.maximum(lo, full), lo)
+            else:
+                hi = xp.where(mask, xp.minimum(hi, full), hi)
+        return lo, hi
+
+
+def check_bounds(problem: ControlProblem, bounds: tuple[BoxBound, ...]) -> None:
+    """Each bound must broadcast to the control entries it bounds."""
+    for b in bounds:
+        rows = np.atleast_1d(np.arange(problem.m)[b.index])
+        try:
+            np.broadcast_to(np.empty(b.bound.shape), (rows.size,))
+        except ValueError:
+            raise ModelError(
+                f"the bound {b.bound} of shape {b.bound.shape} in '{b.source}' does not fit "
+                f"the {rows.size} control entries it bounds"
+            ) from None

@@ -1,0 +1,220 @@
+"""Lowering a ControlProblem with smooth dynamics and costs to the iLQR IR.
+
+The ilqr backend needs the problem's functions, not fixed arrays: the
+dynamics' value and Jacobian, the costs' gradients and Hessians, and the
+second derivatives of the dynamics (for the exact backward), all at
+trajectories it only knows while it iterates. :class:`Model` evaluates them
+for a batch with the emitter's framework (vectorised over batch and time,
+derivatives by the framework's autodiff, which is also how a ``dc.Function``
+is differentiated).
+
+For the implicit backward, :meth:`ILQRProgram.implicit_inputs` evaluates,
+with the framework's autodiff recording, the pieces of the problem's KKT
+conditions that depend on the parameters at the (fixed) solution: the
+stationarity residual, the dynamics' values, the terminal gradient, x0 and
+the bounds. The backend returns their cotangents (implicit function theorem),
+and the framework carries them on to the Parameters and the weights of every
+``dc.Function``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from diffcontrol.compilers.analysis import ProblemForm
+from diffcontrol.compilers.control_program import ControlProgram, check_bounds
+from diffcontrol.compilers.evaluate import Framework, evaluate
+from diffcontrol.dsl.leaves import Parameter
+from diffcontrol.dsl.problems import ControlProblem
+from diffcontrol.dsl.traverse import nodes_of_type
+
+_QUADRATIC = ("quadratic, convex", "quadratic, convexity unknown")
+
+
+@dataclass(frozen=True)
+class ILQRProgram(ControlProgram):
+    """A smooth finite-horizon control problem: its expressions, bounds and parameters."""
+
+    #: whether the stage / terminal cost is quadratic (its Hessian is then evaluated once per call)
+    quadratic_cost: bool = False
+    quadratic_terminal: bool = False
+
+    def data(self, fw: Framework, params: dict[str, Any], like: Any) -> dict[str, Any]:
+        """x0 (B, n), lo / hi (B, T, m) and the :class:`Model` bound to ``params``."""
+        out = self._evaluate_pieces(fw, params, like, self._bound_pieces())
+        out["model"] = Model(self, fw, params, like)
+        return out
+
+    def implicit_inputs(self, fw: Framework, params: dict, data: dict, saved: dict) -> dict[str, Any]:
+        """The parameter-dependent parts of the KKT conditions at the solution (x, u, lam)
+        in ``saved``, recorded by the framework's autodiff: the stationarity residual
+        ``grad_tau`` (B, T, N) = grad of l_t + lam_{t+1}^T f_t, the dynamics' values ``next``
+        (B, T, n), the terminal gradient ``grad_T`` (B, n), and x0, lo, hi."""
+        model: Model = data["model"]
+        x, u, lam = saved["x"], saved["u"], saved["lam"]
+        grad_tau, next_x = model.lagrangian_gradient(x[:, :-1], u, lam[:, 1:])
+        return {"grad_tau": grad_tau, "next": next_x, "grad_T": model.terminal_gradient(x[:, -1]),
+                "x0": data["x0"], "lo": data["lo"], "hi": data["hi"]}
+
+
+class Model:
+    """The problem's functions for one batch of parameters, vectorised over batch and time.
+
+    Arrays are batch-first: x (B', n), u (B', m) for one stage, or (B', T, n), (B', T, m)
+    along a trajectory, where B' is a multiple k * B of the parameters' batch B (the
+    line search rolls out several step sizes at once; example b of copy j is row j * B + b).
+    """
+
+    def __init__(self, program: ILQRProgram, fw: Framework, params: dict[str, Any], like: Any):
+        self.program, self.fw, self.params, self.like = program, fw, params, like
+        self.B = like.shape[0]
+        p = program.problem
+        self._names = {
+            "dynamics": {q.name for q in nodes_of_type([p.transition], Parameter)},
+            "cost": {q.name for q in nodes_of_type([p.cost], Parameter)},
+            "terminal": {q.name for q in nodes_of_type([p.terminal_cost], Parameter)}
+            if p.terminal_cost is not None else set(),
+        }
+        self._quadratic_stage: tuple | None = None  # (C, c at 0) once per call, if quadratic
+
+    # -- batching ---------------------------------------------------------------------------
+
+    def _params(self, which: str, rows: int) -> tuple[dict, Any]:
+        """The parameters ``which`` uses, tiled to ``rows`` = k * B (copy-major), and a
+        reference array of ``rows`` entries for dtype and device."""
+        k = rows // self.B
+        xp = self.fw.xp
+
+        def tile(v: Any) -> Any:
+            return v if k == 1 else xp.concatenate([v] * k, 0)
+
+        sub = {name: tile(self.params[name]) for name in self._names[which]}
+        return sub, tile(self.like)
+
+    def _per_stage(self, which: str, fn: Any, *arrays: Any) -> Any:
+        """Apply the per-point ``fn(p, ref, *points)`` to arrays (B', T, ...) over B' * T points."""
+        Bp, T = arrays[0].shape[:2]
+        p, ref = self._params(which, Bp)
+        xp = self.fw.xp
+        p = {k: xp.repeat_interleave(v, T, 0) for k, v in p.items()}
+        ref = xp.repeat_interleave(ref, T, 0)
+        flat = [a.reshape((Bp * T,) + tuple(a.shape[2:])) for a in arrays]
+        out = self.fw.vmap(fn)(p, ref, *flat)
+        if isinstance(out, tuple):
+            return tuple(o.reshape((Bp, T) + tuple(o.shape[1:])) for o in out)
+        return out.reshape((Bp, T) + tuple(out.shape[1:]))
+
+    # -- per-point functions of tau = [x; u] --------------------------------------------------
+
+    def _f(self, p: dict, ref: Any, tau: Any) -> Any:
+        return evaluate([self.program.problem.transition], self.program._env(p, tau), self.fw, ref)[0]
+
+    def _l(self, p: dict, ref: Any, tau: Any) -> Any:
+        return evaluate([self.program.problem.cost], self.program._env(p, tau), self.fw, ref)[0]
+
+    def _lT(self, p: dict, ref: Any, x: Any) -> Any:
+        env = self.program._env(p)
+        env[id(self.program.problem.state)] = x
+        return evaluate([self.program.problem.terminal_cost], env, self.fw, ref)[0]
+
+    def _tau(self, x: Any, u: Any) -> Any:
+        return self.fw.xp.concatenate([x, u], -1)
+
+    # -- what the backend calls ----------------------------------------------------------------
+
+    def step(self, x: Any, u: Any) -> Any:
+        """x_{t+1} (B', n) from x_t (B', n), u_t (B', m)."""
+        p, ref = self._params("dynamics", x.shape[0])
+        return self.fw.vmap(self._f)(p, ref, self._tau(x, u))
+
+    def cost(self, x: Any, u: Any) -> Any:
+        """The total cost (B',) of trajectories x (B', T+1, n), u (B', T, m)."""
+        stage = self._per_stage("cost", self._l, self._tau(x[:, :-1], u)).sum(1)
+        if self.program.problem.terminal_cost is None:
+            return stage
+        p, ref = self._params("terminal", x.shape[0])
+        return stage + self.fw.vmap(self._lT)(p, ref, x[:, -1])
+
+    def linearize(self, x: Any, u: Any) -> Any:
+        """F (B, T, n, N): the dynamics' Jacobians along x (B, T+1, n), u (B, T, m)."""
+        return self._per_stage("dynamics", self.fw.jacobian(self._f, argnums=2), self._tau(x[:, :-1], u))
+
+    def quadraticize(self, x: Any, u: Any) -> tuple[Any, Any, Any, Any]:
+        """The stage costs' Hessians C (B, T, N, N) and gradients c (B, T, N) along the
+        trajectory, and the terminal cost's CT (B, n, n), cT (B, n) at x_T."""
+        fw, xp = self.fw, self.fw.xp
+        tau = self._tau(x[:, :-1], u)
+        if self.program.quadratic_cost:
+            if self._quadratic_stage is None:  # constant Hessian: once per call, at tau = 0
+                zero = 0.0 * tau[:, :1]
+                self._quadratic_stage = self._per_stage(
+                    "cost", lambda p, ref, t: (fw.hessian(self._l, argnums=2)(p, ref, t),
+                                               fw.grad(self._l, argnums=2)(p, ref, t)), zero)
+            C0, c0 = self._quadratic_stage
+            C = xp.broadcast_to(C0, tau.shape[:2] + C0.shape[2:])
+            c = (C0 @ tau[..., None])[..., 0] + c0
+        else:
+            C, c = self._per_stage("cost", lambda p, ref, t: (fw.hessian(self._l, argnums=2)(p, ref, t),
+                                                              fw.grad(self._l, argnums=2)(p, ref, t)), tau)
+        CT, cT = self._terminal_derivatives(x[:, -1])
+        return C, c, CT, cT
+
+    def _terminal_derivatives(self, xT: Any) -> tuple[Any, Any]:
+        fw = self.fw
+        if self.program.problem.terminal_cost is None:
+            zero = 0.0 * xT
+            return zero[..., None] * zero[..., None, :], zero
+        p, ref = self._params("terminal", xT.shape[0])
+        return fw.vmap(lambda p, ref, z: (fw.hessian(self._lT, argnums=2)(p, ref, z),
+                                          fw.grad(self._lT, argnums=2)(p, ref, z)))(p, ref, xT)
+
+    def terminal_gradient(self, xT: Any) -> Any:
+        """grad of the terminal cost (B, n) at x_T (B, n); zeros without a terminal cost."""
+        if self.program.problem.terminal_cost is None:
+            return 0.0 * xT
+        p, ref = self._params("terminal", xT.shape[0])
+        return self.fw.vmap(self.fw.grad(self._lT, argnums=2))(p, ref, xT)
+
+    def dynamics_curvature(self, x: Any, u: Any, lam_next: Any) -> Any:
+        """sum_i lam_{t+1,i} d2 f_i / d tau2 (B, T, N, N): the dynamics' share of the
+        Hessian of the Lagrangian, x (B, T, n) and u (B, T, m) the stages' points."""
+        fw = self.fw
+
+        def weighted(p: dict, ref: Any, tau: Any, lam: Any) -> Any:
+            return (self._f(p, ref, tau) * lam).sum()
+
+        hess = fw.hessian(weighted, argnums=2)
+        return self._per_stage("dynamics", hess, self._tau(x, u), lam_next)
+
+    def lagrangian_gradient(self, x: Any, u: Any, lam_next: Any) -> tuple[Any, Any]:
+        """(grad_tau of l_t + lam_{t+1}^T f_t (B, T, N), f_t (B, T, n)) at the stages' points
+        x (B, T, n), u (B, T, m), recorded by the framework's autodiff (the parameters and
+        the dc.Functions' weights stay differentiable; x, u, lam are constants)."""
+        fw = self.fw
+        Bp, T = x.shape[:2]
+        pf, ref = self._params("dynamics", Bp)
+        pc, _ = self._params("cost", Bp)
+        p = {**pf, **pc}
+        xp = fw.xp
+        p = {k: xp.repeat_interleave(v, T, 0) for k, v in p.items()}
+        ref = xp.repeat_interleave(ref, T, 0)
+
+        def lagrangian(tau: Any, p: dict, ref: Any, lam: Any) -> tuple[Any, Any]:
+            f = self._f(p, ref, tau)
+            return self._l(p, ref, tau) + (f * lam).sum(), f
+
+        def point(p: dict, ref: Any, tau: Any, lam: Any) -> tuple[Any, Any]:
+            return fw.grad(lagrangian, has_aux=True)(tau, p, ref, lam)
+
+        tau = self._tau(x, u).reshape(Bp * T, -1)
+        g, f = fw.vmap(point)(p, ref, tau, lam_next.reshape(Bp * T, -1))
+        return g.reshape(Bp, T, -1), f.reshape(Bp, T, -1)
+
+
+def lower_ilqr(problem: ControlProblem, form: ProblemForm) -> ILQRProgram:
+    """Check the box bounds' shapes and freeze the program."""
+    check_bounds(problem, form.box_bounds)
+    return ILQRProgram(problem, form.box_bounds, tuple(problem.parameters()),
+                       quadratic_cost=form.value("stage cost") in _QUADRATIC,
+                       quadratic_terminal=form.value("terminal cost") in _QUADRATIC)
