@@ -30,6 +30,7 @@ from diffcontrol.dsl.leaves import Control, Parameter, State, Variable
 from diffcontrol.dsl.problems import ControlProblem, Maximize, Minimize, Problem
 from diffcontrol.errors import (
     BackendError,
+    GradientFallbackWarning,
     InputError,
     ModelError,
     NotConvergedWarning,
@@ -40,7 +41,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendError", "CompiledProblem", "Constraint", "Control", "ControlProblem", "Equality",
-    "Expression", "Function", "Inequality", "InputError", "Maximize", "Minimize", "ModelError",
+    "Expression", "Function", "GradientFallbackWarning", "Inequality", "InputError", "Maximize",
+    "Minimize", "ModelError",
     "NotConvergedWarning", "Parameter", "Problem", "SolverError", "State", "Variable", "abs",
     "atan2", "concat", "cos", "exp", "log", "models", "norm2", "quad_form", "sin", "sqrt", "square",
     "stack", "sum", "sum_squares", "tan", "tanh",

@@ -32,6 +32,12 @@ class NotConvergedWarning(UserWarning):
     """A solver stopped before its tolerance; gradients rest on an unreached fixed point."""
 
 
+class GradientFallbackWarning(UserWarning):
+    """Some examples' exact implicit gradient could not be formed (the Hessian of the
+    Lagrangian is not positive definite on the free controls there: an unconverged point or
+    a saddle); those examples got the Gauss-Newton gradient instead."""
+
+
 class Status(enum.Enum):
     """Per-example outcome of a solve; the value is the user-facing message."""
 

@@ -13,6 +13,7 @@ from diffcontrol.compilers.selection import Decision
 from diffcontrol.compilers.symbolic import coefficient, hessian_blocks, render_block_matrix
 from diffcontrol.dsl import atoms
 from diffcontrol.dsl.expression import Expression
+from diffcontrol.dsl.function import FunctionCall
 from diffcontrol.dsl.leaves import Constant, Leaf, Parameter
 from diffcontrol.dsl.problems import ControlProblem
 from diffcontrol.dsl.traverse import nodes_of_type
@@ -30,8 +31,8 @@ def report(problem: Any, form: ProblemForm, decision: Decision, program: Any, op
     lines.append("  not chosen:" if decision.chosen else "  rejected:")
     for name, why in decision.rejected.items():
         lines.append(f"    {name}: {why}")
-    if program is not None and decision.chosen == "lqr":
-        lines += ["", *_lqr_lowering(program)]
+    if program is not None and decision.chosen in _LOWERING_REPORTS:
+        lines += ["", *_LOWERING_REPORTS[decision.chosen](program)]
     if options:
         lines += ["", "Options", *(f"  {k} = {v!r}" for k, v in options.items())]
     return "\n".join(lines)
@@ -105,3 +106,33 @@ def _lqr_lowering(program: Any) -> list[str]:
     lines.append(f"  arrays: C (B,{T},{n + m},{n + m}), c (B,{T},{n + m}), F (B,{T},{n},{n + m}), "
                  f"f (B,{T},{n}), C_T (B,{n},{n}), c_T (B,{n}), x_0 (B,{n}), lo/hi (B,{T},{m})")
     return lines
+
+
+def _ilqr_lowering(program: Any) -> list[str]:
+    p: ControlProblem = program.problem
+    x, u = p.state, p.control
+    n, m, T = p.n, p.m, p.horizon
+    opaque = [c.function.name for c in nodes_of_type([p.transition, p.cost] + (
+        [p.terminal_cost] if p.terminal_cost is not None else []), FunctionCall)]
+    how = "the layer framework's autodiff (e.g. torch.func), vectorised over batch and time"
+    lines = [
+        "Lowered problem (iLQR: the functions, linearized along each iterate)",
+        f"  sizes: n={n}, m={m}, N=n+m={n + m}, T={T}; tau_t = [{x.name}_t; {u.name}_t]",
+        f"  dynamics    x_(t+1) = {p.transition}   ({_feeds([p.transition])})",
+        f"  stage cost  {p.cost}   ({_feeds([p.cost])})",
+        f"  terminal    {p.terminal_cost if p.terminal_cost is not None else 'none'}",
+        f"  x_0 = {p.initial_state}   ({_feeds([p.initial_state])})",
+        "  control box  " + ("; ".join(str(b.source) for b in program.bounds) if program.bounds else "none"),
+        "  derivatives:",
+        f"    dynamics Jacobian F_t (B,{T},{n},{n + m}): {how}",
+        f"    cost Hessian C_t, gradient c_t: {how}"
+        + ("; the stage cost is quadratic, so C is evaluated once per call" if program.quadratic_cost else ""),
+        f"    exact backward: the dynamics' second derivatives sum_i lam_i d2f_i (B,{T},{n + m},{n + m}) "
+        f"by {how}, once per backward",
+    ]
+    if opaque:
+        lines.append(f"    opaque dc.Functions (autodiff only): {', '.join(sorted(set(opaque)))}")
+    return lines
+
+
+_LOWERING_REPORTS = {"lqr": _lqr_lowering, "ilqr": _ilqr_lowering}

@@ -25,12 +25,14 @@ framework's autodiff carries them to the parameters.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from diffcontrol.backends import kkt
 from diffcontrol.backends.kkt import Info
 from diffcontrol.backends.ops import Ops
 from diffcontrol.backends.riccati import adjoint, frozen_lqr_adjoint, riccati_sweep, rollout
+from diffcontrol.errors import GradientFallbackWarning
 
 NAME = "ilqr"
 
@@ -146,13 +148,19 @@ def vjp(data: dict, saved: dict, cotangents: tuple[Any, Any], ops: Ops, needs: A
     xp = ops.xp
     x, u, lam = saved["x"], saved["u"], saved["lam"]
     T = u.shape[1]
-    H = saved["C"]
-    if saved["mode"] != "gauss_newton":
-        H = H + saved["model"].dynamics_curvature(x[:, :-1], u, lam[:, 1:])
+    C = saved["C"]
+    exact = saved["mode"] != "gauss_newton"
+    H = C + saved["model"].dynamics_curvature(x[:, :-1], u, lam[:, 1:]) if exact else C
     free = ~(saved["active_lo"] | saved["active_hi"])
     gx, gu = cotangents
     g_tau = xp.concatenate([gx[:, :T], gu], -1)
-    dx, du, dlam, r_u = frozen_lqr_adjoint(ops, H, saved["F"], saved["CT"], free, g_tau, gx[:, T])
+    dx, du, dlam, r_u, fell_back = frozen_lqr_adjoint(ops, H, saved["F"], saved["CT"], free, g_tau, gx[:, T],
+                                                      fallback_C=C if exact else None)
+    if fell_back is not None and bool(fell_back.any()):
+        warnings.warn(f"{int(fell_back.sum())} of {fell_back.shape[0]} examples got the Gauss-Newton gradient: "
+                      "the Hessian of the Lagrangian is not positive definite on their free controls (the solve "
+                      "did not reach a strict local minimum there; check info.converged)",
+                      GradientFallbackWarning, stacklevel=2)
     zero = 0.0 * r_u
     grads = {
         "grad_tau": xp.concatenate([dx[:, :T], du], -1),

@@ -243,7 +243,7 @@ def vjp(data: dict, saved: dict, cotangents: tuple[Any, Any], ops: Ops, needs: A
     if saved.get("L") is not None and bool((saved["free_fwd"] == free).all()):
         # same C, F, CT and free set as the forward's last sweep: reuse its factorisation
         reuse = Policy(saved["K"], None, free, saved["L"], saved["Qxu"])
-    dx, du, dlam, r_u = frozen_lqr_adjoint(ops, C, F, CT, free, g_tau, gx[:, T], reuse)
+    dx, du, dlam, r_u, _ = frozen_lqr_adjoint(ops, C, F, CT, free, g_tau, gx[:, T], reuse)
 
     tau = xp.concatenate([x[:, :T], u], -1)
     d_tau = xp.concatenate([dx[:, :T], du], -1)

@@ -13,8 +13,9 @@ from typing import Any, Protocol
 class Ops(Protocol):
     xp: Any
 
-    def cholesky(self, A: Any) -> Any:
-        """Lower Cholesky factor of a batch of SPD matrices; raises SolverError if one is not PD."""
+    def cholesky(self, A: Any, strict: bool = True) -> Any:
+        """Lower Cholesky factor of a batch of SPD matrices. A matrix that is not PD raises
+        SolverError, or with ``strict=False`` gets a factor of NaNs."""
 
     def cho_solve(self, L: Any, b: Any) -> Any:
         """Solve (L L^T) x = b for a batch of vectors b (..., m) or matrices b (..., m, k)."""

@@ -37,6 +37,10 @@ def box_qp(ops: Ops, H: Any, q: Any, lo: Any, hi: Any, max_iter: int) -> tuple[A
     the free block (identity on clamped rows), which the caller reuses for K.
     """
     xp = ops.xp
+    if q.shape[-1] == 1:  # one control: the clipped Newton step is the exact solution
+        x = xp.minimum(xp.maximum(-q / H[..., 0], lo), hi)
+        free = (x > lo) & (x < hi)
+        return x, free, ops.cholesky(_masked_hessian(ops, H, free))
     x = xp.minimum(xp.maximum(0.0 * q, lo), hi)
     tol = 100 * ops.eps(q)
 
@@ -97,6 +101,7 @@ def riccati_sweep(
     box: tuple[Any, Any] | None = None,
     free: Any = None,
     qp_max_iter: int = 20,
+    strict: bool = True,
 ) -> Policy:
     """Backward Riccati recursion for the deviation problem
     min sum_t 1/2 d_t^T C_t d_t + c_t^T d_t + 1/2 dx_T^T CT dx_T + cT^T dx_T,
@@ -106,6 +111,8 @@ def riccati_sweep(
     the control *deviation*; a box QP per stage decides the free set) or by a
     fixed ``free`` mask (B, T, m) whose False entries are held at zero (the
     backward pass's frozen active set). Neither: unconstrained.
+    ``strict=False`` (with ``free`` or unconstrained): an example whose Q_uu is not positive
+    definite gets NaNs in its policy instead of raising.
     Returns the :class:`Policy`.
     """
     xp = ops.xp
@@ -135,7 +142,7 @@ def riccati_sweep(
                 free_t = free[:, t]
                 H = _masked_hessian(ops, Quu, free_t)
                 rhs = xp.concatenate([Qux, qu[..., None]], -1) * free_t[..., None]
-            L = ops.cholesky(H)
+            L = ops.cholesky(H, strict)
             Kk = -ops.cho_solve(L, rhs)
             K, k = Kk[..., :n], Kk[..., n]
             Ls[t], Qxus[t], qus[t], Quxs[t], Quus[t] = L, Qxu, qu, Qux, Quu
@@ -228,21 +235,32 @@ def adjoint(ops: Ops, grad_tau: Any, F: Any, grad_T: Any) -> tuple[Any, Any]:
 
 
 def frozen_lqr_adjoint(
-    ops: Ops, C: Any, F: Any, CT: Any, free: Any, g_tau: Any, g_T: Any, policy: Policy | None = None
-) -> tuple[Any, Any, Any, Any]:
+    ops: Ops, C: Any, F: Any, CT: Any, free: Any, g_tau: Any, g_T: Any, policy: Policy | None = None,
+    fallback_C: Any = None,
+) -> tuple[Any, Any, Any, Any, Any]:
     """The backward pass shared by the LQR-type backends (the Differentiable MPC paper's
     eq. 19): one LQR solve with the output cotangents ``g_tau`` (B, T, N), ``g_T`` (B, n) as
     linear cost terms, x_0 = 0, no defects and the controls where ``free`` (B, T, m) is False
     held at zero. ``policy``: a forward sweep with the same C, F, CT and free set, whose
-    factorisation is then reused.
+    factorisation is then reused. ``fallback_C``: stage Hessians used instead of C for the
+    examples where C gives a Q_uu that is not positive definite.
 
-    Returns (dx (B, T+1, n), du (B, T, m), dlam (B, T+1, n), r_u (B, T, m)): the solution,
-    its costates, and the reduced gradient r_u (the multipliers of the frozen controls).
+    Returns (dx (B, T+1, n), du (B, T, m), dlam (B, T+1, n), r_u (B, T, m), fell_back (B,)):
+    the solution, its costates, the reduced gradient r_u (the multipliers of the frozen
+    controls), and which examples used ``fallback_C`` (None without one).
     """
+    fell_back = None
     if policy is not None:
         policy = resweep(ops, policy, g_tau, F, g_T)
-    else:
+    elif fallback_C is None:
         policy = riccati_sweep(ops, C, g_tau, F, CT, g_T, free=free)
+    else:
+        xp = ops.xp
+        policy = riccati_sweep(ops, C, g_tau, F, CT, g_T, free=free, strict=False)
+        fell_back = ~xp.isfinite(policy.k).reshape(policy.k.shape[0], -1).all(-1)
+        if bool(fell_back.any()):
+            C = xp.where(fell_back[:, None, None, None], fallback_C, C)
+            policy = riccati_sweep(ops, C, g_tau, F, CT, g_T, free=free)
     n = CT.shape[-1]
     zeros_x = ops.zeros(g_T.shape[:1] + (n,), C)
     zeros_u = ops.zeros(free.shape, C)
@@ -253,4 +271,4 @@ def frozen_lqr_adjoint(
     zeros_ref = ops.zeros(g_tau.shape[:2] + (n,), C)
     dx, du = rollout(ops, step, zeros_x, zeros_u, zeros_ref, policy.K, policy.k, 1.0)
     dlam, r_u = costates(ops, C, g_tau, F, CT, g_T, dx, du)
-    return dx, du, dlam, r_u
+    return dx, du, dlam, r_u, fell_back

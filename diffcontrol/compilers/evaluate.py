@@ -40,7 +40,7 @@ def evaluate(roots: Iterable[Expression], env: dict[int, Any], fw: Framework, li
     """Values of ``roots`` (no batch dimension) given leaf values ``env`` keyed by ``id(leaf)``."""
     roots = list(roots)
     values: dict[int, Any] = {}
-    for node in walk(roots):
+    for node in _plan(roots):
         if isinstance(node, Constant):
             values[id(node)] = fw.constant(node.value, like)
         elif isinstance(node, Leaf):
@@ -48,3 +48,20 @@ def evaluate(roots: Iterable[Expression], env: dict[int, Any], fw: Framework, li
         else:
             values[id(node)] = node.evaluate(fw.xp, [values[id(a)] for a in node.args])
     return [values[id(r)] for r in roots]
+
+
+# Expressions are immutable, so each root keeps its post-order: solvers evaluate the same
+# expressions thousands of times per call. (Constants are not cached as arrays: one made
+# inside a torch.func transform must not escape it.)
+
+
+def _plan(roots: list[Expression]) -> list[Expression]:
+    if len(roots) == 1:
+        root = roots[0]
+        plan = root.__dict__.get("_postorder")
+        if plan is None:
+            plan = list(walk([root]))
+            root.__dict__["_postorder"] = plan
+        return plan
+    return list(walk(roots))
+

@@ -77,6 +77,7 @@ class Model:
             if p.terminal_cost is not None else set(),
         }
         self._quadratic_stage: tuple | None = None  # (C, c at 0) once per call, if quadratic
+        self._tiled: dict = {}  # (which, copies) -> tiled parameters: the rollouts reuse them per step
 
     # -- batching ---------------------------------------------------------------------------
 
@@ -84,13 +85,15 @@ class Model:
         """The parameters ``which`` uses, tiled to ``rows`` = k * B (copy-major), and a
         reference array of ``rows`` entries for dtype and device."""
         k = rows // self.B
-        xp = self.fw.xp
+        if (which, k) not in self._tiled:
+            xp = self.fw.xp
 
-        def tile(v: Any) -> Any:
-            return v if k == 1 else xp.concatenate([v] * k, 0)
+            def tile(v: Any) -> Any:
+                return v if k == 1 else xp.concatenate([v] * k, 0)
 
-        sub = {name: tile(self.params[name]) for name in self._names[which]}
-        return sub, tile(self.like)
+            sub = {name: tile(self.params[name]) for name in self._names[which]}
+            self._tiled[which, k] = (sub, tile(self.like))
+        return self._tiled[which, k]
 
     def _per_stage(self, which: str, fn: Any, *arrays: Any) -> Any:
         """Apply the per-point ``fn(p, ref, *points)`` to arrays (B', T, ...) over B' * T points."""

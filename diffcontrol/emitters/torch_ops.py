@@ -20,10 +20,13 @@ class TorchOps:
     xp = torch
 
     @staticmethod
-    def cholesky(A: torch.Tensor) -> torch.Tensor:
+    def cholesky(A: torch.Tensor, strict: bool = True) -> torch.Tensor:
         L, info = torch.linalg.cholesky_ex(A)
-        if bool((info > 0).any()):
-            raise SolverError(NOT_PD)
+        failed = info > 0
+        if bool(failed.any()):
+            if strict:
+                raise SolverError(NOT_PD)
+            L = torch.where(failed[..., None, None], torch.nan, L)
         return L
 
     @staticmethod

@@ -1,0 +1,277 @@
+"""The ilqr backend against independent references: central finite differences of converged
+solves (float64), the lqr backend on linear dynamics, unrolled autodiff, and mpc.pytorch."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from zoo import lq_problem, lq_values, rel_err
+
+import diffcontrol as dc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import mpc_pytorch_reference  # noqa: E402
+
+TIGHT = {"tol": 1e-11, "max_iter": 400}
+
+
+def _pendulum_x0(batch: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    th = (torch.rand(batch, generator=g, dtype=torch.float64) * 2 - 1) * np.pi
+    dth = torch.rand(batch, generator=g, dtype=torch.float64) * 2 - 1
+    return torch.stack([th.cos(), th.sin(), dth], -1)
+
+
+def _cartpole_x0(batch: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    th = (torch.rand(batch, generator=g, dtype=torch.float64) * 2 - 1) * 0.5 * np.pi
+    pos, vel, dth = (torch.rand(3, batch, generator=g, dtype=torch.float64) * 2 - 1) * 0.5
+    return torch.stack([pos, vel, th.cos(), th.sin(), dth], -1)
+
+
+def _values(model: dc.models.ModelProblem, x0: torch.Tensor) -> dict:
+    return {**{k: torch.as_tensor(v, dtype=torch.float64) for k, v in model.defaults().items()}, "x0": x0}
+
+
+def _loss_fn(T: int, n: int, m: int, batch: int, seed: int = 7):
+    g = torch.Generator().manual_seed(seed)
+    wx = torch.randn(batch, T + 1, n, generator=g, dtype=torch.float64)
+    wu = torch.randn(batch, T, m, generator=g, dtype=torch.float64)
+    return lambda x, u: (x * wx).sum() + (u * wu).sum()
+
+
+def _central_differences(solve, values: dict, names: list[str], eps: float = 1e-6) -> dict:
+    """d loss / d values[name] by central differences of full solves."""
+    grads = {}
+    for name in names:
+        flat = torch.zeros(values[name].numel(), dtype=torch.float64)
+        for i in range(flat.numel()):
+            plus = {k: v.clone() for k, v in values.items()}
+            minus = {k: v.clone() for k, v in values.items()}
+            plus[name].view(-1)[i] += eps
+            minus[name].view(-1)[i] -= eps
+            with torch.no_grad():
+                flat[i] = (solve(plus) - solve(minus)) / (2 * eps)
+        grads[name] = flat.view_as(values[name])
+    return grads
+
+
+def _autograd(layer, loss, values: dict, names: list[str]) -> dict:
+    leaves = {k: v.clone().requires_grad_(k in names) for k, v in values.items()}
+    x, u = layer(**leaves)
+    loss(x, u).backward()
+    return {k: leaves[k].grad for k in names}
+
+
+def _assert_off_the_boundary(layer, values, bound: float):
+    """Finite differences are valid only where a small perturbation keeps the active set:
+    free controls strictly inside the box, clamped ones with a clearly nonzero gradient."""
+    _, u, info = layer(**values, return_info=True)
+    assert bool(info.converged.all())
+    at_bound = (u.abs() - bound).abs() < 1e-9
+    inside = u.abs() < bound - 1e-3
+    assert bool((at_bound | inside).all()), "a control sits next to its bound: FD would straddle a kink"
+    return int(at_bound.sum())
+
+
+@pytest.mark.parametrize("bound", [2.0, 100.0], ids=["active-bounds", "inactive-bounds"])
+def test_pendulum_gradients_match_finite_differences(bound):
+    T, B = 10, 2
+    pend = dc.models.pendulum(horizon=T, max_torque=bound)
+    layer = pend.problem.compile(**TIGHT).to_torch()
+    values = _values(pend, _pendulum_x0(B, seed=1))
+    clamped = _assert_off_the_boundary(layer, values, bound)
+    assert (clamped > 0) == (bound == 2.0)
+    loss = _loss_fn(T, 3, 1, B)
+    names = ["g", "m", "l", "x0", "q"]
+    fd = _central_differences(lambda v: loss(*layer(**v)), values, names)
+    exact = _autograd(layer, loss, values, names)
+    for name in names:
+        assert rel_err(exact[name], fd[name]) < 1e-6, name
+    # the Gauss-Newton gradient (mpc.pytorch's) is measurably off; ours is not
+    gn = pend.problem.compile(backward="gauss_newton", **TIGHT).to_torch()
+    approx = _autograd(gn, loss, values, ["l"])
+    assert rel_err(approx["l"], fd["l"]) > 1e-3
+
+
+def test_cartpole_gradients_match_finite_differences():
+    T, B = 10, 2
+    cart = dc.models.cartpole(horizon=T, force_mag=5.0)
+    layer = cart.problem.compile(**TIGHT).to_torch()
+    values = _values(cart, _cartpole_x0(B, seed=3))
+    _assert_off_the_boundary(layer, values, 5.0)
+    loss = _loss_fn(T, 5, 1, B)
+    names = ["gravity", "masscart", "masspole", "length", "x0"]
+    fd = _central_differences(lambda v: loss(*layer(**v)), values, names)
+    exact = _autograd(layer, loss, values, names)
+    for name in names:
+        assert rel_err(exact[name], fd[name]) < 1e-6, name
+
+
+def _neural_problem(T: int, bound: float | None):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
+    f = dc.Function(net, 2, name="mlp")
+    x, u = dc.State(2, name="x"), dc.Control(1, name="u")
+    x0 = dc.Parameter(2, name="x0")
+    cons = [-bound <= u, u <= bound] if bound is not None else []
+    prob = dc.ControlProblem(dynamics=x.next == x + 0.1 * f(dc.concat([x, u])),
+                             cost=dc.sum_squares(x) + 0.1 * dc.sum_squares(u),
+                             terminal_cost=dc.sum_squares(x), horizon=T, initial_state=x0, constraints=cons)
+    return prob, net
+
+
+@pytest.mark.parametrize("bound", [None, 0.5], ids=["unconstrained", "box"])
+def test_neural_dynamics_weight_gradients_match_finite_differences(bound):
+    T, B = 8, 2
+    prob, net = _neural_problem(T, bound)
+    layer = prob.compile(**TIGHT).to_torch()
+    x0 = torch.tensor([[1.0, -0.5], [-0.8, 0.9]], dtype=torch.float64)
+    if bound is not None:
+        _assert_off_the_boundary(layer, {"x0": x0}, bound)
+    loss = _loss_fn(T, 2, 1, B)
+    layer.zero_grad()
+    loss(*layer(x0=x0)).backward()
+    weight = net[0].weight
+    exact = weight.grad.clone()
+    fd = torch.zeros_like(weight)
+    eps = 1e-6
+    for idx in [(0, 0), (3, 2), (7, 1)]:
+        with torch.no_grad():
+            weight[idx] += eps
+            plus = loss(*layer(x0=x0))
+            weight[idx] -= 2 * eps
+            minus = loss(*layer(x0=x0))
+            weight[idx] += eps
+        fd[idx] = (plus - minus) / (2 * eps)
+        assert abs(float(exact[idx] - fd[idx])) < 1e-6 * (1 + abs(float(fd[idx]))), idx
+
+
+def test_implicit_and_unroll_agree_at_convergence():
+    T, B = 10, 3
+    pend = dc.models.pendulum(horizon=T)
+    values = _values(pend, _pendulum_x0(B, seed=2))
+    loss = _loss_fn(T, 3, 1, B)
+    names = ["g", "m", "l", "x0"]
+    implicit = _autograd(pend.problem.compile(**TIGHT).to_torch(), loss, values, names)
+    unroll = _autograd(pend.problem.compile(backward="unroll", **TIGHT).to_torch(), loss, values, names)
+    for name in names:
+        assert rel_err(implicit[name], unroll[name]) < 1e-6, name
+
+
+def test_linear_dynamics_on_ilqr_match_the_lqr_backend():
+    lq = lq_problem(3, 2, 6, lo=-0.4, hi=0.4)
+    values = lq_values(3, 2, 3, seed=5, scale_x0=2.0)
+    ref = lq.problem.compile(backend="lqr").to_torch()
+    ilqr = lq.problem.compile(backend="ilqr", tol=1e-12, max_iter=200).to_torch()
+    assert ilqr.compiled.backend == "ilqr"
+    names = sorted(values)
+    loss = _loss_fn(6, 3, 2, 3)
+    x_ref, u_ref = ref(**values)
+    x, u = ilqr(**values)
+    assert rel_err(u, u_ref) < 1e-8 and rel_err(x, x_ref) < 1e-8
+    g_ref, g = _autograd(ref, loss, values, names), _autograd(ilqr, loss, values, names)
+    for name in names:
+        assert rel_err(g[name], g_ref[name]) < 1e-6, name
+
+
+def test_batched_equals_stack_of_unbatched():
+    T = 10
+    pend = dc.models.pendulum(horizon=T)
+    layer = pend.problem.compile(**TIGHT).to_torch()
+    values = _values(pend, _pendulum_x0(3, seed=4))
+    x, u = layer(**values)
+    for b in range(3):
+        xb, ub = layer(**{**values, "x0": values["x0"][b]})
+        assert xb.shape == (T + 1, 3) and ub.shape == (T, 1)
+        torch.testing.assert_close(ub, u[b], rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(xb, x[b], rtol=1e-9, atol=1e-10)
+
+
+def test_float32_agrees_with_float64():
+    x, u, k = dc.State(2), dc.Control(1), dc.Parameter(name="k")
+    prob = dc.ControlProblem(dynamics=x.next == x + 0.1 * dc.stack([x[1], -k * dc.sin(x[0]) + u[0]]),
+                             cost=dc.sum_squares(x) + 0.1 * dc.sum_squares(u), terminal_cost=dc.sum_squares(x),
+                             horizon=10, initial_state=np.array([2.0, 0.0]), constraints=[-1 <= u, u <= 1])
+    layer = prob.compile().to_torch()
+    _, u64 = layer(k=torch.tensor([1.0, 2.0], dtype=torch.float64))
+    _, u32 = layer(k=torch.tensor([1.0, 2.0]))
+    assert u32.dtype == torch.float32
+    assert rel_err(u32.double(), u64) < 1e-4
+
+
+def test_warm_start_at_the_solution_takes_no_iteration():
+    pend = dc.models.pendulum(horizon=10)
+    layer = pend.problem.compile(**TIGHT).to_torch()
+    values = _values(pend, _pendulum_x0(2, seed=6))
+    _, u, info = layer(**values, return_info=True)
+    assert bool((info.iterations > 0).all())
+    _, u2, info2 = layer(**values, u_init=u, return_info=True)
+    assert info2.iterations.tolist() == [0, 0]
+    torch.testing.assert_close(u2, u)
+
+
+def test_nonconvergence_warns_with_count_or_raises_and_never_zeroes_gradients():
+    pend = dc.models.pendulum(horizon=10)
+    values = _values(pend, _pendulum_x0(3, seed=1))
+    layer = pend.problem.compile(max_iter=1).to_torch()
+    leaves = {k: v.clone().requires_grad_() for k, v in values.items()}
+    with pytest.warns(dc.NotConvergedWarning, match=r"of 3 examples did not converge \(largest residual"):
+        x, u, info = layer(**leaves, return_info=True)
+    assert not bool(info.converged.all())
+    with pytest.warns(dc.GradientFallbackWarning, match="examples got the Gauss-Newton gradient"):
+        (x.sum() + u.sum()).backward()
+    unconverged = ~info.converged
+    assert bool((leaves["x0"].grad[unconverged].abs().sum(-1) > 0).all())  # mpc.pytorch's issue #46
+    strict = pend.problem.compile(max_iter=1, on_nonconvergence="raise").to_torch()
+    with pytest.raises(dc.SolverError, match="did not converge"):
+        strict(**values)
+
+
+def test_options_are_validated():
+    pend = dc.models.pendulum(horizon=5)
+    with pytest.raises(dc.BackendError, match="backward='adjoint' is not offered by 'ilqr'; choose one of "
+                                              "'implicit', 'gauss_newton', 'unroll'"):
+        pend.problem.compile(backward="adjoint")
+    with pytest.raises(dc.BackendError, match="ls_decay must lie in \\(0, 1\\)"):
+        pend.problem.compile(ls_decay=1.5)
+    with pytest.raises(dc.BackendError, match="unknown option 'lqr_iter' for backend 'ilqr'"):
+        pend.problem.compile(lqr_iter=5)
+
+
+def test_explain_names_ilqr_its_derivatives_bounds_and_options():
+    pend = dc.models.pendulum(horizon=20)
+    text = pend.problem.compile(max_iter=30).explain()
+    assert "Backend: ilqr" in text
+    assert "dynamics: smooth" in text and "'lqr' needs dynamics affine in (x, u)" in text
+    assert "derivatives" in text and "autodiff" in text
+    assert "-2 <= u" in text and "max_iter = 30" in text and "backward = 'implicit'" in text
+
+
+@pytest.mark.skipif(not mpc_pytorch_reference.available(), reason="mpc.pytorch (mpc==0.0.6) not installed")
+@pytest.mark.parametrize("name", ["pendulum", "cartpole"])
+def test_same_or_lower_cost_than_mpc_pytorch(name):
+    T, B = 10, 4
+    model = getattr(dc.models, name)(horizon=T)
+    x0 = _pendulum_x0(B, seed=8) if name == "pendulum" else _cartpole_x0(B, seed=8)
+    values = _values(model, x0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dc.NotConvergedWarning)
+        x, u = model.problem.compile(max_iter=200).to_torch()(**values)
+    xm, um, _, _ = mpc_pytorch_reference.solve(name, values, x0, T, lqr_iter=200)
+    q, p = values["q"], values["p"]
+
+    def cost(x, u):  # written from the model's definition, independent of both solvers
+        n = x.shape[-1]
+        tau = torch.cat([x[:, :-1], u], -1)
+        stage = 0.5 * (q * tau ** 2).sum(-1) + (p * tau).sum(-1)
+        xT = x[:, -1]
+        return stage.sum(-1) + 0.5 * (q[:n] * xT ** 2).sum(-1) + (p[:n] * xT).sum(-1)
+
+    ours, theirs = cost(x, u), cost(xm.detach(), um.detach())
+    assert bool((ours <= theirs + 1e-6 * (1 + theirs.abs())).all()), (ours, theirs)
