@@ -20,11 +20,13 @@ def available() -> bool:
     return True
 
 
-def solve(name: str, params: dict, x0: torch.Tensor, horizon: int, *, lqr_iter: int = 100, eps: float = 1e-7,
-          backward: bool = False):
+def solve(name: str, params: dict, x0: torch.Tensor, horizon: int, *, lqr_iter: int = 100,
+          eps: float | None = None, backward: bool = False, bound: float | None = None):
     """mpc.pytorch's box-DDP on the model ``name`` ("pendulum" or "cartpole") with diffcontrol's
     parameter values ``params`` (g, m, l / gravity, masscart, masspole, length, and q, p) and
-    x0 (B, n); ``horizon`` is diffcontrol's. Returns x (B, horizon+1, n), u (B, horizon, m),
+    x0 (B, n); ``horizon`` is diffcontrol's; ``eps`` (its stopping threshold on the control
+    step) defaults to the model's own ``mpc_eps``, ``bound`` to the model's control limit
+    (also applied to its dynamics' internal clamp). Returns x (B, horizon+1, n), u (B, horizon, m),
     the cost and the ``mpc.MPC`` module; with ``backward`` the physical parameters keep
     their ``requires_grad`` (mpc.pytorch's own implicit backward)."""
     from mpc import mpc
@@ -34,17 +36,22 @@ def solve(name: str, params: dict, x0: torch.Tensor, horizon: int, *, lqr_iter: 
     T = horizon + 1
     if name == "pendulum":
         phys = torch.stack([params["g"], params["m"], params["l"]])
-        dx, bound = pendulum.PendulumDx(phys, simple=True), 2.0
+        dx = pendulum.PendulumDx(phys, simple=True)
+        bound = 2.0 if bound is None else bound
+        dx.max_torque = bound
     else:
         phys = torch.stack([params["gravity"], params["masscart"], params["masspole"], params["length"]])
-        dx, bound = cartpole.CartpoleDx(phys), 100.0
+        dx = cartpole.CartpoleDx(phys)
+        bound = 100.0 if bound is None else bound
+        dx.force_mag = bound
     q, p = params["q"], params["p"]
     N = q.shape[-1]
     m = N - n
     C = torch.diag_embed(q).expand(T, B, N, N)
     c = p.expand(T, B, N)
     lower = torch.full((T, B, m), -bound, dtype=x0.dtype)
-    ctrl = mpc.MPC(n, m, T, u_lower=lower, u_upper=-lower, lqr_iter=lqr_iter, verbose=-1, eps=eps,
+    ctrl = mpc.MPC(n, m, T, u_lower=lower, u_upper=-lower, lqr_iter=lqr_iter, verbose=-1,
+                   eps=dx.mpc_eps if eps is None else eps,
                    exit_unconverged=False, detach_unconverged=False, backprop=backward,
                    linesearch_decay=dx.linesearch_decay, max_linesearch_iter=dx.max_linesearch_iter,
                    grad_method=mpc.GradMethods.AUTO_DIFF, n_batch=B)

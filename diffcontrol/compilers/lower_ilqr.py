@@ -77,6 +77,7 @@ class Model:
             if p.terminal_cost is not None else set(),
         }
         self._quadratic_stage: tuple | None = None  # (C, c at 0) once per call, if quadratic
+        self._quadratic_terminal: tuple | None = None
         self._tiled: dict = {}  # (which, copies) -> tiled parameters: the rollouts reuse them per step
 
     # -- batching ---------------------------------------------------------------------------
@@ -169,8 +170,16 @@ class Model:
             zero = 0.0 * xT
             return zero[..., None] * zero[..., None, :], zero
         p, ref = self._params("terminal", xT.shape[0])
-        return fw.vmap(lambda p, ref, z: (fw.hessian(self._lT, argnums=2)(p, ref, z),
-                                          fw.grad(self._lT, argnums=2)(p, ref, z)))(p, ref, xT)
+
+        def derivatives(p: dict, ref: Any, z: Any) -> tuple[Any, Any]:
+            return fw.hessian(self._lT, argnums=2)(p, ref, z), fw.grad(self._lT, argnums=2)(p, ref, z)
+
+        if not self.program.quadratic_terminal:
+            return fw.vmap(derivatives)(p, ref, xT)
+        if self._quadratic_terminal is None:  # constant Hessian: once per call, at x = 0
+            self._quadratic_terminal = fw.vmap(derivatives)(p, ref, 0.0 * xT)
+        CT, cT0 = self._quadratic_terminal
+        return CT, (CT @ xT[..., None])[..., 0] + cT0
 
     def terminal_gradient(self, xT: Any) -> Any:
         """grad of the terminal cost (B, n) at x_T (B, n); zeros without a terminal cost."""
