@@ -58,9 +58,9 @@ def _quadratic_cost(x: State, u: Control, goal_state: np.ndarray, goal_weights: 
     return stage, terminal, defaults
 
 
-def pendulum(horizon: int = 20, dt: float = 0.05, max_torque: float = 2.0) -> ModelProblem:
+def pendulum(horizon: int = 20, dt: float = 0.05, max_torque: float | None = 2.0) -> ModelProblem:
     """The pendulum of mpc.pytorch (``PendulumDx``, simple): state (cos th, sin th, th_dot),
-    torque u in [-max_torque, max_torque]; learnable gravity ``g``, mass ``m``, length ``l``
+    torque u in [-max_torque, max_torque] (None: unbounded); learnable gravity ``g``, mass ``m``, length ``l``
     (defaults 10, 1, 1), cost weights ``q`` (4,), ``p`` (4,) and initial state ``x0`` (3,)."""
     x, u = State(3, name="x"), Control(1, name="u")
     g, m, l = Parameter(name="g"), Parameter(name="m"), Parameter(name="l")
@@ -74,7 +74,7 @@ def pendulum(horizon: int = 20, dt: float = 0.05, max_torque: float = 2.0) -> Mo
     problem = ControlProblem(
         dynamics=x.next == dc_atoms.stack([dc_atoms.cos(new_th), dc_atoms.sin(new_th), new_dth]),
         cost=stage, terminal_cost=terminal, horizon=horizon, initial_state=x0,
-        constraints=[-max_torque <= u, u <= max_torque])
+        constraints=[] if max_torque is None else [-max_torque <= u, u <= max_torque])
     params = {q.name: q for q in problem.parameters()}
     defaults = {"g": np.array(10.0), "m": np.array(1.0), "l": np.array(1.0), **cost_defaults}
     return ModelProblem(problem, params, defaults)

@@ -86,7 +86,7 @@ class TorchLayer(torch.nn.Module):
         if not bool(bad.any()):
             return
         tol = self.compiled.tolerance(info.residual.dtype)
-        message = _common.nonconvergence_message(int(bad.sum()), batch, float(info.residual.max()), tol)
+        message = _common.nonconvergence_message(int(bad.sum()), batch, float(info.residual.detach().max()), tol)
         if self.compiled.options["on_nonconvergence"] == "raise":
             raise SolverError(message)
         warnings.warn(message, NotConvergedWarning, stacklevel=3)
