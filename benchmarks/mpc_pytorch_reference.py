@@ -12,6 +12,17 @@ from __future__ import annotations
 import torch
 
 
+def _patch_for_current_torch() -> None:
+    """mpc.pytorch 0.0.6's ``util.bdiag`` indexes with a uint8 mask, which torch >= 2 rejects
+    (its backward with active bounds then fails): the same function with a boolean mask."""
+    from mpc import util
+
+    def bdiag(d: torch.Tensor) -> torch.Tensor:
+        return torch.diag_embed(d)
+
+    util.bdiag = bdiag
+
+
 def available() -> bool:
     try:
         import mpc  # noqa: F401
@@ -32,6 +43,7 @@ def solve(name: str, params: dict, x0: torch.Tensor, horizon: int, *, lqr_iter: 
     from mpc import mpc
     from mpc.env_dx import cartpole, pendulum
 
+    _patch_for_current_torch()
     B, n = x0.shape
     T = horizon + 1
     if name == "pendulum":

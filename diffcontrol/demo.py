@@ -50,12 +50,13 @@ def run(iterations: int = 300, out: str = "demo_output", seed: int = 0) -> dict:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        model_loss = float(((A_hat - A_true) ** 2).mean() + ((B_hat - B_true) ** 2).mean())
+        model_loss = float(((A_hat - A_true) ** 2).mean().detach() + ((B_hat - B_true) ** 2).mean().detach())
         history["iteration"].append(it)
-        history["imitation_loss"].append(float(loss))
+        history["imitation_loss"].append(float(loss.detach()))
         history["model_loss"].append(model_loss)
         if it % max(iterations // 10, 1) == 0 or it == iterations - 1:
-            print(f"iteration {it:4d}   imitation loss {float(loss):.3e}   model loss {model_loss:.3e}", flush=True)
+            print(f"iteration {it:4d}   imitation loss {history['imitation_loss'][-1]:.3e}   "
+                  f"model loss {model_loss:.3e}", flush=True)
 
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
