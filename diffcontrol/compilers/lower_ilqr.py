@@ -76,6 +76,7 @@ class Model:
             "terminal": {q.name for q in nodes_of_type([p.terminal_cost], Parameter)}
             if p.terminal_cost is not None else set(),
         }
+        self._names["lagrangian"] = self._names["dynamics"] | self._names["cost"]
         self._quadratic_stage: tuple | None = None  # (C, c at 0) once per call, if quadratic
         self._quadratic_terminal: tuple | None = None
         self._tiled: dict = {}  # (which, copies) -> tiled parameters: the rollouts reuse them per step
@@ -204,13 +205,6 @@ class Model:
         x (B, T, n), u (B, T, m), recorded by the framework's autodiff (the parameters and
         the dc.Functions' weights stay differentiable; x, u, lam are constants)."""
         fw = self.fw
-        Bp, T = x.shape[:2]
-        pf, ref = self._params("dynamics", Bp)
-        pc, _ = self._params("cost", Bp)
-        p = {**pf, **pc}
-        xp = fw.xp
-        p = {k: xp.repeat_interleave(v, T, 0) for k, v in p.items()}
-        ref = xp.repeat_interleave(ref, T, 0)
 
         def lagrangian(tau: Any, p: dict, ref: Any, lam: Any) -> tuple[Any, Any]:
             f = self._f(p, ref, tau)
@@ -219,10 +213,7 @@ class Model:
         def point(p: dict, ref: Any, tau: Any, lam: Any) -> tuple[Any, Any]:
             return fw.grad(lagrangian, has_aux=True)(tau, p, ref, lam)
 
-        tau = self._tau(x, u).reshape(Bp * T, -1)
-        g, f = fw.vmap(point)(p, ref, tau, lam_next.reshape(Bp * T, -1))
-        return g.reshape(Bp, T, -1), f.reshape(Bp, T, -1)
-
+        return self._per_stage("lagrangian", point, self._tau(x, u), lam_next)
 
 def lower_ilqr(problem: ControlProblem, form: ProblemForm) -> ILQRProgram:
     """Check the box bounds' shapes and freeze the program."""
