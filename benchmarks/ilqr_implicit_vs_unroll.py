@@ -27,15 +27,9 @@ import diffcontrol as dc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mpc_pytorch_reference  # noqa: E402
+from common import initial_states, write_results  # noqa: E402
 
 T, BATCH = 10, 20
-
-
-def initial_states(batch: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    th = (torch.rand(batch, generator=g, dtype=torch.float64) * 2 - 1) * torch.pi
-    dth = torch.rand(batch, generator=g, dtype=torch.float64) * 2 - 1
-    return torch.stack([th.cos(), th.sin(), dth], -1)
 
 
 def values(pend) -> dict:
@@ -97,7 +91,7 @@ def main():
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", dc.NotConvergedWarning)
     pend = dc.models.pendulum(horizon=T, max_torque=None)
-    vals, x0 = values(pend), initial_states(BATCH)
+    vals, x0 = values(pend), initial_states("pendulum", BATCH)
     fd = finite_differences(pend, vals, x0)
     counts = [10, 50] if args.quick else [10, 50, 300]
     rows = []
@@ -138,9 +132,7 @@ def write_markdown(rows, args):
         lines.append(f"| {r['iterations']} | " + " | ".join(f"{r[n]:.4f}" for n in names)
                      + f" | {r['unroll'] / r['implicit']:.0f}x | " + " | ".join(f"{r[n + ' err']:.1e}" for n in names)
                      + " |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -28,19 +26,9 @@ import diffcontrol as dc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mpc_pytorch_reference  # noqa: E402
+from common import initial_states, timed, write_results  # noqa: E402
 
 PHYSICAL = {"pendulum": ("g", "m", "l"), "cartpole": ("gravity", "masscart", "masspole", "length")}
-
-
-def initial_states(name: str, batch: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    if name == "pendulum":
-        th = (torch.rand(batch, generator=g, dtype=torch.float64) * 2 - 1) * torch.pi
-        dth = torch.rand(batch, generator=g, dtype=torch.float64) * 2 - 1
-        return torch.stack([th.cos(), th.sin(), dth], -1)
-    th = (torch.rand(batch, generator=g, dtype=torch.float64) * 2 - 1) * 0.5 * torch.pi
-    pos, vel, dth = (torch.rand(3, batch, generator=g, dtype=torch.float64) * 2 - 1) * 0.5
-    return torch.stack([pos, vel, th.cos(), th.sin(), dth], -1)
 
 
 def true_cost(vals: dict, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -80,16 +68,6 @@ class Theirs:
         if backward:
             loss_of(x, u).backward()
         return x.detach(), u.detach(), leaves, None
-
-
-def timed(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def finite_difference_grad(name, T, vals, x0):
@@ -174,9 +152,7 @@ def write_markdown(rows, args):
             f"{r['theirs_fb']:.3f} | {r['theirs_fwd'] / r['ours_fwd']:.1f}x | {r['theirs_fb'] / r['ours_fb']:.1f}x | "
             f"{r['iters']} | {r['converged']:.0%} | {r['ours_cost']:.4f} | {r['theirs_cost']:.4f} | "
             f"{r['ours_err']:.1e} | {r['theirs_err']:.1e} |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, lines)
 
 
 if __name__ == "__main__":

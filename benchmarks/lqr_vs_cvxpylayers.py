@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import cvxpy as cp
@@ -28,6 +26,8 @@ from cvxpylayers.torch import CvxpyLayer
 import diffcontrol as dc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import timed, write_results  # noqa: E402
 from zoo import cvxpy_box_solve, dense_kkt_solve, rel_err  # noqa: E402  (the independent reference)
 
 
@@ -68,16 +68,6 @@ def inputs(n, m, batch, seed):
     B = torch.randn(batch, n, m, generator=g, dtype=torch.float64)
     x0 = 3 * torch.randn(batch, n, generator=g, dtype=torch.float64)
     return A, B, x0
-
-
-def timed(fn, repeats):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def run_case(layer, A, B, x0, backward):
@@ -167,9 +157,7 @@ def write_markdown(rows, args):
             f"| {r['problem']} | {r['batch']} | {r['ours_fwd']:.4f} | {r['ours_fb']:.4f} | {r['cvx_fwd']:.3f} | "
             f"{r['cvx_fb']:.3f} | {r['cvx_fwd'] / r['ours_fwd']:.0f}x | {r['cvx_fb'] / r['ours_fb']:.0f}x | "
             f"{r['ours_err']:.1e} | {r['cvx_err']:.1e} |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, lines)
 
 
 if __name__ == "__main__":

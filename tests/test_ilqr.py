@@ -16,22 +16,9 @@ import diffcontrol as dc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import mpc_pytorch_reference  # noqa: E402
+from common import initial_states  # noqa: E402
 
 TIGHT = {"tol": 1e-11, "max_iter": 400}
-
-
-def _pendulum_x0(batch: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    th = (torch.rand(batch, generator=g, dtype=torch.float64) * 2 - 1) * np.pi
-    dth = torch.rand(batch, generator=g, dtype=torch.float64) * 2 - 1
-    return torch.stack([th.cos(), th.sin(), dth], -1)
-
-
-def _cartpole_x0(batch: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    th = (torch.rand(batch, generator=g, dtype=torch.float64) * 2 - 1) * 0.5 * np.pi
-    pos, vel, dth = (torch.rand(3, batch, generator=g, dtype=torch.float64) * 2 - 1) * 0.5
-    return torch.stack([pos, vel, th.cos(), th.sin(), dth], -1)
 
 
 def _values(model: dc.models.ModelProblem, x0: torch.Tensor) -> dict:
@@ -84,7 +71,7 @@ def test_pendulum_gradients_match_finite_differences(bound):
     T, B = 10, 2
     pend = dc.models.pendulum(horizon=T, max_torque=bound)
     layer = pend.problem.compile(**TIGHT).to_torch()
-    values = _values(pend, _pendulum_x0(B, seed=1))
+    values = _values(pend, initial_states("pendulum", B, seed=1))
     clamped = _assert_off_the_boundary(layer, values, bound)
     assert (clamped > 0) == (bound == 2.0)
     loss = _loss_fn(T, 3, 1, B)
@@ -103,7 +90,7 @@ def test_cartpole_gradients_match_finite_differences():
     T, B = 10, 2
     cart = dc.models.cartpole(horizon=T, force_mag=5.0)
     layer = cart.problem.compile(**TIGHT).to_torch()
-    values = _values(cart, _cartpole_x0(B, seed=3))
+    values = _values(cart, initial_states("cartpole", B, seed=3))
     _assert_off_the_boundary(layer, values, 5.0)
     loss = _loss_fn(T, 5, 1, B)
     names = ["gravity", "masscart", "masspole", "length", "x0"]
@@ -155,7 +142,7 @@ def test_neural_dynamics_weight_gradients_match_finite_differences(bound):
 def test_implicit_and_unroll_agree_at_convergence():
     T, B = 10, 3
     pend = dc.models.pendulum(horizon=T)
-    values = _values(pend, _pendulum_x0(B, seed=2))
+    values = _values(pend, initial_states("pendulum", B, seed=2))
     loss = _loss_fn(T, 3, 1, B)
     names = ["g", "m", "l", "x0"]
     implicit = _autograd(pend.problem.compile(**TIGHT).to_torch(), loss, values, names)
@@ -184,7 +171,7 @@ def test_batched_equals_stack_of_unbatched():
     T = 10
     pend = dc.models.pendulum(horizon=T)
     layer = pend.problem.compile(**TIGHT).to_torch()
-    values = _values(pend, _pendulum_x0(3, seed=4))
+    values = _values(pend, initial_states("pendulum", 3, seed=4))
     x, u = layer(**values)
     for b in range(3):
         xb, ub = layer(**{**values, "x0": values["x0"][b]})
@@ -208,7 +195,7 @@ def test_float32_agrees_with_float64():
 def test_warm_start_at_the_solution_takes_no_iteration():
     pend = dc.models.pendulum(horizon=10)
     layer = pend.problem.compile(**TIGHT).to_torch()
-    values = _values(pend, _pendulum_x0(2, seed=6))
+    values = _values(pend, initial_states("pendulum", 2, seed=6))
     _, u, info = layer(**values, return_info=True)
     assert bool((info.iterations > 0).all())
     _, u2, info2 = layer(**values, u_init=u, return_info=True)
@@ -218,7 +205,7 @@ def test_warm_start_at_the_solution_takes_no_iteration():
 
 def test_nonconvergence_warns_with_count_or_raises_and_never_zeroes_gradients():
     pend = dc.models.pendulum(horizon=10)
-    values = _values(pend, _pendulum_x0(3, seed=1))
+    values = _values(pend, initial_states("pendulum", 3, seed=1))
     layer = pend.problem.compile(max_iter=1).to_torch()
     leaves = {k: v.clone().requires_grad_() for k, v in values.items()}
     with pytest.warns(dc.NotConvergedWarning, match=r"of 3 examples did not converge \(largest residual"):
@@ -258,7 +245,7 @@ def test_explain_names_ilqr_its_derivatives_bounds_and_options():
 def test_same_or_lower_cost_than_mpc_pytorch(name):
     T, B = 10, 4
     model = getattr(dc.models, name)(horizon=T)
-    x0 = _pendulum_x0(B, seed=8) if name == "pendulum" else _cartpole_x0(B, seed=8)
+    x0 = initial_states(name, B, seed=8)
     values = _values(model, x0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dc.NotConvergedWarning)
