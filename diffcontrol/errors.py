@@ -44,3 +44,8 @@ class Status(enum.Enum):
     CONVERGED = "converged"
     MAX_ITER = "stopped at max_iter before reaching tol"
     LINE_SEARCH_FAILED = "the line search found no decrease; the iterate may be off the optimum"
+    INACCURATE = "the solver reported an inaccurate solution"
+    INFEASIBLE = "the problem is infeasible for these parameters (the solver's verdict)"
+    UNBOUNDED = "the problem is unbounded below for these parameters (the solver's verdict)"
+    SOLVER_FAILED = "the solver failed (numerical trouble); the outputs are NaN"
+    INFEASIBLE_SOLUTION = "the returned solution violates the constraints by more than tol"

@@ -25,7 +25,8 @@ def test_explain_of_the_readme_problem_names_everything():
     assert "dynamics        affine" in text and "affine in (x, u): A @ x + B @ u" in text
     assert "stage cost      quadratic, convex" in text
     assert "box on controls: -1 <= u, u <= 1" in text
-    assert "cone: not available yet" in text and "ift_cg: not available yet" in text
+    assert "cone: fits, but 'lqr' comes first" in text
+    assert "ift_cg: 'ift_cg' takes generic problems, this is a control problem" in text
     assert "F = [A, B], f = 0" in text
     assert "C = blockdiag(2*I, 0.2*I), c = 0" in text and "C_T = 2*I" in text
     assert "x_0 = x0   (from x0)" in text
@@ -85,8 +86,10 @@ def test_state_constraint_rules_out_lqr():
 def test_forcing_backends():
     prob = _readme_problem()
     assert prob.compile(backend="lqr").backend == "lqr"
-    with pytest.raises(dc.BackendError, match="backend='cone' cannot take this problem: not available yet"):
-        prob.compile(backend="cone")
+    assert prob.compile(backend="cone").backend == "cone"
+    with pytest.raises(dc.BackendError, match="backend='ift_cg' cannot take this problem: 'ift_cg' takes "
+                                              "generic problems, this is a control problem"):
+        prob.compile(backend="ift_cg")
     with pytest.raises(dc.BackendError, match="unknown backend 'qp'; choose one of 'auto', 'lqr'"):
         prob.compile(backend="qp")
 

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 
 class Ops(Protocol):
+    name: str  # "torch" or "jax": which layer of a host solver (cvxpylayers) to use
     xp: Any
 
     def cholesky(self, A: Any, strict: bool = True) -> Any:
@@ -28,3 +29,18 @@ class Ops(Protocol):
 
     def zeros(self, shape: tuple[int, ...], like: Any) -> Any:
         """Zeros of ``shape`` with the dtype and device of ``like``."""
+
+    def to_numpy(self, a: Any) -> Any:
+        """A host NumPy copy of a (no gradient)."""
+
+    def as_float64_cpu(self, a: Any) -> Any:
+        """a in float64 on the host, for host solvers; gradients follow the conversion."""
+
+    def cast_like(self, a: Any, like: Any) -> Any:
+        """a in the dtype and on the device of ``like``; gradients follow the conversion."""
+
+    def full_like(self, a: Any, value: float) -> Any:
+        """An array of a's shape, dtype and device filled with ``value``."""
+
+    def as_array(self, value: Any, like: Any) -> Any:
+        """A NumPy value as an array on ``like``'s device, keeping its dtype."""

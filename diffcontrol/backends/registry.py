@@ -74,10 +74,30 @@ BACKENDS: tuple[Capabilities, ...] = (
         ),
         module="diffcontrol.backends.ilqr",
     ),
-    Capabilities("cone", "convex problems as cone programs through cvxpy, cvxpylayers and diffcp",
-                 kinds=("control", "generic")),
-    Capabilities("ift_cg", "generic unconstrained argmin; implicit-function-theorem gradients by "
-                 "conjugate gradient on Hessian-vector products", kinds=("generic",)),
+    Capabilities(
+        "ift_cg",
+        "generic unconstrained argmin; implicit-function-theorem gradients by conjugate gradient "
+        "on Hessian-vector products",
+        kinds=("generic",),
+        requirements=(
+            Requirement("constraints", ("none",), "an unconstrained problem",
+                        "'cone' takes convex problems with constraints"),
+            Requirement("objective", ("convex, smooth", "smooth", "opaque"), "a smooth objective",
+                        "'cone' takes nonsmooth convex objectives"),
+        ),
+    ),
+    Capabilities(
+        "cone",
+        "convex problems as cone programs through cvxpy, cvxpylayers and diffcp; backward = "
+        "diffcp's derivative of the cone program's optimality conditions",
+        kinds=("control", "generic"),
+        requirements=(
+            Requirement("convexity", ("convex",), "a convex problem (affine dynamics, convex "
+                        "objective and constraints by DCP rules)",
+                        "'ilqr' and 'ift_cg' take smooth nonconvex problems without constraints"),
+        ),
+        module="diffcontrol.backends.cone",
+    ),
 )
 
 BY_NAME = {b.name: b for b in BACKENDS}

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from diffcontrol.dsl.atoms import Index
+from diffcontrol.dsl.atoms import Index, QuadForm
 from diffcontrol.dsl.constraints import Constraint, Equality, Inequality
-from diffcontrol.dsl.expression import CONSTANT, CONVEX, Expression
+from diffcontrol.dsl.expression import AFFINE, CONCAVE, CONSTANT, CONVEX, NONNEG, Expression
 from diffcontrol.dsl.function import FunctionCall
-from diffcontrol.dsl.leaves import Control, Leaf
+from diffcontrol.dsl.leaves import Control, Leaf, Parameter
 from diffcontrol.dsl.problems import ControlProblem, Problem
-from diffcontrol.dsl.traverse import walk
+from diffcontrol.dsl.traverse import nodes_of_type, walk
 
 
 @dataclass(frozen=True)
@@ -137,6 +137,8 @@ def _analyse_control(p: ControlProblem) -> ProblemForm:
         parts += [f"{kind}: {c}" for kind, c in others]
         kinds = (["box on controls"] if boxes else []) + sorted({k for k, _ in others})
         facts["constraints"] = Fact(", ".join(kinds), "; ".join(parts))
+    terms = [("cost", p.cost)] + ([("terminal cost", p.terminal_cost)] if p.terminal_cost is not None else [])
+    facts["convexity"] = _convexity(terms, p.constraints, dynamics=p.transition)
     return ProblemForm("control", facts, tuple(boxes), tuple(others))
 
 
@@ -197,18 +199,64 @@ def _control_selection(expr: Expression, control: Control) -> object | None:
 
 def _analyse_generic(p: Problem) -> ProblemForm:
     f = expression_facts(p.objective.expr)
-    if f.curvature in (CONVEX, CONSTANT) or (f.degree is not None and f.degree <= 1):
-        objective = Fact("convex", f"{p.objective.expr} is convex by DCP rules")
+    smooth = "smooth" if f.smooth else "nonsmooth"
+    if f.curvature in (CONVEX, CONSTANT, AFFINE) or (f.degree is not None and f.degree <= 1):
+        objective = Fact(f"convex, {smooth}", f"{p.objective.expr} is convex by DCP rules"
+                         + ("" if f.smooth else " and not smooth"))
     elif f.opaque:
         objective = Fact("opaque", f"{p.objective.expr} calls an opaque dc.Function")
     else:
-        objective = Fact("smooth" if f.smooth else "nonsmooth",
-                         f"{p.objective.expr} is not certified convex by DCP rules")
+        objective = Fact(smooth, f"{p.objective.expr} is not certified convex by DCP rules")
     sizes = ", ".join(f"{v.name}{v.shape}" for v in p.variables())
     facts = {
         "time structure": Fact("none", f"a generic argmin over {sizes}"),
         "objective": objective,
         "constraints": Fact("none", "no constraints") if not p.constraints else Fact(
             "general", "; ".join(str(c) for c in p.constraints)),
+        "convexity": _convexity([("objective", p.objective.expr)], p.constraints),
     }
     return ProblemForm("generic", facts)
+
+
+# ---- convexity (the 'cone' backend's requirement) -------------------------------------------
+
+
+def _convexity(terms: list[tuple[str, Expression]], constraints: list[Constraint],
+               dynamics: Expression | None = None) -> Fact:
+    """"convex" when the dynamics are affine, every term convex and every constraint convex
+    by DCP rules; else "not certified" with the first term that is not. A quad_form whose
+    matrix is parameter data counts as convex: its matrix is factorised (and so checked
+    positive definite) per call."""
+    memo = _psd_quad_forms_assumed([e for _, e in terms] + [e for c in constraints for e in (c.lhs, c.rhs)])
+    if dynamics is not None:
+        d = expression_facts(dynamics, memo)
+        if d.opaque or d.degree is None or d.degree > 1:
+            term = first_term_beyond_degree(dynamics, 1)
+            return Fact("not certified", f"{dynamics if term is None else term} in the dynamics is not "
+                                         "affine, so the problem is not convex")
+    for name, expr in terms:
+        if expression_facts(expr, memo).curvature not in (CONVEX, AFFINE, CONSTANT):
+            return Fact("not certified", f"the {name} {expr} is not convex by DCP rules")
+    for c in constraints:
+        lhs, rhs = expression_facts(c.lhs, memo), expression_facts(c.rhs, memo)
+        if isinstance(c, Equality):
+            ok = all(f.curvature in (AFFINE, CONSTANT) for f in (lhs, rhs))
+            rule = "an equality constraint must be affine on both sides"
+        else:
+            ok = lhs.curvature in (CONVEX, AFFINE, CONSTANT) and rhs.curvature in (CONCAVE, AFFINE, CONSTANT)
+            rule = "an inequality constraint must read convex <= concave"
+        if not ok:
+            return Fact("not certified", f"the constraint {c} is not convex by DCP rules ({rule})")
+    what = "affine dynamics, " if dynamics is not None else ""
+    return Fact("convex", f"{what}convex objective and convex constraints by DCP rules")
+
+
+def _psd_quad_forms_assumed(exprs: list[Expression]) -> dict[int, NodeFacts]:
+    """Facts memo in which quad_form(x, P) with parameter data P and affine x is convex."""
+    memo: dict[int, NodeFacts] = {}
+    for q in nodes_of_type(exprs, QuadForm):
+        x, P = (expression_facts(a, memo) for a in q.args)
+        if not P.uses and nodes_of_type([q.args[1]], Parameter) and x.curvature in (AFFINE, CONSTANT):
+            memo[id(q)] = NodeFacts(None if x.degree is None else 2 * x.degree, CONVEX, NONNEG,
+                                    True, x.opaque, x.uses)
+    return memo

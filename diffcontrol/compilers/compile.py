@@ -7,13 +7,14 @@ from typing import Any
 from diffcontrol.backends.registry import BY_NAME
 from diffcontrol.compilers.analysis import analyse
 from diffcontrol.compilers.compiled import CompiledProblem
+from diffcontrol.compilers.lower_cone import lower_cone
 from diffcontrol.compilers.lower_ilqr import lower_ilqr
 from diffcontrol.compilers.lower_lqr import lower_lqr
 from diffcontrol.compilers.selection import select
 from diffcontrol.errors import BackendError
 
 #: backend name -> lowering pass (ProblemForm facts were checked by selection)
-LOWERINGS = {"lqr": lower_lqr, "ilqr": lower_ilqr}
+LOWERINGS = {"lqr": lower_lqr, "ilqr": lower_ilqr, "cone": lower_cone}
 
 
 def resolve_options(backend_module: Any, options: dict[str, Any]) -> dict[str, Any]:
@@ -37,6 +38,8 @@ def resolve_options(backend_module: Any, options: dict[str, Any]) -> dict[str, A
         raise BackendError(f"ls_decay must lie in (0, 1), got {resolved['ls_decay']!r}")
     if resolved.get("tol") is not None and not resolved["tol"] > 0:
         raise BackendError(f"tol must be positive, got {resolved['tol']!r}")
+    if hasattr(backend_module, "validate_options"):
+        backend_module.validate_options(resolved)
     return resolved
 
 

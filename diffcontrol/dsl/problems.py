@@ -109,7 +109,9 @@ class ControlProblem(_ProblemBase):
     """A finite-horizon optimal-control problem (states x_0..x_T, controls u_0..u_{T-1}).
 
     minimise  sum_{t<T} cost(x_t, u_t) + terminal_cost(x_T)
-    s.t.      x_{t+1} = f(x_t, u_t),  x_0 = initial_state,  constraints(x_t, u_t) for t < T
+    s.t.      x_{t+1} = f(x_t, u_t),  x_0 = initial_state,
+              constraints(x_t, u_t) for t < T      (those that involve the control)
+              constraints(x_t) for t = 1..T        (those on the state alone; x_0 is given)
     """
 
     def __init__(

@@ -56,6 +56,21 @@ def batch_size_of(parameters: Sequence[Parameter], values: dict[str, Any],
     return next(iter(sizes.values()), None)
 
 
+def check_warm_start(compiled: Any, u_init: Any, y_init: Any) -> None:
+    """Warm starts the problem kind and the backend take: ``u_init`` for control problems,
+    ``y_init`` for generic ones; a backend without warm starts says so."""
+    from diffcontrol.dsl.problems import ControlProblem
+
+    control = isinstance(compiled.problem, ControlProblem)
+    wrong = ("y_init", "u_init") if control else ("u_init", "y_init")
+    if (y_init if control else u_init) is not None:
+        raise InputError(f"{wrong[0]}= warm-starts {'generic' if control else 'control'} problems; "
+                         f"this is a {'control' if control else 'generic'} problem: pass {wrong[1]}=")
+    given = u_init if control else y_init
+    if given is not None and not getattr(compiled.backend_module, "WARM_START", True):
+        raise InputError(f"backend '{compiled.backend}' takes no warm start; drop {wrong[1]}=")
+
+
 def check_finite(values: dict[str, Any], is_finite: Callable[[Any], bool]) -> None:
     """Non-finite inputs raise SolverError before any solve."""
     for name, value in values.items():
@@ -73,7 +88,11 @@ def expand_to_batch(parameters: Sequence[Parameter], values: dict[str, Any], bat
     return out
 
 
-def nonconvergence_message(n_bad: int, batch: int, worst: float, tol: float) -> str:
+def nonconvergence_message(n_bad: int, batch: int, worst: float, tol: float, statuses: list = ()) -> str:
+    counts: dict[str, int] = {}
+    for s in statuses:
+        counts[s.value] = counts.get(s.value, 0) + 1
+    why = "; ".join(f"{text} ({k})" for text, k in counts.items())
     return (f"{n_bad} of {batch} examples did not converge (largest residual {worst:.2e} > tol "
-            f"{tol:.1e}); their gradients rest on a fixed point that was not reached. Raise max_iter, "
-            "warm-start with u_init, or pass on_nonconvergence='raise' to stop here")
+            f"{tol:.1e}{'; ' + why if why else ''}); their gradients rest on a fixed point that was not "
+            "reached. Raise max_iter, warm-start, or pass on_nonconvergence='raise' to stop here")

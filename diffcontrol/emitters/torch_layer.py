@@ -35,10 +35,11 @@ class TorchLayer(torch.nn.Module):
         names = ", ".join(p.name for p in self.compiled.parameters)
         return f"backend={self.compiled.backend!r}, parameters=({names})"
 
-    def forward(self, *, u_init: Any = None, return_info: bool = False, **params: Any):
+    def forward(self, *, u_init: Any = None, y_init: Any = None, return_info: bool = False, **params: Any):
         compiled = self.compiled
         parameters = compiled.parameters
         _common.check_names(parameters, params)
+        _common.check_warm_start(compiled, u_init, y_init)
         dtype, device = _dtype_and_device({**params, "u_init": u_init})
         values = {k: _to_tensor(v, dtype, device) for k, v in params.items()}
         prob = compiled.problem
@@ -68,7 +69,8 @@ class TorchLayer(torch.nn.Module):
         """Solve; attach the implicit backward (the backend's VJP) where gradients are needed."""
         compiled = self.compiled
         backend, options, program = compiled.backend_module, compiled.options, compiled.program
-        if options["backward"] == "unroll":  # autograd records every iteration
+        if options["backward"] == "unroll" or getattr(backend, "DIFFERENTIABLE_SOLVE", False):
+            # autograd records every iteration, or the backend's solve brings its own backward
             outputs, info, _ = backend.solve(data, options, TorchOps, u_init)
             return outputs, info
         with torch.no_grad():
@@ -86,7 +88,9 @@ class TorchLayer(torch.nn.Module):
         if not bool(bad.any()):
             return
         tol = self.compiled.tolerance(info.residual.dtype)
-        message = _common.nonconvergence_message(int(bad.sum()), batch, float(info.residual.detach().max()), tol)
+        statuses = [s for s, b in zip(info.status, bad.tolist()) if b]
+        message = _common.nonconvergence_message(int(bad.sum()), batch, float(info.residual.detach().max()),
+                                                 tol, statuses)
         if self.compiled.options["on_nonconvergence"] == "raise":
             raise SolverError(message)
         warnings.warn(message, NotConvergedWarning, stacklevel=3)

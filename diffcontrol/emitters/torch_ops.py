@@ -17,7 +17,29 @@ NOT_PD = ("a matrix that must be positive definite is not (the control block Q_u
 class TorchOps:
     """Array operations for the framework-neutral backends, on torch tensors."""
 
+    name = "torch"
     xp = torch
+
+    @staticmethod
+    def to_numpy(a: torch.Tensor):
+        return a.detach().cpu().numpy()
+
+    @staticmethod
+    def as_float64_cpu(a: torch.Tensor) -> torch.Tensor:
+        """For host solvers (diffcp): the autograd graph follows the conversion."""
+        return a.to(dtype=torch.float64, device="cpu")
+
+    @staticmethod
+    def cast_like(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return a.to(dtype=like.dtype, device=like.device)
+
+    @staticmethod
+    def full_like(a: torch.Tensor, value: float) -> torch.Tensor:
+        return torch.full_like(a, value)
+
+    @staticmethod
+    def as_array(value, like: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(value, device=like.device)
 
     @staticmethod
     def cholesky(A: torch.Tensor, strict: bool = True) -> torch.Tensor:
@@ -51,6 +73,7 @@ class TorchOps:
 class TorchFramework:
     """Constants and function transforms (torch.func) for evaluating the IR's data."""
 
+    name = "torch"
     xp = torch
 
     @staticmethod

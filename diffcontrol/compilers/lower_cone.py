@@ -1,0 +1,204 @@
+"""Lowering a convex problem to a DPP cvxpy problem, canonicalised once for cvxpylayers.
+
+A ControlProblem is unrolled over its horizon with one cvxpy expression per
+declared expression: states ``X`` (n, T+1) and controls ``U`` (m, T), time by
+columns, dynamics ``X[:, 1:] == f(X[:, :T], U)``, stage constraints on the
+columns t = 0..T-1, cost ``sum(stage cost over t) + terminal(X[:, T])``.
+A generic Problem maps its variables one to one.
+
+The cvxpy problem's parameters are the :class:`DerivedParameter` s of
+:mod:`~diffcontrol.compilers.to_cvxpy`; :meth:`ConeProgram.data` computes their
+values with the layer's framework, so gradients reach the dc.Parameters through
+that framework's autodiff, and cvxpylayers (diffcp underneath) differentiates
+the cone program itself.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import cvxpy as cp
+import numpy as np
+
+from diffcontrol.compilers.analysis import ProblemForm
+from diffcontrol.compilers.evaluate import Framework, evaluate
+from diffcontrol.compilers.to_cvxpy import TRANSFORMS, DerivedParameter, Translator, Value
+from diffcontrol.dsl.constraints import Constraint, Equality
+from diffcontrol.dsl.leaves import Control, Parameter
+from diffcontrol.dsl.problems import ControlProblem, Problem
+from diffcontrol.dsl.traverse import nodes_of_type
+from diffcontrol.errors import ModelError
+
+
+@dataclass(frozen=True)
+class ConeProgram:
+    """The cvxpy problem, its derived parameters, and the cvxpy variables the layer returns:
+    ``(X, U)`` (time by columns) for a control problem, else the problem's variables."""
+
+    problem: ControlProblem | Problem
+    parameters: tuple[Parameter, ...]
+    cvx: cp.Problem
+    derived: tuple[DerivedParameter, ...]
+    returned: tuple[cp.Variable, ...]
+    # canonicalised cvxpylayers layers per framework, and the size: a pure cache, never per-call state
+    _cache: dict = field(default_factory=dict, compare=False, repr=False, kw_only=True)
+    _lock: Any = field(default_factory=threading.Lock, compare=False, repr=False, kw_only=True)
+
+    def layer(self, framework: str) -> Any:
+        """The cvxpylayers layer for ``framework`` ("torch"), canonicalised on first use."""
+        with self._lock:
+            if framework not in self._cache:
+                self._cache[framework] = _make_layer(framework, self.cvx, self.derived, self.returned)
+            return self._cache[framework]
+
+    def data(self, fw: Framework, params: dict[str, Any], like: Any) -> dict[str, Any]:
+        """The derived parameters' values, each (B, *shape), vectorised over the batch."""
+        names = {p.name for p in nodes_of_type([d.expr for d in self.derived], Parameter)}
+        sub = {k: v for k, v in params.items() if k in names}
+
+        def one(p: dict, ref: Any) -> list:
+            env = {id(q): p[q.name] for q in self.parameters if q.name in p}
+            values = evaluate([d.expr for d in self.derived], env, fw, ref)
+            return [TRANSFORMS[d.transform](fw.xp, v) for d, v in zip(self.derived, values)]
+
+        values = fw.vmap(one)(sub, like) if self.derived else []
+        return {"layer": self.layer(fw.name), "derived": values, "like": like, "size": self.size,
+                "shapes": [v.shape for v in self.returned], "unpack": self.unpack, "residual": self.residual}
+
+    @property
+    def size(self) -> int:
+        """Variables plus constraint rows of the cone program: diffcp's dense derivative
+        factorises a matrix of about this order."""
+        with self._lock:
+            if "size" not in self._cache:
+                self._cache["size"] = sum(self.cone_program()["A"].shape)
+            return self._cache["size"]
+
+    def cone_program(self) -> dict:
+        """cvxpy's problem data in the form diffcp solves (SCS's cones, a quadratic objective
+        as a second-order cone): "A", "b", "c", "dims"."""
+        return self.cvx.get_problem_data(cp.SCS, solver_opts={"use_quad_obj": False})[0]
+
+    def unpack(self, solutions: list) -> tuple:
+        """The layer's results from the cvxpy variables' batched values: (x, u) of shapes
+        (B, T+1, n) and (B, T, m) for a control problem, else one array per variable."""
+        if isinstance(self.problem, ControlProblem):
+            X, U = solutions
+            return X.mT, U.mT
+        return tuple(solutions)
+
+    def residual(self, values: list, solutions: list) -> np.ndarray:
+        """Scaled primal infeasibility (B,) of returned solutions, evaluated by cvxpy itself:
+        the largest constraint violation over 1 + the largest entry of the solution."""
+        B = len(solutions[0]) if solutions else 0
+        out = np.zeros(B)
+        with self._lock:  # the values live on the shared cvxpy objects
+            self._residuals(values, solutions, out)
+        return out
+
+    def _residuals(self, values: list, solutions: list, out: np.ndarray) -> None:
+        for i in range(len(out)):
+            for d, v in zip(self.derived, values):
+                d.parameter.value = v[i]
+            for var, s in zip(self.returned, solutions):
+                var.value = s[i]
+            scale = 1.0 + max(float(np.abs(s[i]).max()) for s in solutions)
+            worst = max((float(np.max(c.violation())) for c in self.cvx.constraints), default=0.0)
+            out[i] = worst / scale if np.isfinite(worst) else np.inf
+
+
+def _make_layer(framework: str, problem: cp.Problem, derived, returned) -> Any:
+    if framework != "torch":
+        raise ModelError(f"the 'cone' backend has no {framework} layer yet")
+    from cvxpylayers.torch import CvxpyLayer
+
+    return CvxpyLayer(problem, parameters=[d.parameter for d in derived], variables=list(returned))
+
+
+def lower_cone(problem: ControlProblem | Problem, form: ProblemForm) -> ConeProgram:
+    """Translate to cvxpy, check DCP and DPP (naming the offending DSL expression), and
+    canonicalise for the torch layer."""
+    derived: dict = {}
+    if isinstance(problem, ControlProblem):
+        cvx, returned = _control(problem, derived)
+    else:
+        cvx, returned = _generic(problem, derived)
+    program = ConeProgram(problem, tuple(problem.parameters()), cvx, tuple(derived.values()), returned)
+    if derived:  # cvxpylayers needs at least one parameter; canonicalise now, not at the first call
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program.layer("torch")
+            program.size  # noqa: B018 (computed now, not at the first call)
+    else:
+        raise ModelError("the problem has no dc.Parameter: there is nothing to differentiate; "
+                         "solve it with cvxpy directly, or declare the data as dc.Parameters")
+    return program
+
+
+def _control(p: ControlProblem, derived: dict) -> tuple[cp.Problem, tuple]:
+    """Constraints on the state alone bind x_1..x_T (x_0 is given, so one there could only
+    make the problem infeasible); constraints that involve the control bind t = 0..T-1."""
+    n, m, T = p.n, p.m, p.horizon
+    X = cp.Variable((n, T + 1), name=p.state.name)
+    U = cp.Variable((m, T), name=p.control.name)
+    stage = Translator({id(p.state): Value(X[:, :T], True), id(p.control): Value(U, True)}, derived, T)
+    later = Translator({id(p.state): Value(X[:, 1:], True)}, derived, T)
+    final = Translator({id(p.state): Value(X[:, T], False)}, derived)
+    x0 = stage(p.initial_state).expr
+    constraints = [X[:, 0] == x0, X[:, 1:] == stage.over_time(stage(p.transition), (n,))]
+    pieces = [("initial_state", constraints[0]), ("dynamics", constraints[1])]
+    for c in p.constraints:
+        on_control = bool(nodes_of_type([c.lhs, c.rhs], Control))
+        con = _constraint(stage if on_control else later, c)
+        constraints.append(con)
+        pieces.append((str(c), con))
+    cost = stage(p.cost)
+    objective = cp.sum(cost.expr) if cost.timed else T * cost.expr
+    terms = [("cost", objective)]
+    if p.terminal_cost is not None:
+        terminal = final(p.terminal_cost).expr
+        objective = objective + terminal
+        terms.append(("terminal_cost", terminal))
+    return _checked(cp.Problem(cp.Minimize(objective), constraints), terms, pieces), (X, U)
+
+
+def _generic(p: Problem, derived: dict) -> tuple[cp.Problem, tuple]:
+    variables = p.variables()
+    cvx_vars = [cp.Variable(v.shape, name=v.name) for v in variables]
+    tr = Translator({id(v): Value(c, False) for v, c in zip(variables, cvx_vars)}, derived)
+    objective = tr(p.objective.expr).expr
+    constraints, pieces = [], []
+    for c in p.constraints:
+        con = _constraint(tr, c)
+        constraints.append(con)
+        pieces.append((str(c), con))
+    return _checked(cp.Problem(cp.Minimize(objective), constraints), [("objective", objective)], pieces), tuple(cvx_vars)
+
+
+def _constraint(tr: Translator, c: Constraint) -> Any:
+    lhs, rhs = tr(c.lhs), tr(c.rhs)
+    timed = lhs.timed or rhs.timed
+    nd = max(c.lhs.ndim, c.rhs.ndim)
+    a, b = tr.aligned(lhs, nd, timed), tr.aligned(rhs, nd, timed)
+    if isinstance(c, Equality):
+        return a == b
+    return a <= b  # Inequality normalises >= to <=
+
+
+def _checked(problem: cp.Problem, terms: list, pieces: list) -> cp.Problem:
+    """cvxpy's verdict: DCP and DPP, or a ModelError naming the DSL term and quoting cvxpy."""
+    if problem.is_dcp(dpp=True):
+        return problem
+    for name, expr in terms:
+        if not expr.is_dcp(dpp=True) or not (expr.is_convex() or expr.is_affine()):
+            raise ModelError(f"the {name} is not convex by cvxpy's DCP/DPP rules: cvxpy reads it as "
+                             f"{expr} ({expr.curvature}); the 'cone' backend takes convex problems only")
+    for name, con in pieces:
+        if not con.is_dcp(dpp=True):
+            raise ModelError(f"the constraint {name} is not convex by cvxpy's DCP/DPP rules (an equality "
+                             "must be affine, an inequality convex <= concave); cvxpy reads it as "
+                             f"{con}")
+    raise ModelError(f"cvxpy does not accept the problem as DCP/DPP: {problem}")

@@ -1,0 +1,324 @@
+"""DSL expressions as cvxpy expressions that follow the DPP rules: the cone lowering's core.
+
+Decision leaves map to cvxpy Variables. Every maximal sub-expression that uses
+parameters (or a dc.Function) but no decision leaf becomes one cvxpy Parameter
+whose value the layer's framework computes at call time (a
+:class:`DerivedParameter`). cvxpy then only ever sees a parameter times a
+parameter-free expression (DPP), and the framework's own autodiff carries
+gradients from those values back to the dc.Parameters and dc.Function weights.
+Sub-expressions free of parameters and decisions become NumPy constants.
+
+Time-varying values (a control problem's stage expressions) are translated once
+for the whole horizon: a value of DSL shape ``s`` is a cvxpy expression of shape
+``s + (T,)``, time last, so that a time-invariant value of shape ``s`` broadcasts
+against it once it gets a trailing unit axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cvxpy as cp
+import numpy as np
+
+from diffcontrol.compilers.analysis import NodeFacts, expression_facts
+from diffcontrol.compilers.evaluate import evaluate
+from diffcontrol.dsl import atoms
+from diffcontrol.dsl.expression import NONNEG, NONPOS, Expression
+from diffcontrol.dsl.function import FunctionCall
+from diffcontrol.dsl.leaves import Leaf, Parameter
+from diffcontrol.dsl.traverse import nodes_of_type
+from diffcontrol.errors import ModelError
+
+#: How a derived parameter's value follows from its DSL expression's value ``v``.
+TRANSFORMS = {
+    "value": lambda xp, v: v,
+    "reciprocal": lambda xp, v: 1.0 / v,
+    # P = L_c L_c^T, so x^T P x = ||L_c^T x||^2: quad_form with a parameter matrix in DPP form.
+    "psd_factor": lambda xp, v: xp.linalg.cholesky(0.5 * (v + v.mT)).mT,
+}
+
+
+@dataclass(frozen=True)
+class DerivedParameter:
+    """A cvxpy Parameter whose value is ``TRANSFORMS[transform]`` of a DSL expression."""
+
+    parameter: cp.Parameter
+    expr: Expression
+    transform: str = "value"
+
+    def describe(self) -> str:
+        what = {"value": "{}", "reciprocal": "1 / ({})", "psd_factor": "cholesky({})^T"}[self.transform]
+        return f"{self.parameter.name()} = {what.format(self.expr)}"
+
+
+@dataclass(frozen=True)
+class Value:
+    """A translated expression: a cvxpy expression (or NumPy array) and whether it carries
+    the trailing time axis."""
+
+    expr: Any
+    timed: bool
+
+
+class _NumpyFramework:
+    """Just enough of :class:`~diffcontrol.compilers.evaluate.Framework` to fold constants."""
+
+    xp = np
+
+    @staticmethod
+    def constant(value: Any, like: Any) -> np.ndarray:
+        return np.asarray(value, dtype=float)
+
+
+class Translator:
+    """Translates expressions whose decision leaves are given in ``leaves`` (id -> Value).
+
+    ``derived`` is shared between translators of one problem (a stage and a terminal
+    translator), so one DSL sub-expression becomes one cvxpy Parameter.
+    """
+
+    def __init__(self, leaves: dict[int, Value], derived: dict[tuple[int, str], DerivedParameter], horizon: int = 1):
+        self.leaves = leaves
+        self.derived = derived
+        self.T = horizon
+        self._facts: dict[int, NodeFacts] = {}
+        self._memo: dict[int, Value] = {}
+
+    # ---- entry point ----------------------------------------------------------------------
+    def __call__(self, expr: Expression) -> Value:
+        key = id(expr)
+        if key not in self._memo:
+            self._memo[key] = self._translate(expr)
+        return self._memo[key]
+
+    def _translate(self, node: Expression) -> Value:
+        if not expression_facts(node, self._facts).uses:
+            return self._data(node)
+        if isinstance(node, Leaf):
+            return self.leaves[id(node)]
+        if isinstance(node, FunctionCall):
+            raise ModelError(f"{node} applies the opaque dc.Function {node.function.name} to decision "
+                             "variables; cvxpy cannot certify its convexity (the 'cone' backend needs DCP atoms)")
+        rule = _RULES.get(type(node)) or _RULES.get(type(node).__mro__[1])
+        if rule is None:
+            raise ModelError(f"{node} has no convex (DCP) counterpart in cvxpy; the 'cone' backend takes "
+                             "affine, quadratic, norm and other DCP atoms of the decision variables")
+        return rule(self, node)
+
+    # ---- data: constants and derived parameters ---------------------------------------------
+    def _data(self, node: Expression, transform: str = "value") -> Value:
+        """A parameter-free, decision-free node as a NumPy constant; otherwise a derived
+        cvxpy Parameter (``transform`` of the node's value)."""
+        if not nodes_of_type([node], Parameter) and not nodes_of_type([node], FunctionCall):
+            value = np.asarray(evaluate([node], {}, _NumpyFramework, None)[0], dtype=float)
+            return Value(TRANSFORMS[transform](np, value) if transform != "value" else value, False)
+        key = (id(node), transform)
+        if key not in self.derived:
+            # 1/v keeps v's sign; cvxpy needs signs to certify e.g. p * square(x) convex
+            sign = expression_facts(node, self._facts).sign if transform != "psd_factor" else None
+            name = node.name if isinstance(node, Parameter) and transform == "value" else f"p{len(self.derived)}"
+            param = cp.Parameter(node.shape, name=name, nonneg=sign == NONNEG, nonpos=sign == NONPOS)
+            self.derived[key] = DerivedParameter(param, node, transform)
+        return Value(self.derived[key].parameter, False)
+
+    # ---- shape helpers ------------------------------------------------------------------------
+    def aligned(self, v: Value, ndim: int, timed: bool) -> Any:
+        """``v`` ready to broadcast against a result of DSL rank ``ndim`` (timed or not): a
+        time-invariant value of rank >= 1 gets a trailing unit axis to meet the time axis."""
+        if not timed or v.timed or _rank(v) == 0:
+            return v.expr
+        return _reshape(v.expr, _shape(v) + (1,))
+
+    def rows(self, v: Value, node: Expression) -> Any:
+        """A timed value as (size, T): its DSL entries by rows, time by columns."""
+        size = int(np.prod(node.shape, dtype=int))
+        return v.expr if len(node.shape) == 1 else _reshape(v.expr, (size, self.T))
+
+    def over_time(self, v: Value, shape: tuple[int, ...]) -> Any:
+        """A time-invariant value repeated over the horizon: DSL shape ``shape`` + (T,)."""
+        if v.timed:
+            return v.expr
+        if not shape:
+            return v.expr * np.ones(self.T)
+        return _reshape(v.expr, shape + (1,)) @ np.ones((1, self.T))
+
+
+def _rank(v: Value) -> int:
+    return len(_shape(v)) - (1 if v.timed else 0)
+
+
+def _shape(v: Value) -> tuple[int, ...]:
+    return tuple(np.shape(v.expr)) if isinstance(v.expr, np.ndarray) else tuple(v.expr.shape)
+
+
+def _reshape(e: Any, shape: tuple[int, ...]) -> Any:
+    if isinstance(e, np.ndarray):
+        return e.reshape(shape)
+    return cp.reshape(e, shape, order="C")
+
+
+def _not_vectorizable(node: Expression) -> ModelError:
+    return ModelError(f"{node} combines matrix-valued stage expressions in a way the 'cone' lowering "
+                      "cannot write for all stages at once; write it with vectors")
+
+
+# ---- rules, one per atom: (translator, node) -> Value -----------------------------------------
+
+
+def _binary(op):
+    def rule(tr: Translator, node: Expression) -> Value:
+        a, b = (tr(arg) for arg in node.args)
+        timed = a.timed or b.timed
+        nd = len(node.shape)
+        return Value(op(tr.aligned(a, nd, timed), tr.aligned(b, nd, timed)), timed)
+
+    return rule
+
+
+def _divide(tr: Translator, node: atoms.Divide) -> Value:
+    num, den = node.args
+    if expression_facts(den, tr._facts).uses:
+        raise ModelError(f"{node} divides by an expression of the decision variables; that is not DCP")
+    a, b = tr(num), tr._data(den, "reciprocal")
+    timed = a.timed
+    nd = len(node.shape)
+    return Value(cp.multiply(tr.aligned(a, nd, timed), tr.aligned(b, nd, timed)), timed)
+
+
+def _matmul(tr: Translator, node: atoms.MatMul) -> Value:
+    (a, b), (ea, eb) = (tr(arg) for arg in node.args), node.args
+    if not a.timed and not b.timed:
+        return Value(a.expr @ b.expr, False)
+    if b.timed and not a.timed and eb.ndim == 1:      # A @ x_t for all t: A @ X
+        return Value(a.expr @ b.expr, True)
+    if a.timed and not b.timed and ea.ndim == 1:      # x_t @ M = M^T x_t
+        return Value((b.expr.T if eb.ndim == 2 else b.expr) @ a.expr, True)
+    if a.timed and b.timed and ea.ndim == eb.ndim == 1:
+        return Value(cp.sum(cp.multiply(a.expr, b.expr), axis=0), True)
+    raise _not_vectorizable(node)
+
+
+def _index(tr: Translator, node: atoms.Index) -> Value:
+    a = tr(node.args[0])
+    if not a.timed:
+        return Value(a.expr[node.index], False)
+    index = node.index if isinstance(node.index, tuple) else (node.index,)
+    return Value(a.expr[index + (slice(None),)], True)
+
+
+def _transpose(tr: Translator, node: atoms.Transpose) -> Value:
+    a = tr(node.args[0])
+    if node.ndim < 2:
+        return a
+    if a.timed:
+        raise _not_vectorizable(node)
+    return Value(a.expr.T, False)
+
+
+_ELEMENTWISE = {"square": cp.square, "abs": cp.abs, "sqrt": cp.sqrt, "exp": cp.exp, "log": cp.log}
+
+
+def _elementwise(tr: Translator, node: atoms.Elementwise) -> Value:
+    fn = _ELEMENTWISE.get(node.fn)
+    if fn is None:
+        raise ModelError(f"{node}: {node.fn} of the decision variables is neither convex nor concave; "
+                         "the 'cone' backend needs DCP atoms (use 'ilqr' or 'ift_cg' for smooth nonconvex "
+                         "problems)")
+    a = tr(node.args[0])
+    return Value(fn(a.expr), a.timed)
+
+
+def _power(tr: Translator, node: atoms.Power) -> Value:
+    a = tr(node.args[0])
+    return Value(cp.power(a.expr, node.p), a.timed)
+
+
+def _sum(tr: Translator, node: atoms.Sum) -> Value:
+    (arg,) = node.args
+    a = tr(arg)
+    if node.axis is not None:
+        return Value(cp.sum(a.expr, axis=node.axis % arg.ndim), a.timed)
+    if not a.timed:
+        return Value(cp.sum(a.expr), False)
+    return Value(a.expr if arg.ndim == 0 else cp.sum(tr.rows(a, arg), axis=0), True)
+
+
+def _sum_squares(tr: Translator, node: atoms.SumSquares) -> Value:
+    (arg,) = node.args
+    a = tr(arg)
+    if not a.timed:
+        return Value(cp.sum_squares(a.expr), False)
+    return Value(cp.square(a.expr) if arg.ndim == 0 else cp.sum(cp.square(tr.rows(a, arg)), axis=0), True)
+
+
+def _norm2(tr: Translator, node: atoms.Norm2) -> Value:
+    (arg,) = node.args
+    a = tr(arg)
+    if not a.timed:
+        return Value(cp.norm(cp.vec(a.expr, order="C") if arg.ndim > 1 else a.expr, 2), False)
+    return Value(cp.abs(a.expr) if arg.ndim == 0 else cp.norm(tr.rows(a, arg), 2, axis=0), True)
+
+
+def _quad_form(tr: Translator, node: atoms.QuadForm) -> Value:
+    """x^T P x as ||L x||^2 with L^T L = P: L from the eigen-decomposition of a constant P
+    (which must be PSD), or a Cholesky factor computed per call for a parameter P."""
+    x_expr, P_expr = node.args
+    if expression_facts(P_expr, tr._facts).uses:
+        raise ModelError(f"{node}: the matrix of quad_form must not depend on the decision variables")
+    x = tr(x_expr)
+    if not nodes_of_type([P_expr], Parameter) and not nodes_of_type([P_expr], FunctionCall):
+        P = tr._data(P_expr).expr
+        w, V = np.linalg.eigh(0.5 * (P + P.T))
+        if w.min() < -1e-10 * max(1.0, np.abs(w).max()):
+            raise ModelError(f"{node} is not convex: the matrix has a negative eigenvalue {w.min():.3g}")
+        L = np.sqrt(np.clip(w, 0, None))[:, None] * V.T
+    else:
+        L = tr._data(P_expr, "psd_factor").expr
+    Lx = L @ x.expr
+    if not x.timed:
+        return Value(cp.sum_squares(Lx), False)
+    return Value(cp.sum(cp.square(Lx), axis=0), True)
+
+
+def _stack(tr: Translator, node: atoms.Stack) -> Value:
+    parts = [tr(a) for a in node.args]
+    if not any(p.timed for p in parts):
+        return Value(cp.hstack([_reshape(p.expr, (1,)) for p in parts]), False)
+    return Value(cp.vstack([tr.over_time(p, ()) for p in parts]), True)
+
+
+def _concat(tr: Translator, node: atoms.Concat) -> Value:
+    parts = [tr(a) for a in node.args]
+    if not any(p.timed for p in parts):
+        return Value(cp.hstack([_reshape(p.expr, (1,)) if a.ndim == 0 else p.expr
+                                for p, a in zip(parts, node.args)]), False)
+    rows = []
+    for p, a in zip(parts, node.args):
+        block = tr.over_time(p, a.shape)
+        rows.append(_reshape(block, (1, tr.T)) if a.ndim == 0 else block)
+    return Value(cp.vstack(rows), True)
+
+
+def _multiply(a: Any, b: Any) -> Any:
+    return cp.multiply(a, b)
+
+
+_RULES = {
+    atoms.Add: _binary(lambda a, b: a + b),
+    atoms.Multiply: _binary(_multiply),
+    atoms.Neg: lambda tr, node: Value(-tr(node.args[0]).expr, tr(node.args[0]).timed),
+    atoms.Divide: _divide,
+    atoms.Power: _power,
+    atoms.MatMul: _matmul,
+    atoms.Index: _index,
+    atoms.Transpose: _transpose,
+    atoms.Elementwise: _elementwise,
+    atoms.Sum: _sum,
+    atoms.SumSquares: _sum_squares,
+    atoms.Norm2: _norm2,
+    atoms.QuadForm: _quad_form,
+    atoms.Stack: _stack,
+    atoms.Concat: _concat,
+}
