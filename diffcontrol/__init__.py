@@ -35,6 +35,7 @@ from diffcontrol.errors import (
     ModelError,
     NotConvergedWarning,
     SolverError,
+    Status,
 )
 
 __version__ = "0.1.0"
@@ -43,7 +44,7 @@ __all__ = [
     "BackendError", "CompiledProblem", "Constraint", "Control", "ControlProblem", "Equality",
     "Expression", "Function", "GradientFallbackWarning", "Inequality", "InputError", "Maximize",
     "Minimize", "ModelError",
-    "NotConvergedWarning", "Parameter", "Problem", "SolverError", "State", "Variable", "abs",
+    "NotConvergedWarning", "Parameter", "Problem", "SolverError", "State", "Status", "Variable", "abs",
     "atan2", "concat", "cos", "exp", "log", "models", "norm2", "quad_form", "sin", "sqrt", "square",
     "stack", "sum", "sum_squares", "tan", "tanh",
 ]

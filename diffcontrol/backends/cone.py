@@ -18,6 +18,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import diffcp
 import numpy as np
 
 from diffcontrol.backends.kkt import Info
@@ -26,10 +27,15 @@ from diffcontrol.errors import BackendError, Status
 
 NAME = "cone"
 
+# cvxpylayers converts tensors with np.array(t) in its backward (outside any call of ours);
+# NumPy 2 warns about that for every call. It is cvxpylayers' business, not the user's.
+warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy keyword",
+                        category=DeprecationWarning)
+
 #: Options with their defaults and one line of documentation each.
 OPTIONS = {
     "solver": ("SCS", "the cone solver diffcp calls: 'SCS' or 'Clarabel'"),
-    "eps": (1e-10, "the solver's tolerance (SCS: eps_abs = eps_rel; Clarabel: tol_gap_abs, "
+    "eps": (1e-9, "the solver's tolerance (SCS: eps_abs = eps_rel; Clarabel: tol_gap_abs, "
                    "tol_gap_rel, tol_feas)"),
     "max_iter": (100_000, "the solver's iteration limit"),
     "derivative": ("auto", "diffcp's derivative mode: 'dense' (exact, O(N^3) in the cone "
@@ -69,13 +75,15 @@ def validate_options(options: dict) -> None:
         raise BackendError(f"n_jobs must be a positive int or -1, got {options['n_jobs']!r}")
 
 
-def solver_args(options: dict, size: int) -> dict:
-    """The keyword arguments cvxpylayers hands to diffcp for a cone program of ``size``."""
-    mode = options["derivative"]
-    if mode == "auto":
-        mode = "dense" if size <= options["dense_max_size"] else "lsmr"
-    args: dict[str, Any] = {"solve_method": options["solver"], "mode": mode,
-                            "n_jobs_forward": options["n_jobs"], "n_jobs_backward": options["n_jobs"]}
+def solver_args(options: dict, size: int, differentiate: bool = True) -> dict:
+    """The keyword arguments cvxpylayers hands to diffcp for a cone program of ``size``
+    (diffcp's solve-only path takes no derivative mode)."""
+    args: dict[str, Any] = {"solve_method": options["solver"], "n_jobs_forward": options["n_jobs"]}
+    if differentiate:
+        mode = options["derivative"]
+        if mode == "auto":
+            mode = "dense" if size <= options["dense_max_size"] else "lsmr"
+        args.update(mode=mode, n_jobs_backward=options["n_jobs"])
     eps = options["eps"]
     if options["solver"] == "SCS":
         args.update(eps_abs=eps, eps_rel=eps, max_iters=options["max_iter"])
@@ -88,7 +96,7 @@ def solve(data: dict, options: dict, ops: Ops, init: Any = None) -> tuple[tuple,
     """Solve the batch; outputs in the dtype and on the device of ``data["like"]``."""
     like = data["like"]
     args = [ops.as_float64_cpu(v) for v in data["derived"]]
-    kwargs = solver_args(options, data["size"])
+    kwargs = solver_args(options, data["size"], ops.needs_grad(data["derived"]))
     solutions, trouble = _call(data["layer"], args, kwargs)
     B = like.shape[0]
     statuses = [Status.CONVERGED] * B
@@ -112,7 +120,7 @@ def _call(layer: Any, args: list, kwargs: dict) -> tuple[list | None, str | None
         warnings.simplefilter("always")
         try:
             solutions = list(layer(*args, solver_args=kwargs))
-        except Exception as e:  # diffcp's SolverError, or cvxpylayers' RuntimeError around it
+        except diffcp.SolverError as e:  # infeasible, unbounded, or the solver gave up
             return None, str(e) or type(e).__name__
     inaccurate = [str(w.message) for w in caught if "inaccurate" in str(w.message).lower()]
     return solutions, (inaccurate[0] if inaccurate else None)

@@ -30,6 +30,9 @@ class Ops(Protocol):
     def zeros(self, shape: tuple[int, ...], like: Any) -> Any:
         """Zeros of ``shape`` with the dtype and device of ``like``."""
 
+    def needs_grad(self, arrays: Any) -> bool:
+        """Whether the framework will want gradients of a computation on ``arrays``."""
+
     def to_numpy(self, a: Any) -> Any:
         """A host NumPy copy of a (no gradient)."""
 

@@ -101,6 +101,9 @@ class ConeProgram:
 
     def _residuals(self, values: list, solutions: list, out: np.ndarray) -> None:
         for i in range(len(out)):
+            if not all(np.isfinite(s[i]).all() for s in solutions):
+                out[i] = np.inf
+                continue
             for d, v in zip(self.derived, values):
                 d.parameter.value = v[i]
             for var, s in zip(self.returned, solutions):
@@ -192,13 +195,15 @@ def _checked(problem: cp.Problem, terms: list, pieces: list) -> cp.Problem:
     """cvxpy's verdict: DCP and DPP, or a ModelError naming the DSL term and quoting cvxpy."""
     if problem.is_dcp(dpp=True):
         return problem
-    for name, expr in terms:
-        if not expr.is_dcp(dpp=True) or not (expr.is_convex() or expr.is_affine()):
-            raise ModelError(f"the {name} is not convex by cvxpy's DCP/DPP rules: cvxpy reads it as "
-                             f"{expr} ({expr.curvature}); the 'cone' backend takes convex problems only")
-    for name, con in pieces:
-        if not con.is_dcp(dpp=True):
-            raise ModelError(f"the constraint {name} is not convex by cvxpy's DCP/DPP rules (an equality "
-                             "must be affine, an inequality convex <= concave); cvxpy reads it as "
-                             f"{con}")
+    named = [(f"the {name}", expr, not (expr.is_convex() or expr.is_affine())) for name, expr in terms]
+    named += [(f"the constraint {name}", con, not con.is_dcp()) for name, con in pieces]
+    for what, expr, not_dcp in named:
+        if not_dcp:
+            raise ModelError(f"{what} is not convex by cvxpy's DCP rules: cvxpy reads it as {expr}; the "
+                             "'cone' backend takes convex problems only")
+        if not expr.is_dcp(dpp=True):
+            raise ModelError(f"{what} is convex (DCP) but not DPP: a parameter multiplies an expression "
+                             f"that depends on parameters (cvxpy reads it as {expr}); cvxpylayers can only "
+                             "differentiate DPP problems: let one dc.Parameter (or one parameter "
+                             "expression) multiply each term of the decision variables")
     raise ModelError(f"cvxpy does not accept the problem as DCP/DPP: {problem}")

@@ -21,6 +21,10 @@ class TorchOps:
     xp = torch
 
     @staticmethod
+    def needs_grad(arrays) -> bool:
+        return torch.is_grad_enabled() and any(a.requires_grad for a in arrays)
+
+    @staticmethod
     def to_numpy(a: torch.Tensor):
         return a.detach().cpu().numpy()
 
