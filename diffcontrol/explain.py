@@ -32,7 +32,7 @@ def report(problem: Any, form: ProblemForm, decision: Decision, program: Any, op
     for name, why in decision.rejected.items():
         lines.append(f"    {name}: {why}")
     if program is not None and decision.chosen in _LOWERING_REPORTS:
-        lines += ["", *_LOWERING_REPORTS[decision.chosen](program)]
+        lines += ["", *_LOWERING_REPORTS[decision.chosen](program, options or {})]
     if options:
         lines += ["", "Options", *(f"  {k} = {v!r}" for k, v in options.items())]
     return "\n".join(lines)
@@ -74,7 +74,7 @@ def _linear_term(expr: Expression, what: str) -> str:
     return "0" if _is_linear(expr) else f"gradient of the {what} at 0 (evaluated per call)"
 
 
-def _lqr_lowering(program: Any) -> list[str]:
+def _lqr_lowering(program: Any, options: dict) -> list[str]:
     p: ControlProblem = program.problem
     x, u = p.state, p.control
     n, m, T = p.n, p.m, p.horizon
@@ -108,7 +108,7 @@ def _lqr_lowering(program: Any) -> list[str]:
     return lines
 
 
-def _ilqr_lowering(program: Any) -> list[str]:
+def _ilqr_lowering(program: Any, options: dict) -> list[str]:
     p: ControlProblem = program.problem
     x, u = p.state, p.control
     n, m, T = p.n, p.m, p.horizon
@@ -135,7 +135,7 @@ def _ilqr_lowering(program: Any) -> list[str]:
     return lines
 
 
-def _cone_lowering(program: Any) -> list[str]:
+def _cone_lowering(program: Any, options: dict) -> list[str]:
     lines = ["Lowered problem (a DPP cvxpy problem, canonicalised once at compile for cvxpylayers)"]
     if isinstance(program.problem, ControlProblem):
         p = program.problem
@@ -158,4 +158,33 @@ def _cone_lowering(program: Any) -> list[str]:
     return lines
 
 
-_LOWERING_REPORTS = {"lqr": _lqr_lowering, "ilqr": _ilqr_lowering, "cone": _cone_lowering}
+def _ift_lowering(program: Any, options: dict) -> list[str]:
+    from diffcontrol.backends.ift_cg import forward_solver
+
+    n = program.size
+    solver = forward_solver(options, n) if options else "newton"
+    solver = getattr(solver, "__name__", repr(solver)) if callable(solver) else solver
+    how = {"newton": "damped Newton on the exact Hessian, Armijo line search",
+           "lbfgs": "L-BFGS with a strong-Wolfe line search"}.get(solver, f"the user's solver {solver} (a black box)")
+    expr = program.problem.objective.expr
+    kind = (f"contains opaque dc.Functions ({', '.join(program.opaque)}): derivatives by autodiff"
+            if program.opaque else "symbolic: every atom differentiated by the framework's autodiff")
+    linear = options.get("linear_solver", "cg")
+    lines = [
+        "Lowered problem (a smooth unconstrained argmin y* = argmin_y f(y; theta))",
+        f"  y = [{', '.join(f'{v.name}{v.shape}' for v in program.variables)}] flattened: n = {n}",
+        f"  f = {expr}",
+        f"  objective: {kind}",
+        f"  forward: {how} (never differentiated through); then the check max |grad_y f| <= tol",
+        f"  backward: (H + eps I) g = dL/dy at y* by {linear}"
+        + (" (conjugate gradient on Hessian-vector products, H never formed"
+           if linear == "cg" else " (CG on the normal equations H^T H g = H^T dL/dy"
+           if linear == "cg_normal" else " (H formed and factorised: the dense oracle")
+        + f"; cg_tol={options.get('cg_tol')}, cg_max_iter={options.get('cg_max_iter')}, "
+          f"eps={options.get('tikhonov')}), then -g^T d2f/dy dtheta by the framework's autodiff",
+    ]
+    return lines
+
+
+_LOWERING_REPORTS = {"lqr": _lqr_lowering, "ilqr": _ilqr_lowering, "cone": _cone_lowering,
+                     "ift_cg": _ift_lowering}

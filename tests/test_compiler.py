@@ -108,13 +108,17 @@ def test_options_are_validated():
         prob.compile(tol=-1.0)
 
 
-def test_generic_problems_wait_for_their_backends():
-    x = dc.Variable(3)
-    prob = dc.Problem(dc.Minimize(dc.sum_squares(x - 1)))
-    text = prob.explain()
-    assert "Backend: none" in text and "'lqr' takes control problems, this is a generic problem" in text
-    with pytest.raises(dc.BackendError, match="no available backend"):
-        prob.compile()
+def test_generic_problems_go_to_ift_cg_or_cone_by_constraints_and_convexity():
+    x, p = dc.Variable(3, name="x"), dc.Parameter(3, name="p")
+    smooth = dc.Problem(dc.Minimize(dc.sum_squares(x - p)))
+    assert smooth.compile().backend == "ift_cg"
+    assert "cone: fits, but 'ift_cg' comes first" in smooth.explain()
+    assert dc.Problem(dc.Minimize(dc.norm2(x - p))).compile().backend == "cone"  # nonsmooth convex
+    assert dc.Problem(dc.Minimize(dc.sum_squares(x - p)), [x >= 0]).compile().backend == "cone"
+    nonconvex = dc.Problem(dc.Minimize(dc.sum(dc.cos(x - p))), [dc.sum(x) == 1])
+    with pytest.raises(dc.ModelError, match=r"the constraint sum\(x\) == 1 makes this a constrained "
+                                            r"nonconvex problem .*smooth penalty"):
+        nonconvex.compile()
 
 
 def test_bound_of_wrong_shape_is_a_model_error():

@@ -155,4 +155,4 @@ def test_training_through_the_layer_recovers_dynamics():
         loss = ((layer(A=A_true, B=B_hat, x0=x0s)[1] - u_expert) ** 2).mean()
         loss.backward()
         opt.step()
-    assert float(loss) < 1e-6 and rel_err(B_hat.detach(), B_true) < 1e-2
+    assert float(loss.detach()) < 1e-6 and rel_err(B_hat.detach(), B_true) < 1e-2

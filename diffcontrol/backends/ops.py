@@ -30,6 +30,10 @@ class Ops(Protocol):
     def zeros(self, shape: tuple[int, ...], like: Any) -> Any:
         """Zeros of ``shape`` with the dtype and device of ``like``."""
 
+    def lbfgs(self, fun: Any, y0: Any, max_iter: int, tol: float) -> tuple[Any, Any]:
+        """Minimise sum_b fun(y)_b (y (B, n)) with the framework's L-BFGS from y0; returns
+        y and the iterations (B,)."""
+
     def needs_grad(self, arrays: Any) -> bool:
         """Whether the framework will want gradients of a computation on ``arrays``."""
 

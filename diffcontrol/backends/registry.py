@@ -85,6 +85,7 @@ BACKENDS: tuple[Capabilities, ...] = (
             Requirement("objective", ("convex, smooth", "smooth", "opaque"), "a smooth objective",
                         "'cone' takes nonsmooth convex objectives"),
         ),
+        module="diffcontrol.backends.ift_cg",
     ),
     Capabilities(
         "cone",

@@ -8,13 +8,14 @@ from diffcontrol.backends.registry import BY_NAME
 from diffcontrol.compilers.analysis import analyse
 from diffcontrol.compilers.compiled import CompiledProblem
 from diffcontrol.compilers.lower_cone import lower_cone
+from diffcontrol.compilers.lower_ift import lower_ift
 from diffcontrol.compilers.lower_ilqr import lower_ilqr
 from diffcontrol.compilers.lower_lqr import lower_lqr
 from diffcontrol.compilers.selection import select
-from diffcontrol.errors import BackendError
+from diffcontrol.errors import BackendError, ModelError
 
 #: backend name -> lowering pass (ProblemForm facts were checked by selection)
-LOWERINGS = {"lqr": lower_lqr, "ilqr": lower_ilqr, "cone": lower_cone}
+LOWERINGS = {"lqr": lower_lqr, "ilqr": lower_ilqr, "cone": lower_cone, "ift_cg": lower_ift}
 
 
 def resolve_options(backend_module: Any, options: dict[str, Any]) -> dict[str, Any]:
@@ -47,12 +48,27 @@ def compile_problem(problem: Any, backend: str, options: dict[str, Any]) -> Comp
     form = analyse(problem)                      # facts, each with its reason
     decision = select(form, backend)             # raises BackendError for a forced misfit
     if decision.chosen is None:
+        _raise_for_constrained_nonconvex(problem, form)
         reasons = "\n".join(f"  - {name}: {why}" for name, why in decision.rejected.items())
         raise BackendError(f"no available backend takes this problem:\n{reasons}")
     module = BY_NAME[decision.chosen].load()
     resolved = resolve_options(module, options)  # defaults + validation
     program = LOWERINGS[decision.chosen](problem, form)
     return CompiledProblem(problem, form, decision, program, module, resolved)
+
+
+def _raise_for_constrained_nonconvex(problem: Any, form: Any) -> None:
+    """A generic problem with constraints that is not convex: no backend solves it (cone needs
+    convexity, ift_cg takes no constraints); name the constraint and the way out."""
+    if form.kind != "generic" or not problem.constraints or form.value("convexity") == "convex":
+        return
+    reason = form.facts["convexity"].reason
+    culprit = next((c for c in problem.constraints if str(c) in reason), problem.constraints[0])
+    raise ModelError(
+        f"the constraint {culprit} makes this a constrained nonconvex problem ({reason}); 'cone' needs "
+        "convexity and 'ift_cg' takes no constraints. Move the constraint into the objective as a "
+        f"smooth penalty, e.g. + rho * dc.sum_squares({culprit.lhs} - {culprit.rhs}) for an equality, or "
+        "write the problem in convex form")
 
 
 def explain_problem(problem: Any) -> str:

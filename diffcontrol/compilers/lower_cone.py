@@ -27,6 +27,7 @@ from diffcontrol.compilers.analysis import ProblemForm
 from diffcontrol.compilers.evaluate import Framework, evaluate
 from diffcontrol.compilers.to_cvxpy import TRANSFORMS, DerivedParameter, Translator, Value
 from diffcontrol.dsl.constraints import Constraint, Equality
+from diffcontrol.dsl.expression import as_expression
 from diffcontrol.dsl.leaves import Control, Parameter
 from diffcontrol.dsl.problems import ControlProblem, Problem
 from diffcontrol.dsl.traverse import nodes_of_type
@@ -129,15 +130,15 @@ def lower_cone(problem: ControlProblem | Problem, form: ProblemForm) -> ConeProg
         cvx, returned = _control(problem, derived)
     else:
         cvx, returned = _generic(problem, derived)
+    if not derived:  # cvxpylayers needs a parameter: a zero one, times a variable, changes nothing
+        zero = DerivedParameter(cp.Parameter(name="zero"), as_expression(0.0))
+        derived[(id(zero.expr), "value")] = zero
+        cvx = cp.Problem(cp.Minimize(cvx.objective.expr + zero.parameter * cp.sum(returned[0])), cvx.constraints)
     program = ConeProgram(problem, tuple(problem.parameters()), cvx, tuple(derived.values()), returned)
-    if derived:  # cvxpylayers needs at least one parameter; canonicalise now, not at the first call
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program.layer("torch")
-            program.size  # noqa: B018 (computed now, not at the first call)
-    else:
-        raise ModelError("the problem has no dc.Parameter: there is nothing to differentiate; "
-                         "solve it with cvxpy directly, or declare the data as dc.Parameters")
+    with warnings.catch_warnings():  # canonicalise now, not at the first call
+        warnings.simplefilter("ignore")
+        program.layer("torch")
+        program.size  # noqa: B018
     return program
 
 
@@ -178,7 +179,8 @@ def _generic(p: Problem, derived: dict) -> tuple[cp.Problem, tuple]:
         con = _constraint(tr, c)
         constraints.append(con)
         pieces.append((str(c), con))
-    return _checked(cp.Problem(cp.Minimize(objective), constraints), [("objective", objective)], pieces), tuple(cvx_vars)
+    problem = _checked(cp.Problem(cp.Minimize(objective), constraints), [("objective", objective)], pieces)
+    return problem, tuple(cvx_vars)
 
 
 def _constraint(tr: Translator, c: Constraint) -> Any:

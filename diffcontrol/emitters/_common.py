@@ -71,6 +71,21 @@ def check_warm_start(compiled: Any, u_init: Any, y_init: Any) -> None:
         raise InputError(f"backend '{compiled.backend}' takes no warm start; drop {wrong[1]}=")
 
 
+def warm_start_inputs(problem: Any, u_init: Any, y_init: Any) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """The warm start as name -> (unbatched shape, value), for batch sizing and checks:
+    ``u_init`` (T, m), or one entry per variable of ``y_init`` (a tuple like the result)."""
+    if u_init is not None:
+        return {"u_init": ((problem.horizon, problem.m), u_init)}
+    if y_init is None:
+        return {}
+    variables = problem.variables()
+    items = tuple(y_init) if isinstance(y_init, (tuple, list)) else (y_init,)
+    if len(items) != len(variables):
+        raise InputError(f"y_init must be a tuple of {len(variables)} arrays, one per variable "
+                         f"({', '.join(f'{v.name}{v.shape}' for v in variables)}), got {len(items)}")
+    return {f"y_init[{i}]": (v.shape, item) for i, (v, item) in enumerate(zip(variables, items))}
+
+
 def check_finite(values: dict[str, Any], is_finite: Callable[[Any], bool]) -> None:
     """Non-finite inputs raise SolverError before any solve."""
     for name, value in values.items():

@@ -40,25 +40,25 @@ class TorchLayer(torch.nn.Module):
         parameters = compiled.parameters
         _common.check_names(parameters, params)
         _common.check_warm_start(compiled, u_init, y_init)
-        dtype, device = _dtype_and_device({**params, "u_init": u_init})
+        warm = _common.warm_start_inputs(compiled.problem, u_init, y_init)  # name -> (shape, value)
+        dtype, device = _dtype_and_device({**params, **{k: v for k, (_, v) in warm.items()}})
         values = {k: _to_tensor(v, dtype, device) for k, v in params.items()}
-        prob = compiled.problem
-        extra = {}
-        if u_init is not None:
-            u_init = _to_tensor(u_init, dtype, device)
-            extra["u_init"] = ((prob.horizon, prob.m), u_init)
-        batch = _common.batch_size_of(parameters, values, extra)
-        _common.check_finite({**values, **({"u_init": u_init} if u_init is not None else {})},
+        warm = {k: (shape, _to_tensor(v, dtype, device)) for k, (shape, v) in warm.items()}
+        batch = _common.batch_size_of(parameters, values, warm)
+        _common.check_finite({**values, **{k: v for k, (_, v) in warm.items()}},
                              lambda t: bool(torch.isfinite(t).all()))
         B = batch or 1
         values = _common.expand_to_batch(parameters, values, B, lambda v, s: v.expand(s))
-        if u_init is not None and u_init.ndim == 2:
-            u_init = u_init.expand(B, *u_init.shape)
+        init = [v if v.ndim > len(shape) else v.expand(B, *shape) for shape, v in warm.values()]
+        if init:  # u (B, T, m), or the variables joined into y (B, n)
+            init = init[0] if u_init is not None else compiled.program.join(torch, init)
+        else:
+            init = None
 
         like = torch.zeros(B, dtype=dtype, device=device)
         data = compiled.program.data(TorchFramework, values, like)
         _check_box(data)
-        outputs, info = self._solve(values, data, u_init)
+        outputs, info = self._solve(values, data, init)
         self._report(info, B)
         if batch is None:
             outputs = tuple(o[0] for o in outputs)
@@ -107,14 +107,14 @@ class _ImplicitSolve(torch.autograd.Function):
         ctx.backend, ctx.keys, ctx.saved_keys = backend, keys, tuple(tensors)
         ctx.others = {k: v for k, v in saved.items() if k not in tensors}
         ctx.save_for_backward(*inputs, *tensors.values())
-        return saved["x"].clone(), saved["u"].clone()
+        return tuple(saved[k].clone() for k in saved.get("outputs", ("x", "u")))
 
     @staticmethod
     def backward(ctx, *cotangents):
         tensors = ctx.saved_tensors
         inputs = dict(zip(ctx.keys, tensors[: len(ctx.keys)]))
         saved = {**dict(zip(ctx.saved_keys, tensors[len(ctx.keys):])), **ctx.others}
-        outputs = (saved["x"], saved["u"])
+        outputs = tuple(saved[k] for k in saved.get("outputs", ("x", "u")))
         cot = tuple(torch.zeros_like(o) if g is None else g for g, o in zip(cotangents, outputs))
         needs = {k for k, need in zip(ctx.keys, ctx.needs_input_grad[3:]) if need}
         with torch.no_grad():

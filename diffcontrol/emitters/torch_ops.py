@@ -21,6 +21,25 @@ class TorchOps:
     xp = torch
 
     @staticmethod
+    def lbfgs(fun, y0: torch.Tensor, max_iter: int, tol: float):
+        """Minimise sum_b fun(y)_b by torch.optim.LBFGS (strong-Wolfe line search); the
+        examples are independent, so the sum's gradient is theirs. Gradients reach y only:
+        ``fun``'s parameters accumulate nothing."""
+        y = y0.detach().clone().requires_grad_(True)
+        opt = torch.optim.LBFGS([y], lr=1.0, max_iter=max_iter, tolerance_grad=tol, tolerance_change=0.0,
+                                history_size=20, line_search_fn="strong_wolfe")
+
+        def closure():
+            with torch.enable_grad():
+                loss = fun(y).sum()
+                (y.grad,) = torch.autograd.grad(loss, [y])
+            return loss.detach()
+
+        opt.step(closure)
+        steps = opt.state[y].get("n_iter", 0)
+        return y.detach(), torch.full((y.shape[0],), float(steps), dtype=y.dtype, device=y.device)
+
+    @staticmethod
     def needs_grad(arrays) -> bool:
         return torch.is_grad_enabled() and any(a.requires_grad for a in arrays)
 

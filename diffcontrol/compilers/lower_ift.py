@@ -1,0 +1,115 @@
+"""Lowering an unconstrained generic Problem for the ift_cg backend.
+
+The backend sees one flat decision vector y (B, n): the problem's variables,
+each flattened (C order) and concatenated in the order of ``prob.variables()``.
+:class:`Objective` evaluates f(y; theta), its gradient, Hessian-vector products
+and (for the dense oracle) Hessian for a batch with the emitter's framework
+(autodiff, vectorised over the batch), which is also how a ``dc.Function`` is
+differentiated.
+
+For the implicit backward, :meth:`IFTProgram.implicit_inputs` evaluates, with
+the framework's autodiff recording, the gradient grad_y f(y*; theta) at the
+(fixed) solution: by the implicit function theorem its cotangent is -g with
+H g = dL/dy, which the backend returns, and the framework carries it on to the
+Parameters and dc.Function weights (-g^T d2f/dy dtheta, Algorithm 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from diffcontrol.compilers.analysis import ProblemForm
+from diffcontrol.compilers.evaluate import Framework, evaluate
+from diffcontrol.dsl.function import FunctionCall
+from diffcontrol.dsl.leaves import Parameter, Variable
+from diffcontrol.dsl.problems import Problem
+from diffcontrol.dsl.traverse import nodes_of_type
+
+
+@dataclass(frozen=True)
+class IFTProgram:
+    """The objective, the variables (their shapes and offsets in y) and the parameters."""
+
+    problem: Problem
+    variables: tuple[Variable, ...]
+    parameters: tuple[Parameter, ...]
+    opaque: tuple[str, ...]  # names of the dc.Functions the objective calls
+
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        return [v.shape for v in self.variables]
+
+    @property
+    def size(self) -> int:
+        """n: the length of the flat decision vector y."""
+        return int(sum(np.prod(s, dtype=int) for s in self.shapes))
+
+    def data(self, fw: Framework, params: dict[str, Any], like: Any) -> dict[str, Any]:
+        return {"objective": Objective(self, fw, params, like), "like": like, "shapes": self.shapes}
+
+    def implicit_inputs(self, fw: Framework, params: dict, data: dict, saved: dict) -> dict[str, Any]:
+        """grad_y f(y*; theta) (B, n) at the solution, recorded by the framework's autodiff."""
+        return {"grad_y": data["objective"].gradient(saved["y"])}
+
+    def split(self, xp: Any, y: Any) -> list:
+        """The variables' values (B, *shape) from y (B, n)."""
+        out, start = [], 0
+        for shape in self.shapes:
+            size = int(np.prod(shape, dtype=int))
+            out.append(y[:, start:start + size].reshape((y.shape[0],) + tuple(shape)))
+            start += size
+        return out
+
+    def join(self, xp: Any, values: list) -> Any:
+        """y (B, n) from the variables' values (B, *shape)."""
+        return xp.concatenate([v.reshape(v.shape[0], -1) for v in values], 1)
+
+    def _value(self, fw: Framework, p: dict, y: Any, ref: Any) -> Any:
+        """f(y; p) for one example (no batch dimension)."""
+        env = {id(q): p[q.name] for q in self.parameters if q.name in p}
+        start = 0
+        for v in self.variables:
+            size = int(np.prod(v.shape, dtype=int))
+            env[id(v)] = y[start:start + size].reshape(v.shape)
+            start += size
+        return evaluate([self.problem.objective.expr], env, fw, ref)[0]
+
+
+class Objective:
+    """f, its gradient, Hessian-vector products and Hessian for one batch of parameters.
+    y and v are (B, n); every method is vectorised over the batch."""
+
+    def __init__(self, program: IFTProgram, fw: Framework, params: dict[str, Any], like: Any):
+        self.program, self.fw, self.params, self.like = program, fw, params, like
+        f = self._f = lambda p, y, ref: program._value(fw, p, y, ref)
+        self._grad = fw.grad(f, argnums=1)
+        self._batched = {
+            "value": fw.vmap(f),
+            "gradient": fw.vmap(self._grad),
+            "hessian": fw.vmap(fw.hessian(f, argnums=1)),
+            "hvp": fw.vmap(fw.grad(lambda p, y, ref, v: (self._grad(p, y, ref) * v).sum(), argnums=1)),
+        }
+
+    def value(self, y: Any) -> Any:
+        """f (B,)."""
+        return self._batched["value"](self.params, y, self.like)
+
+    def gradient(self, y: Any) -> Any:
+        """grad_y f (B, n)."""
+        return self._batched["gradient"](self.params, y, self.like)
+
+    def hessian(self, y: Any) -> Any:
+        """The Hessian (B, n, n), formed explicitly: the dense oracle and small-n Newton."""
+        return self._batched["hessian"](self.params, y, self.like)
+
+    def hvp(self, y: Any, v: Any) -> Any:
+        """H(y) v (B, n), one double-backward, never forming H."""
+        return self._batched["hvp"](self.params, y, self.like, v)
+
+
+def lower_ift(problem: Problem, form: ProblemForm) -> IFTProgram:
+    opaque = tuple(dict.fromkeys(c.function.name for c in nodes_of_type([problem.objective.expr], FunctionCall)))
+    return IFTProgram(problem, tuple(problem.variables()), tuple(problem.parameters()), opaque)
