@@ -174,10 +174,11 @@ def linear_solve(objective: Any, y: Any, b: Any, options: dict, ops: Ops) -> Any
     if kind == "dense":
         H = objective.hessian(y)
         return ops.xp.linalg.solve(H + eps * ops.eye_like(H), b[..., None])[..., 0]
+    hvp = objective.hvp_operator(y)
     if kind == "cg":
-        return conjugate_gradient(lambda v: objective.hvp(y, v) + eps * v, b, options, ops)
-    Hb = objective.hvp(y, b)  # normal equations: H^T = H for a Hessian
-    return conjugate_gradient(lambda v: objective.hvp(y, objective.hvp(y, v)) + eps * v, Hb, options, ops)
+        return conjugate_gradient(lambda v: hvp(v) + eps * v, b, options, ops)
+    # normal equations (H^T H + eps I) g = H^T b; H^T = H for a Hessian
+    return conjugate_gradient(lambda v: hvp(hvp(v)) + eps * v, hvp(b), options, ops)
 
 
 def conjugate_gradient(apply: Any, b: Any, options: dict, ops: Ops) -> Any:

@@ -35,6 +35,10 @@ class Framework(Protocol):
         """Gradient of a scalar ``fn`` with respect to argument ``argnums`` (with ``has_aux``,
         ``fn`` returns (scalar, aux) and the result is (gradient, aux))."""
 
+    def hvp_operator(self, value: Callable, y: Any) -> Callable:
+        """v -> H v, H the Hessian of sum_b value(y)_b at y (B, n), linearised once so that
+        each product costs one backward (or forward) pass."""
+
 
 def evaluate(roots: Iterable[Expression], env: dict[int, Any], fw: Framework, like: Any) -> list[Any]:
     """Values of ``roots`` (no batch dimension) given leaf values ``env`` keyed by ``id(leaf)``."""

@@ -109,6 +109,11 @@ class Objective:
         """H(y) v (B, n), one double-backward, never forming H."""
         return self._batched["hvp"](self.params, y, self.like, v)
 
+    def hvp_operator(self, y: Any) -> Any:
+        """v -> H(y) v for repeated products at one y (CG): the gradient is differentiated
+        once, each product is then one backward pass."""
+        return self.fw.hvp_operator(self.value, y)
+
 
 def lower_ift(problem: Problem, form: ProblemForm) -> IFTProgram:
     opaque = tuple(dict.fromkeys(c.function.name for c in nodes_of_type([problem.objective.expr], FunctionCall)))

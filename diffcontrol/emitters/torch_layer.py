@@ -20,8 +20,10 @@ class TorchLayer(torch.nn.Module):
 
     Every parameter may carry one leading batch dimension B; unbatched ones
     broadcast. A ControlProblem returns ``(x, u)`` of shapes (B, T+1, n) and
-    (B, T, m), without B when nothing is batched. ``u_init=`` warm-starts the
-    controls; ``return_info=True`` appends the solver's Info.
+    (B, T, m), a Problem one array (B, *shape) per variable in the order of
+    ``prob.variables()``; without B when nothing is batched. ``u_init=`` (control
+    problems) or ``y_init=`` (a tuple like the result) warm-starts the solver;
+    ``return_info=True`` appends the solver's Info.
     """
 
     def __init__(self, compiled: Any):

@@ -117,3 +117,17 @@ class TorchFramework:
     @staticmethod
     def grad(fn, argnums=0, has_aux=False):
         return torch.func.grad(fn, argnums=argnums, has_aux=has_aux)
+
+    @staticmethod
+    def hvp_operator(value, y: torch.Tensor):
+        """v -> H v for f = sum_b value(y)_b at y (B, n): the gradient's graph is recorded once,
+        then each product is one backward pass through it (Algorithm 1's grad calls)."""
+        y = y.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(value(y).sum(), [y], create_graph=True)
+
+        def apply(v: torch.Tensor) -> torch.Tensor:
+            with torch.enable_grad():
+                return torch.autograd.grad(g, [y], v, retain_graph=True)[0]
+
+        return apply
