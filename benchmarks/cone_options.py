@@ -78,7 +78,7 @@ def main() -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", dc.NotConvergedWarning)
                 u, g = run(layer, vals, w)
-                seconds = timed(lambda layer=layer: run(layer, vals, w), 3)
+                seconds = timed(lambda layer=layer, vals=vals, w=w: run(layer, vals, w), 3)
             sol_err = float((u - u_ref).abs().max())
             grad_err = float((g - g_ref).norm() / g_ref.norm())
             lines.append(f"| {name} | {setting['solver']} | {setting['eps']:.0e} | {setting['derivative']} | "
