@@ -90,7 +90,6 @@ class Objective:
             "value": fw.vmap(f),
             "gradient": fw.vmap(self._grad),
             "hessian": fw.vmap(fw.hessian(f, argnums=1)),
-            "hvp": fw.vmap(fw.grad(lambda p, y, ref, v: (self._grad(p, y, ref) * v).sum(), argnums=1)),
         }
 
     def value(self, y: Any) -> Any:
@@ -104,10 +103,6 @@ class Objective:
     def hessian(self, y: Any) -> Any:
         """The Hessian (B, n, n), formed explicitly: the dense oracle and small-n Newton."""
         return self._batched["hessian"](self.params, y, self.like)
-
-    def hvp(self, y: Any, v: Any) -> Any:
-        """H(y) v (B, n), one double-backward, never forming H."""
-        return self._batched["hvp"](self.params, y, self.like, v)
 
     def hvp_operator(self, y: Any) -> Any:
         """v -> H(y) v for repeated products at one y (CG): the gradient is differentiated
