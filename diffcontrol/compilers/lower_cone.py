@@ -151,14 +151,10 @@ def _control(p: ControlProblem, derived: dict) -> tuple[cp.Problem, tuple]:
     stage = Translator({id(p.state): Value(X[:, :T], True), id(p.control): Value(U, True)}, derived, T)
     later = Translator({id(p.state): Value(X[:, 1:], True)}, derived, T)
     final = Translator({id(p.state): Value(X[:, T], False)}, derived)
-    x0 = stage(p.initial_state).expr
-    constraints = [X[:, 0] == x0, X[:, 1:] == stage.over_time(stage(p.transition), (n,))]
-    pieces = [("initial_state", constraints[0]), ("dynamics", constraints[1])]
-    for c in p.constraints:
-        on_control = bool(nodes_of_type([c.lhs, c.rhs], Control))
-        con = _constraint(stage if on_control else later, c)
-        constraints.append(con)
-        pieces.append((str(c), con))
+    pieces = [("initial_state", X[:, 0] == stage(p.initial_state).expr),
+              ("dynamics", X[:, 1:] == stage.over_time(stage(p.transition), (n,)))]
+    pieces += [(str(c), _constraint(stage if nodes_of_type([c.lhs, c.rhs], Control) else later, c))
+               for c in p.constraints]
     cost = stage(p.cost)
     objective = cp.sum(cost.expr) if cost.timed else T * cost.expr
     terms = [("cost", objective)]
@@ -166,7 +162,7 @@ def _control(p: ControlProblem, derived: dict) -> tuple[cp.Problem, tuple]:
         terminal = final(p.terminal_cost).expr
         objective = objective + terminal
         terms.append(("terminal_cost", terminal))
-    return _checked(cp.Problem(cp.Minimize(objective), constraints), terms, pieces), (X, U)
+    return _checked(objective, terms, pieces), (X, U)
 
 
 def _generic(p: Problem, derived: dict) -> tuple[cp.Problem, tuple]:
@@ -174,27 +170,19 @@ def _generic(p: Problem, derived: dict) -> tuple[cp.Problem, tuple]:
     cvx_vars = [cp.Variable(v.shape, name=v.name) for v in variables]
     tr = Translator({id(v): Value(c, False) for v, c in zip(variables, cvx_vars)}, derived)
     objective = tr(p.objective.expr).expr
-    constraints, pieces = [], []
-    for c in p.constraints:
-        con = _constraint(tr, c)
-        constraints.append(con)
-        pieces.append((str(c), con))
-    problem = _checked(cp.Problem(cp.Minimize(objective), constraints), [("objective", objective)], pieces)
-    return problem, tuple(cvx_vars)
+    pieces = [(str(c), _constraint(tr, c)) for c in p.constraints]
+    return _checked(objective, [("objective", objective)], pieces), tuple(cvx_vars)
 
 
 def _constraint(tr: Translator, c: Constraint) -> Any:
-    lhs, rhs = tr(c.lhs), tr(c.rhs)
-    timed = lhs.timed or rhs.timed
-    nd = max(c.lhs.ndim, c.rhs.ndim)
-    a, b = tr.aligned(lhs, nd, timed), tr.aligned(rhs, nd, timed)
-    if isinstance(c, Equality):
-        return a == b
-    return a <= b  # Inequality normalises >= to <=
+    op = (lambda a, b: a == b) if isinstance(c, Equality) else (lambda a, b: a <= b)  # >= is stored as <=
+    return tr.combine(op, tr(c.lhs), tr(c.rhs)).expr
 
 
-def _checked(problem: cp.Problem, terms: list, pieces: list) -> cp.Problem:
-    """cvxpy's verdict: DCP and DPP, or a ModelError naming the DSL term and quoting cvxpy."""
+def _checked(objective: Any, terms: list, pieces: list) -> cp.Problem:
+    """The problem minimising ``objective`` subject to the pieces' constraints, if cvxpy finds
+    it DCP and DPP; else a ModelError naming the DSL term and quoting cvxpy."""
+    problem = cp.Problem(cp.Minimize(objective), [con for _, con in pieces])
     if problem.is_dcp(dpp=True):
         return problem
     named = [(f"the {name}", expr, not (expr.is_convex() or expr.is_affine())) for name, expr in terms]

@@ -111,7 +111,7 @@ class Translator:
     def _data(self, node: Expression, transform: str = "value") -> Value:
         """A parameter-free, decision-free node as a NumPy constant; otherwise a derived
         cvxpy Parameter (``transform`` of the node's value)."""
-        if not nodes_of_type([node], Parameter) and not nodes_of_type([node], FunctionCall):
+        if not _uses_parameters(node):
             value = np.asarray(evaluate([node], {}, _NumpyFramework, None)[0], dtype=float)
             return Value(TRANSFORMS[transform](np, value) if transform != "value" else value, False)
         key = (id(node), transform)
@@ -124,12 +124,17 @@ class Translator:
         return Value(self.derived[key].parameter, False)
 
     # ---- shape helpers ------------------------------------------------------------------------
-    def aligned(self, v: Value, ndim: int, timed: bool) -> Any:
-        """``v`` ready to broadcast against a result of DSL rank ``ndim`` (timed or not): a
+    def combine(self, op: Any, a: Value, b: Value) -> Value:
+        """``op`` of two values broadcast against each other: when one is timed, a
         time-invariant value of rank >= 1 gets a trailing unit axis to meet the time axis."""
-        if not timed or v.timed or _rank(v) == 0:
-            return v.expr
-        return _reshape(v.expr, _shape(v) + (1,))
+        timed = a.timed or b.timed
+
+        def aligned(v: Value) -> Any:
+            if not timed or v.timed or _rank(v) == 0:
+                return v.expr
+            return _reshape(v.expr, _shape(v) + (1,))
+
+        return Value(op(aligned(a), aligned(b)), timed)
 
     def rows(self, v: Value, node: Expression) -> Any:
         """A timed value as (size, T): its DSL entries by rows, time by columns."""
@@ -143,6 +148,12 @@ class Translator:
         if not shape:
             return v.expr * np.ones(self.T)
         return _reshape(v.expr, shape + (1,)) @ np.ones((1, self.T))
+
+
+def _uses_parameters(node: Expression) -> bool:
+    """Whether a decision-free node's value depends on the call (a parameter or a
+    dc.Function's weights), so it must be a derived parameter rather than a constant."""
+    return bool(nodes_of_type([node], Parameter) or nodes_of_type([node], FunctionCall))
 
 
 def _rank(v: Value) -> int:
@@ -169,10 +180,7 @@ def _not_vectorizable(node: Expression) -> ModelError:
 
 def _binary(op):
     def rule(tr: Translator, node: Expression) -> Value:
-        a, b = (tr(arg) for arg in node.args)
-        timed = a.timed or b.timed
-        nd = len(node.shape)
-        return Value(op(tr.aligned(a, nd, timed), tr.aligned(b, nd, timed)), timed)
+        return tr.combine(op, *(tr(arg) for arg in node.args))
 
     return rule
 
@@ -181,10 +189,7 @@ def _divide(tr: Translator, node: atoms.Divide) -> Value:
     num, den = node.args
     if expression_facts(den, tr._facts).uses:
         raise ModelError(f"{node} divides by an expression of the decision variables; that is not DCP")
-    a, b = tr(num), tr._data(den, "reciprocal")
-    timed = a.timed
-    nd = len(node.shape)
-    return Value(cp.multiply(tr.aligned(a, nd, timed), tr.aligned(b, nd, timed)), timed)
+    return tr.combine(cp.multiply, tr(num), tr._data(den, "reciprocal"))
 
 
 def _matmul(tr: Translator, node: atoms.MatMul) -> Value:
@@ -268,7 +273,7 @@ def _quad_form(tr: Translator, node: atoms.QuadForm) -> Value:
     if expression_facts(P_expr, tr._facts).uses:
         raise ModelError(f"{node}: the matrix of quad_form must not depend on the decision variables")
     x = tr(x_expr)
-    if not nodes_of_type([P_expr], Parameter) and not nodes_of_type([P_expr], FunctionCall):
+    if not _uses_parameters(P_expr):
         P = tr._data(P_expr).expr
         w, V = np.linalg.eigh(0.5 * (P + P.T))
         if w.min() < -1e-10 * max(1.0, np.abs(w).max()):
@@ -301,13 +306,9 @@ def _concat(tr: Translator, node: atoms.Concat) -> Value:
     return Value(cp.vstack(rows), True)
 
 
-def _multiply(a: Any, b: Any) -> Any:
-    return cp.multiply(a, b)
-
-
 _RULES = {
     atoms.Add: _binary(lambda a, b: a + b),
-    atoms.Multiply: _binary(_multiply),
+    atoms.Multiply: _binary(cp.multiply),
     atoms.Neg: lambda tr, node: Value(-tr(node.args[0]).expr, tr(node.args[0]).timed),
     atoms.Divide: _divide,
     atoms.Power: _power,
