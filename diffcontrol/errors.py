@@ -49,3 +49,13 @@ class Status(enum.Enum):
     UNBOUNDED = "the problem is unbounded below for these parameters (the solver's verdict)"
     SOLVER_FAILED = "the solver failed (numerical trouble); the outputs are NaN"
     INFEASIBLE_SOLUTION = "the returned solution violates the constraints by more than tol"
+
+    @property
+    def code(self) -> int:
+        """The integer by which an array of statuses (a JAX layer's ``info.status``) names it."""
+        return list(Status).index(self)
+
+    @staticmethod
+    def from_code(code: int) -> Status:
+        """The status an integer code names: ``[dc.Status.from_code(c) for c in info.status]``."""
+        return list(Status)[int(code)]

@@ -109,7 +109,7 @@ def solve(data: dict, options: dict, ops: Ops, init: Any = None) -> tuple[tuple,
             statuses[i] = Status.INFEASIBLE_SOLUTION
     converged = ops.as_array(np.array([s is Status.CONVERGED for s in statuses]), like)
     info = Info(converged, ops.as_array(np.full(B, -1), like), ops.cast_like(ops.as_array(residual, like), like),
-                statuses)
+                ops.as_array(np.array([s.code for s in statuses]), like))
     outputs = tuple(ops.cast_like(o, like) for o in data["unpack"](solutions))
     return outputs, info, {}
 

@@ -95,9 +95,9 @@ def solve(data: dict, options: dict, ops: Ops, y_init: Any = None) -> tuple[tupl
         y, iterations = ops.lbfgs(objective.value, y, options["max_iter"], tol)
     else:
         y = solver(objective.value, y)
-    residual = ops.xp.abs(objective.gradient(y)).amax(-1)
+    residual = ops.xp.amax(ops.xp.abs(objective.gradient(y)), -1)
     converged = residual <= tol
-    info = Info(converged, iterations, residual, kkt.statuses(converged, stalled & ~converged))
+    info = Info(converged, iterations, residual, kkt.status_codes(ops, converged, stalled & ~converged))
     outputs = tuple(objective.program.split(ops.xp, y))
     saved = {"y": y, "objective": objective, "options": options,
              "outputs": tuple(f"y{i}" for i in range(len(outputs))), **{f"y{i}": o for i, o in enumerate(outputs)}}
@@ -110,50 +110,58 @@ def _newton(objective: Any, y: Any, options: dict, tol: float, ops: Ops) -> tupl
     descent direction; Armijo backtracking on the exact f; converged examples stop moving."""
     xp = ops.xp
     B = y.shape[0]
-    iterations = ops.zeros((B,), y)
-    stalled = iterations > 0
     # Newton converges quadratically: one more step past tol buys a solution (and IFT gradient)
     # accurate to near roundoff. Examples that cannot get there still count as converged at tol.
     target = 1e-3 * tol
-    for _ in range(options["max_iter"]):
-        g = objective.gradient(y)
-        active = xp.abs(g).amax(-1) > target
-        if not bool(active.any()):
-            break
-        H = objective.hessian(y)
-        step = _damped_newton_step(H, g, ops)
+
+    def progressing(state):
+        _, g, _, _, moved = state
+        return (xp.amax(xp.abs(g), -1) > target).any() & moved
+
+    def iteration(state):
+        y, g, iterations, stalled, _ = state
+        active = xp.amax(xp.abs(g), -1) > target
+        step = _damped_newton_step(objective.hessian(y), g, ops)
         f0 = objective.value(y)
         slope = (g * step).sum(-1)
-        alpha = ops.zeros((B,), y) + 1.0
-        accepted = ~active
-        for _ls in range(options["ls_max_iter"]):
-            trial = objective.value(y + alpha[:, None] * step)
-            ok = trial <= f0 + 1e-4 * alpha * slope
+
+        def searching(ls):
+            return ~ls[1].all()
+
+        def backtrack(ls):
+            alpha, accepted = ls
+            ok = objective.value(y + alpha[:, None] * step) <= f0 + 1e-4 * alpha * slope
             accepted = accepted | ok
-            if bool(accepted.all()):
-                break
-            alpha = xp.where(accepted, alpha, 0.5 * alpha)
+            return xp.where(accepted, alpha, 0.5 * alpha), accepted
+
+        alpha, accepted = ops.loop(searching, backtrack, (ops.full_like(f0, 1.0), ~active), options["ls_max_iter"])
         move = active & accepted
-        stalled = stalled | (active & ~accepted)
         y = y + xp.where(move[:, None], alpha[:, None] * step, 0.0 * step)
-        iterations = iterations + xp.where(move, 1.0, 0.0)
-        if not bool(move.any()):  # no example can decrease f any more
-            break
+        # no example can decrease f any more: stop
+        return (y, objective.gradient(y), iterations + xp.where(move, 1.0, 0.0), stalled | (active & ~accepted),
+                move.any())
+
+    zeros = ops.zeros((B,), y)
+    start = (y, objective.gradient(y), zeros, zeros > 0, ~(zeros[0] > 0))
+    y, _, iterations, stalled, _ = ops.loop(progressing, iteration, start, options["max_iter"])
     return y, iterations, stalled
 
 
 def _damped_newton_step(H: Any, g: Any, ops: Ops) -> Any:
     xp = ops.xp
     eye = ops.eye_like(H)
-    scale = xp.abs(H).amax((-2, -1)) + 1.0
-    mu = 0.0 * scale
-    L = ops.cholesky(H, strict=False)
-    for _ in range(20):
+    scale = xp.amax(xp.abs(H), (-2, -1)) + 1.0
+
+    def not_pd(state):
+        return xp.isnan(state[1]).any()
+
+    def shift(state):
+        mu, L = state
         bad = xp.isnan(L).any(-1).any(-1)
-        if not bool(bad.any()):
-            break
         mu = xp.where(bad, xp.where(mu == 0, 1e-8 * scale, 10 * mu), mu)
-        L = ops.cholesky(H + mu[:, None, None] * eye, strict=False)
+        return mu, ops.cholesky(H + mu[:, None, None] * eye, strict=False)
+
+    _, L = ops.loop(not_pd, shift, (0.0 * scale, ops.cholesky(H, strict=False)), 20)
     return -ops.cho_solve(L, g)
 
 
@@ -185,14 +193,15 @@ def conjugate_gradient(apply: Any, b: Any, options: dict, ops: Ops) -> Any:
     """Batched CG for A x = b with A symmetric positive (semi)definite, given as v -> A v;
     each example stops at ||r|| <= cg_tol * ||b||."""
     xp = ops.xp
-    x = 0.0 * b
-    r, p = b, b
-    rr = (r * r).sum(-1)
+    rr = (b * b).sum(-1)
     target = (options["cg_tol"] ** 2) * rr
-    for _ in range(options["cg_max_iter"]):
+
+    def unconverged(state):
+        return (state[3] > target).any()
+
+    def iteration(state):
+        x, r, p, rr = state
         live = rr > target
-        if not bool(live.any()):
-            break
         Ap = apply(p)
         pAp = (p * Ap).sum(-1)
         alpha = xp.where(live, rr / xp.where(pAp == 0, 1.0, pAp), 0.0)
@@ -200,6 +209,7 @@ def conjugate_gradient(apply: Any, b: Any, options: dict, ops: Ops) -> Any:
         r = r - alpha[:, None] * Ap
         rr_new = (r * r).sum(-1)
         beta = xp.where(live, rr_new / xp.where(rr == 0, 1.0, rr), 0.0)
-        p = r + beta[:, None] * p
-        rr = rr_new
+        return x, r, r + beta[:, None] * p, rr_new
+
+    x, _, _, _ = ops.loop(unconverged, iteration, (0.0 * b, b, b, rr), options["cg_max_iter"])
     return x

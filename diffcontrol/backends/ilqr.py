@@ -63,36 +63,45 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
     model, x0, lo, hi = data["model"], data["x0"], data["lo"], data["hi"]
     B, T, m = lo.shape
     n = x0.shape[-1]
-    bounded = bool((xp.isfinite(lo) | xp.isfinite(hi)).any())
+    bounded = ops.static_any(xp.isfinite(lo) | xp.isfinite(hi))
     tol = options["tol"] if options["tol"] is not None else ops.eps(x0) ** 0.5
+
+    def approximate(x, u):
+        """The LQ approximation at (x, u), its costates and the residual."""
+        C, c, CT, cT = model.quadraticize(x, u)
+        F = model.linearize(x, u)
+        lam, g_u = adjoint(ops, c, F, cT)
+        residual = kkt.projected_gradient_residual(ops, u, lo, hi, g_u, [c[..., n:]])
+        return (C, c, CT, cT, F, lam, g_u), residual
+
+    def unfinished(state):
+        _, _, _, _, residual, stalled, _ = state
+        return (~((residual <= tol) | stalled)).any()
+
+    def iteration(state):
+        x, u, cost, (C, c, CT, cT, F, _, _), residual, stalled, iterations = state
+        active = ~((residual <= tol) | stalled)
+        box = (lo - u, hi - u) if bounded else None
+        policy = riccati_sweep(ops, C, c, F, CT, cT, box=box, qp_max_iter=options["qp_max_iter"])
+        x, u, cost, accepted = _line_search(
+            ops, model, x0, x, u, cost, policy.K, policy.k, (lo, hi) if bounded else None, active, options)
+        return (x, u, cost, *approximate(x, u), stalled | (active & ~accepted),
+                iterations + xp.where(accepted, 1, 0))
 
     u = ops.zeros((B, T, m), x0) if u_init is None else u_init
     u = xp.minimum(xp.maximum(u, lo), hi)
     x = _simulate(ops, model, x0, u)
     cost = model.cost(x, u)
     stalled = xp.zeros_like(cost, dtype=bool)
-    iterations = xp.where(stalled, 1, 0)  # integer zeros on the arrays' device
-    for it in range(options["max_iter"] + 1):
-        C, c, CT, cT = model.quadraticize(x, u)
-        F = model.linearize(x, u)
-        lam, g_u = adjoint(ops, c, F, cT)
-        residual = kkt.projected_gradient_residual(ops, u, lo, hi, g_u, [c[..., n:]])
-        active = ~((residual <= tol) | stalled)
-        if it == options["max_iter"] or not bool(active.any()):
-            break
-        box = (lo - u, hi - u) if bounded else None
-        policy = riccati_sweep(ops, C, c, F, CT, cT, box=box, qp_max_iter=options["qp_max_iter"])
-        x_new, u_new, cost_new, accepted = _line_search(
-            ops, model, x0, x, u, cost, policy.K, policy.k, (lo, hi) if bounded else None, active, options)
-        x, u, cost = x_new, u_new, cost_new
-        stalled = stalled | (active & ~accepted)
-        iterations = iterations + xp.where(accepted, 1, 0)
+    start = (x, u, cost, *approximate(x, u), stalled, xp.where(stalled, 1, 0))
+    x, u, _, (C, _, CT, _, F, lam, g_u), residual, stalled, iterations = ops.loop(
+        unfinished, iteration, start, options["max_iter"])
 
     converged = residual <= tol
     active_lo, active_hi = kkt.active_bounds(u, lo, hi, g_u)
     saved = {"x": x, "u": u, "lam": lam, "active_lo": active_lo, "active_hi": active_hi,
              "C": C, "F": F, "CT": CT, "model": model, "mode": options["backward"]}
-    return (x, u), Info(converged, iterations, residual, kkt.statuses(converged, stalled)), saved
+    return (x, u), Info(converged, iterations, residual, kkt.status_codes(ops, converged, stalled)), saved
 
 
 def _simulate(ops: Ops, model: Any, x0: Any, u: Any) -> Any:
@@ -105,39 +114,47 @@ def _simulate(ops: Ops, model: Any, x0: Any, u: Any) -> Any:
 
 def _line_search(ops: Ops, model: Any, x0: Any, x: Any, u: Any, cost: Any, K: Any, k: Any,
                  box: tuple[Any, Any] | None, active: Any, options: dict) -> tuple[Any, Any, Any, Any]:
-    """Per example, the largest step size alpha in 1, decay, decay^2, ... whose rollout of
-    u_t = clip(u_t + alpha k_t + K_t (x'_t - x_t)) lowers the cost; ``ls_parallel`` step
-    sizes are rolled out as one batch. Returns the new x, u, cost and which examples moved."""
+    """Per example, the largest step size alpha in 1, decay, decay^2, ... (``ls_max_iter`` of
+    them) whose rollout of u_t = clip(u_t + alpha k_t + K_t (x'_t - x_t)) lowers the cost;
+    ``ls_parallel`` step sizes are rolled out as one batch per round. Returns the new x, u,
+    cost and which examples moved."""
     xp = ops.xp
     B = cost.shape[0]
-    alphas = [options["ls_decay"] ** i for i in range(options["ls_max_iter"])]
-    new_x, new_u, new_cost = x, u, cost
-    accepted = xp.zeros_like(active)
-    for start in range(0, len(alphas), options["ls_parallel"]):
-        chunk = alphas[start:start + options["ls_parallel"]]
-        copies = len(chunk)
+    copies = min(options["ls_parallel"], options["ls_max_iter"])
+    rounds = -(-options["ls_max_iter"] // copies)
 
-        def tile(a: Any, copies: int = copies) -> Any:
-            return a if copies == 1 else xp.concatenate([a] * copies, 0)
+    def tile(a: Any) -> Any:
+        return a if copies == 1 else xp.concatenate([a] * copies, 0)
 
-        alpha = xp.concatenate([ops.zeros((B, 1), x0) + a for a in chunk], 0)
-        lo, hi = (tile(box[0]), tile(box[1])) if box is not None else (None, None)
-        cx, cu = rollout(ops, lambda t, xt, ut: model.step(xt, ut), tile(x0), tile(u), tile(x[:, :-1]),
-                         tile(K), tile(k), alpha, lo, hi)
+    lo, hi = (tile(box[0]), tile(box[1])) if box is not None else (None, None)
+    x0s, us, xs, Ks, ks = tile(x0), tile(u), tile(x[:, :-1]), tile(K), tile(k)
+    # a decrease, or, for the full step, no increase beyond roundoff: near the solution the
+    # decrease of a Newton step drops below roundoff of the cost before its gradient does
+    slack = 10 * ops.eps(cost) * (1 + xp.abs(cost))
+    exponents = xp.concatenate([ops.zeros((B, 1), x0) + j for j in range(copies)], 0)  # (copies * B, 1)
+
+    def searching(state):
+        return ~(state[1] | ~active).all()
+
+    def round_(state):
+        first, accepted, new_x, new_u, new_cost = state
+        trial = first + exponents  # the step sizes' exponents, copy-major
+        alpha = options["ls_decay"] ** trial
+        cx, cu = rollout(ops, lambda t, xt, ut: model.step(xt, ut), x0s, us, xs, Ks, ks, alpha, lo, hi)
         ccost = model.cost(cx, cu)
-        # a decrease, or, for the full step, no increase beyond roundoff: near the solution the
-        # decrease of a Newton step drops below roundoff of the cost before its gradient does
-        slack = 10 * ops.eps(cost) * (1 + xp.abs(cost))
         for j in range(copies):
             rows = slice(j * B, (j + 1) * B)
-            bound = cost + slack if start + j == 0 else cost
-            take = active & ~accepted & (ccost[rows] < bound)
+            exponent = trial[rows, 0]
+            bound = xp.where(exponent == 0, cost + slack, cost)
+            take = active & ~accepted & (ccost[rows] < bound) & (exponent < options["ls_max_iter"])
             new_x = xp.where(take[:, None, None], cx[rows], new_x)
             new_u = xp.where(take[:, None, None], cu[rows], new_u)
             new_cost = xp.where(take, ccost[rows], new_cost)
             accepted = accepted | take
-        if bool((accepted | ~active).all()):
-            break
+        return first + copies, accepted, new_x, new_u, new_cost
+
+    start = (0.0 * cost[0], xp.zeros_like(active), x, u, cost)
+    _, accepted, new_x, new_u, new_cost = ops.loop(searching, round_, start, rounds)
     return new_x, new_u, new_cost, accepted
 
 

@@ -13,12 +13,13 @@ from diffcontrol.errors import Status
 @dataclass
 class Info:
     """Per-example outcome: ``converged`` (B,) bool, ``iterations`` (B,) int,
-    ``residual`` (B,) the scaled projected gradient, ``status`` a list of :class:`Status`."""
+    ``residual`` (B,) the scaled projected gradient, ``status`` (B,) the integer codes of
+    :class:`Status` (the torch layer hands users a list of Status)."""
 
     converged: Any
     iterations: Any
     residual: Any
-    status: list
+    status: Any
 
 
 def projected_gradient_residual(ops: Ops, u: Any, lo: Any, hi: Any, g_u: Any, terms: list) -> Any:
@@ -40,6 +41,8 @@ def active_bounds(u: Any, lo: Any, hi: Any, g_u: Any) -> tuple[Any, Any]:
     return (u - g_u <= lo) & (g_u > 0), (u - g_u >= hi) & (g_u < 0)
 
 
-def statuses(converged: Any, stalled: Any) -> list[Status]:
-    return [Status.CONVERGED if ok else (Status.LINE_SEARCH_FAILED if st else Status.MAX_ITER)
-            for ok, st in zip(converged.tolist(), stalled.tolist())]
+def status_codes(ops: Ops, converged: Any, stalled: Any) -> Any:
+    """(B,) Status codes: CONVERGED, else LINE_SEARCH_FAILED where the iterate stalled, else MAX_ITER."""
+    xp = ops.xp
+    return xp.where(converged, Status.CONVERGED.code,
+                    xp.where(stalled, Status.LINE_SEARCH_FAILED.code, Status.MAX_ITER.code))

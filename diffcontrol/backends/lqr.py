@@ -119,7 +119,7 @@ def _simulate(ops: Ops, data: dict, u: Any) -> Any:
     return x
 
 
-def _active_set_method(ops: Ops, data: dict, u: Any, max_iter: int, tol: float) -> tuple[Any, Any, Any, Any]:
+def _active_set_method(ops: Ops, data: dict, u: Any, max_iter: int, tol: float) -> tuple[Any, Any, Any, tuple]:
     """Primal-dual active-set method for the box-constrained LQ problem (Hintermueller, Ito and
     Kunisch 2002; a semismooth Newton method): each iteration is one Riccati solve with the
     active controls held at their bounds, then the sets are updated from the primal
@@ -128,33 +128,92 @@ def _active_set_method(ops: Ops, data: dict, u: Any, max_iter: int, tol: float) 
     caller's box-DDP then finishes those examples. The initial sets are the controls that
     ``u`` (a warm start) holds at a bound the gradient pushes against; examples whose ``u``
     already meets ``tol`` take no iteration. Returns x, u (clipped), the counts and the last
-    sweep's policy (whose free sets are those of every settled example).
+    sweep's factors (K, L, Qxu, free, swept): the free sets are those of every settled
+    example, and ``swept`` says whether any sweep ran.
     """
     xp = ops.xp
     lo, hi = data["lo"], data["hi"]
+    B, T, m = u.shape
+    n = data["x0"].shape[-1]
     x = _simulate(ops, data, u)
     _, g_u = costates(ops, data["C"], data["c"], data["F"], data["CT"], data["cT"], x, u)
     at_lo, at_hi = (u <= lo) & (g_u > 0), (u >= hi) & (g_u < 0)
     done = projected_gradient_residual(ops, data, x, u, g_u) <= tol
-    iterations = xp.where(done, 0, 0)
-    policy = None
-    for _ in range(max_iter):
+    factors = (ops.zeros((B, T, m, n), u), ops.zeros((B, T, m, m), u) + ops.eye_like(ops.zeros((m, m), u)),
+               ops.zeros((B, T, n, m), u), xp.ones_like(u, dtype=bool), xp.zeros_like(done[0]))
+
+    def unsettled(state):
+        return ~state[5].all()
+
+    def iteration(state):
+        x, u, at_lo, at_hi, iterations, done, _ = state
         u_ref = xp.where(at_lo, lo, xp.where(at_hi, hi, u))
-        x_new, u_new, policy = _newton_step(ops, data, x, u_ref, ~(at_lo | at_hi))
-        g_u = control_gradient(policy, x_new[:, :-1] - x[:, :-1], u_new - u_ref)
         free = ~(at_lo | at_hi)
+        x_new, u_new, policy = _newton_step(ops, data, x, u_ref, free)
+        g_u = control_gradient(policy, x_new[:, :-1] - x[:, :-1], u_new - u_ref)
         new_lo = (at_lo & (g_u > 0)) | (free & (u_new < lo))
         new_hi = (at_hi & (g_u < 0)) | (free & (u_new > hi))
-        settled = ((new_lo == at_lo) & (new_hi == at_hi)).reshape(u.shape[0], -1).all(-1)
+        settled = ((new_lo == at_lo) & (new_hi == at_hi)).reshape(B, -1).all(-1)
         keep = done[:, None, None]
-        x, u = xp.where(keep, x, x_new), xp.where(keep, u, u_new)
-        at_lo, at_hi = xp.where(keep, at_lo, new_lo), xp.where(keep, at_hi, new_hi)
-        iterations = iterations + xp.where(done, 0, 1)
-        done = done | settled
-        if bool(done.all()):
-            break
+        return (xp.where(keep, x, x_new), xp.where(keep, u, u_new),
+                xp.where(keep, at_lo, new_lo), xp.where(keep, at_hi, new_hi),
+                iterations + xp.where(done, 0, 1), done | settled,
+                (policy.K, policy.L, policy.Qxu, free, ~xp.zeros_like(done[0])))
+
+    start = (x, u, at_lo, at_hi, xp.where(done, 0, 0), done, factors)
+    x, u, _, _, iterations, _, factors = ops.loop(unsettled, iteration, start, max_iter)
     u = xp.minimum(xp.maximum(u, lo), hi)
-    return _simulate(ops, data, u), u, iterations, policy
+    return _simulate(ops, data, u), u, iterations, factors
+
+
+def _box_ddp(ops: Ops, data: dict, x: Any, u: Any, iterations: Any, bounded: bool, options: dict,
+             tol: float) -> tuple:
+    """Box-DDP (projected Newton per stage, a line search on the exact cost) from (x, u) for
+    the examples whose residual is above ``tol``, until each reaches it or stalls. Returns
+    x, u, lam, g_u, residual, iterations, stalled and whether any step was taken."""
+    xp = ops.xp
+    C, c, F, f, CT, cT, x0, lo, hi = (data[k] for k in DATA_KEYS)
+    step = _affine_step(ops, F, f)
+    slack = 10 * ops.eps(C)
+
+    def optimality(x, u):
+        lam, g_u = costates(ops, C, c, F, CT, cT, x, u)
+        return lam, g_u, projected_gradient_residual(ops, data, x, u, g_u)
+
+    def unfinished(state):
+        _, _, _, _, _, residual, stalled, _, _ = state
+        return (~((residual <= tol) | stalled)).any()
+
+    def iteration(state):
+        x, u, cost, _, _, residual, stalled, iterations, _ = state
+        active = ~((residual <= tol) | stalled)
+        # linear terms of the cost in deviation coordinates about the current iterate
+        tau = xp.concatenate([x[:, :-1], u], -1)
+        box = (lo - u, hi - u) if bounded else None
+        K, k, _ = riccati_sweep(ops, C, _mv(C, tau) + c, F, CT, _mv(CT, x[:, -1]) + cT, box=box,
+                                qp_max_iter=options["qp_max_iter"])[:3]
+
+        def searching(ls):
+            return ~(ls[1] | ~active).all()
+
+        def trial(ls):
+            alpha, accepted, new_x, new_u, new_cost = ls
+            cand_x, cand_u = rollout(ops, step, x0, u, x, K, k, alpha, lo if bounded else None, hi)
+            cand_cost = total_cost(ops, data, cand_x, cand_u)
+            ok = active & ~accepted & (cand_cost <= cost + slack * (1 + xp.abs(cost)))
+            return (alpha * options["ls_decay"], accepted | ok, xp.where(ok[:, None, None], cand_x, new_x),
+                    xp.where(ok[:, None, None], cand_u, new_u), xp.where(ok, cand_cost, new_cost))
+
+        start = (ops.full_like(cost, 1.0)[:, None], xp.zeros_like(active), x, u, cost)
+        _, accepted, x, u, cost = ops.loop(searching, trial, start, options["ls_max_iter"])
+        return (x, u, cost, *optimality(x, u), stalled | (active & ~accepted),
+                iterations + xp.where(accepted, 1, 0), ~xp.zeros_like(accepted[0]))
+
+    start = (x, u, total_cost(ops, data, x, u), *optimality(x, u), xp.zeros_like(x0[:, 0], dtype=bool),
+             iterations, xp.zeros_like(x0[0, 0], dtype=bool))
+    x, u, _, lam, g_u, residual, stalled, iterations, moved = ops.loop(unfinished, iteration, start,
+                                                                        options["max_iter"])
+    return x, u, lam, g_u, residual, iterations, stalled, moved
 
 
 def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tuple[Any, Any], Info, dict]:
@@ -166,64 +225,28 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
     """
     xp = ops.xp
     data = _over_time(ops, data)
-    C, c, F, f, CT, cT, x0, lo, hi = (data[k] for k in DATA_KEYS)
+    C, x0, lo, hi = data["C"], data["x0"], data["lo"], data["hi"]
     B, T, m = lo.shape
-    bounded = bool((xp.isfinite(lo) | xp.isfinite(hi)).any())
+    bounded = ops.static_any(xp.isfinite(lo) | xp.isfinite(hi))
     tol = options["tol"] if options["tol"] is not None else ops.eps(C) ** 0.5
-    step = _affine_step(ops, F, f)
 
     u = ops.zeros((B, T, m), C) if u_init is None else u_init
     u = xp.minimum(xp.maximum(u, lo), hi)
     if bounded:
-        x, u, iterations, policy = _active_set_method(ops, data, u, options["max_iter"], tol)
+        x, u, iterations, factors = _active_set_method(ops, data, u, options["max_iter"], tol)
     else:
         x, u, policy = _newton_step(ops, data, ops.zeros((B, T + 1, x0.shape[-1]), C), u)
         iterations = xp.where(xp.isfinite(u[:, 0, 0]), 1, 1)  # one exact solve
-    cost = total_cost(ops, data, x, u)
-    stalled = xp.zeros_like(cost, dtype=bool)
-    slack = 10 * ops.eps(C)
-
-    lam, g_u = costates(ops, C, c, F, CT, cT, x, u)
-    residual = projected_gradient_residual(ops, data, x, u, g_u)
-    for _ in range(options["max_iter"]):
-        active = ~((residual <= tol) | stalled)
-        if not bool(active.any()):
-            break
-        policy = None  # box-DDP moves the point: the backward pass factorises afresh
-        # box-DDP: linear terms of the cost in deviation coordinates about the current iterate
-        tau = xp.concatenate([x[:, :-1], u], -1)
-        c_dev = _mv(C, tau) + c
-        cT_dev = _mv(CT, x[:, -1]) + cT
-        box = (lo - u, hi - u) if bounded else None
-        K, k, _ = riccati_sweep(ops, C, c_dev, F, CT, cT_dev, box=box, qp_max_iter=options["qp_max_iter"])[:3]
-        accepted = xp.zeros_like(active)
-        new_x, new_u, new_cost = x, u, cost
-        alpha = 1.0
-        for _ls in range(options["ls_max_iter"]):
-            cand_x, cand_u = rollout(ops, step, x0, u, x, K, k, alpha, lo if bounded else None, hi)
-            cand_cost = total_cost(ops, data, cand_x, cand_u)
-            ok = active & ~accepted & (cand_cost <= cost + slack * (1 + xp.abs(cost)))
-            new_x = xp.where(ok[:, None, None], cand_x, new_x)
-            new_u = xp.where(ok[:, None, None], cand_u, new_u)
-            new_cost = xp.where(ok, cand_cost, new_cost)
-            accepted = accepted | ok
-            if bool((accepted | ~active).all()):
-                break
-            alpha *= options["ls_decay"]
-        stalled = stalled | (active & ~accepted)
-        iterations = iterations + xp.where(accepted, 1, 0)
-        x, u, cost = new_x, new_u, new_cost
-        lam, g_u = costates(ops, C, c, F, CT, cT, x, u)
-        residual = projected_gradient_residual(ops, data, x, u, g_u)
+        factors = (policy.K, policy.L, policy.Qxu, xp.ones_like(u, dtype=bool), ~xp.zeros_like(lo[0, 0, 0], dtype=bool))
+    x, u, lam, g_u, residual, iterations, stalled, moved = _box_ddp(ops, data, x, u, iterations, bounded, options, tol)
 
     converged = residual <= tol
-    status = kkt.statuses(converged, stalled)
     active_lo, active_hi = kkt.active_bounds(u, lo, hi, g_u)
-    saved = {"x": x, "u": u, "lam": lam, "active_lo": active_lo, "active_hi": active_hi}
-    if policy is not None:
-        saved.update(K=policy.K, L=policy.L, Qxu=policy.Qxu,
-                     free_fwd=xp.ones_like(u, dtype=bool) if policy.free is None else policy.free)
-    return (x, u), Info(converged, iterations, residual, status), saved
+    K, L, Qxu, free_fwd, swept = factors
+    # the last sweep's factorisation serves the backward pass unless box-DDP moved the point
+    saved = {"x": x, "u": u, "lam": lam, "active_lo": active_lo, "active_hi": active_hi,
+             "K": K, "L": L, "Qxu": Qxu, "free_fwd": free_fwd, "reusable": swept & ~moved}
+    return (x, u), Info(converged, iterations, residual, kkt.status_codes(ops, converged, stalled)), saved
 
 
 def vjp(data: dict, saved: dict, cotangents: tuple[Any, Any], ops: Ops, needs: Any = DATA_KEYS) -> dict:
@@ -239,11 +262,11 @@ def vjp(data: dict, saved: dict, cotangents: tuple[Any, Any], ops: Ops, needs: A
     free = ~(saved["active_lo"] | saved["active_hi"])
 
     g_tau = xp.concatenate([gx[:, :T], gu], -1)
-    reuse = None
-    if saved.get("L") is not None and bool((saved["free_fwd"] == free).all()):
-        # same C, F, CT and free set as the forward's last sweep: reuse its factorisation
-        reuse = Policy(saved["K"], None, free, saved["L"], saved["Qxu"])
-    dx, du, dlam, r_u, _ = frozen_lqr_adjoint(ops, C, F, CT, free, g_tau, gx[:, T], reuse)
+    # same C, F, CT and free set as the forward's last sweep: reuse its factorisation
+    reuse = saved["reusable"] & (saved["free_fwd"] == free).all()
+    forward = Policy(saved["K"], None, free, saved["L"], saved["Qxu"])
+    dx, du, dlam, r_u, _ = ops.cond(reuse, lambda: frozen_lqr_adjoint(ops, C, F, CT, free, g_tau, gx[:, T], forward),
+                                    lambda: frozen_lqr_adjoint(ops, C, F, CT, free, g_tau, gx[:, T]))
 
     tau = xp.concatenate([x[:, :T], u], -1)
     d_tau = xp.concatenate([dx[:, :T], du], -1)

@@ -14,6 +14,19 @@ class Ops(Protocol):
     name: str  # "torch" or "jax": which layer of a host solver (cvxpylayers) to use
     xp: Any
 
+    def loop(self, cond: Any, body: Any, state: Any, max_iter: int) -> Any:
+        """``while cond(state) and fewer than max_iter steps: state = body(state)``; ``state``
+        a pytree of arrays whose shapes and dtypes ``body`` keeps, ``cond`` a scalar bool array.
+        (A Python loop for torch, ``lax.while_loop`` for JAX, so solves trace under jit.)"""
+
+    def cond(self, pred: Any, true_fn: Any, false_fn: Any) -> Any:
+        """``true_fn()`` if the scalar bool array ``pred`` else ``false_fn()``; both return
+        the same structure."""
+
+    def static_any(self, a: Any) -> bool:
+        """Whether any entry of ``a`` is true, where that is known before the solve runs; True
+        where it is not (a traced array): the caller then takes the general path."""
+
     def cholesky(self, A: Any, strict: bool = True) -> Any:
         """Lower Cholesky factor of a batch of SPD matrices. A matrix that is not PD raises
         SolverError, or with ``strict=False`` gets a factor of NaNs."""

@@ -47,27 +47,38 @@ def box_qp(ops: Ops, H: Any, q: Any, lo: Any, hi: Any, max_iter: int) -> tuple[A
     def objective(z):
         return 0.5 * (z * _mv(H, z)).sum(-1) + (q * z).sum(-1)
 
-    for _ in range(max_iter):
+    def newton_direction(x):
         g = _mv(H, x) + q
         free = ~(((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0)))
-        L = ops.cholesky(_masked_hessian(ops, H, free))
-        dx = -ops.cho_solve(L, g * free)
-        if not bool((xp.amax(xp.abs(dx), -1) > tol * (1 + xp.amax(xp.abs(x), -1))).any()):
-            break
-        f0, step = objective(x), 1.0
-        accepted = None
-        for _ls in range(20):
-            cand = xp.minimum(xp.maximum(x + step * dx, lo), hi)
+        dx = -ops.cho_solve(ops.cholesky(_masked_hessian(ops, H, free)), g * free)
+        return g, dx
+
+    def moving(state):
+        x, dx, _ = state
+        return (xp.amax(xp.abs(dx), -1) > tol * (1 + xp.amax(xp.abs(x), -1))).any()
+
+    def newton_step(state):
+        x, dx, g = state
+        f0 = objective(x)
+
+        def untried(ls):
+            return ~ls[2].all()
+
+        def backtrack(ls):  # Armijo along the projection arc; the first acceptable step is kept
+            step, new, accepted = ls
+            cand = xp.minimum(xp.maximum(x + step[..., None] * dx, lo), hi)
             ok = objective(cand) <= f0 + 1e-4 * (g * (cand - x)).sum(-1)
-            if accepted is None:
-                new, accepted = cand, ok
-            else:
-                new = xp.where((ok & ~accepted)[..., None], cand, new)
-                accepted = accepted | ok
-            if bool(accepted.all()):
-                break
-            step *= 0.5
+            new = xp.where((ok & ~accepted)[..., None], cand, new)
+            return step * 0.5, new, accepted | ok
+
+        start = (ops.full_like(f0, 1.0), x, xp.zeros_like(f0, dtype=bool))
+        _, new, accepted = ops.loop(untried, backtrack, start, 20)
         x = xp.where(accepted[..., None], new, x)
+        g, dx = newton_direction(x)
+        return x, dx, g
+
+    g, dx = newton_direction(x)
+    x, _, _ = ops.loop(moving, newton_step, (x, dx, g), max_iter)
     g = _mv(H, x) + q
     free = ~(((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0)))
     return x, free, ops.cholesky(_masked_hessian(ops, H, free))
@@ -256,11 +267,11 @@ def frozen_lqr_adjoint(
         policy = riccati_sweep(ops, C, g_tau, F, CT, g_T, free=free)
     else:
         xp = ops.xp
-        policy = riccati_sweep(ops, C, g_tau, F, CT, g_T, free=free, strict=False)
-        fell_back = ~xp.isfinite(policy.k).reshape(policy.k.shape[0], -1).all(-1)
-        if bool(fell_back.any()):
-            C = xp.where(fell_back[:, None, None, None], fallback_C, C)
-            policy = riccati_sweep(ops, C, g_tau, F, CT, g_T, free=free)
+        first = riccati_sweep(ops, C, g_tau, F, CT, g_T, free=free, strict=False)
+        fell_back = ~xp.isfinite(first.k).reshape(first.k.shape[0], -1).all(-1)
+        C = xp.where(fell_back[:, None, None, None], fallback_C, C)
+        policy = ops.cond(fell_back.any(), lambda: riccati_sweep(ops, C, g_tau, F, CT, g_T, free=free),
+                          lambda: first)
     n = CT.shape[-1]
     zeros_x = ops.zeros(g_T.shape[:1] + (n,), C)
     zeros_u = ops.zeros(free.shape, C)

@@ -10,7 +10,7 @@ import torch
 
 from diffcontrol.emitters import _common
 from diffcontrol.emitters.torch_ops import TorchFramework, TorchOps
-from diffcontrol.errors import InputError, NotConvergedWarning, SolverError
+from diffcontrol.errors import InputError, NotConvergedWarning, SolverError, Status
 
 _SUPPORTED = (torch.float32, torch.float64)
 
@@ -61,6 +61,7 @@ class TorchLayer(torch.nn.Module):
         data = compiled.program.data(TorchFramework, values, like)
         _check_box(data)
         outputs, info = self._solve(values, data, init)
+        info.status = [Status.from_code(c) for c in info.status.tolist()]
         self._report(info, B)
         if batch is None:
             outputs = tuple(o[0] for o in outputs)

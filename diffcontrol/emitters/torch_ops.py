@@ -21,6 +21,22 @@ class TorchOps:
     xp = torch
 
     @staticmethod
+    def loop(cond, body, state, max_iter: int):
+        for _ in range(max_iter):
+            if not bool(cond(state)):
+                break
+            state = body(state)
+        return state
+
+    @staticmethod
+    def cond(pred, true_fn, false_fn):
+        return true_fn() if bool(pred) else false_fn()
+
+    @staticmethod
+    def static_any(a: torch.Tensor) -> bool:
+        return bool(a.any())
+
+    @staticmethod
     def lbfgs(fun, y0: torch.Tensor, max_iter: int, tol: float):
         """Minimise sum_b fun(y)_b by torch.optim.LBFGS (strong-Wolfe line search); the
         examples are independent, so the sum's gradient is theirs. Gradients reach y only:
