@@ -63,7 +63,7 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
     model, x0, lo, hi = data["model"], data["x0"], data["lo"], data["hi"]
     B, T, m = lo.shape
     n = x0.shape[-1]
-    bounded = ops.static_any(xp.isfinite(lo) | xp.isfinite(hi))
+    bounded = ops.known_any(xp.isfinite(lo) | xp.isfinite(hi)) is not False
     tol = options["tol"] if options["tol"] is not None else ops.eps(x0) ** 0.5
 
     def approximate(x, u):
@@ -127,6 +127,7 @@ def _line_search(ops: Ops, model: Any, x0: Any, x: Any, u: Any, cost: Any, K: An
         return a if copies == 1 else xp.concatenate([a] * copies, 0)
 
     lo, hi = (tile(box[0]), tile(box[1])) if box is not None else (None, None)
+    model = model.tiled(copies)
     x0s, us, xs, Ks, ks = tile(x0), tile(u), tile(x[:, :-1]), tile(K), tile(k)
     # a decrease, or, for the full step, no increase beyond roundoff: near the solution the
     # decrease of a Newton step drops below roundoff of the cost before its gradient does
@@ -173,7 +174,7 @@ def vjp(data: dict, saved: dict, cotangents: tuple[Any, Any], ops: Ops, needs: A
     g_tau = xp.concatenate([gx[:, :T], gu], -1)
     dx, du, dlam, r_u, fell_back = frozen_lqr_adjoint(ops, H, saved["F"], saved["CT"], free, g_tau, gx[:, T],
                                                       fallback_C=C if exact else None)
-    if fell_back is not None and bool(fell_back.any()):
+    if fell_back is not None and ops.known_any(fell_back):  # (not known under jax.jit: no warning)
         warnings.warn(f"{int(fell_back.sum())} of {fell_back.shape[0]} examples got the Gauss-Newton gradient: "
                       "the Hessian of the Lagrangian is not positive definite on their free controls (the solve "
                       "did not reach a strict local minimum there; check info.converged)",

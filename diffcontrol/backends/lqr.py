@@ -227,7 +227,7 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
     data = _over_time(ops, data)
     C, x0, lo, hi = data["C"], data["x0"], data["lo"], data["hi"]
     B, T, m = lo.shape
-    bounded = ops.static_any(xp.isfinite(lo) | xp.isfinite(hi))
+    bounded = ops.known_any(xp.isfinite(lo) | xp.isfinite(hi)) is not False
     tol = options["tol"] if options["tol"] is not None else ops.eps(C) ** 0.5
 
     u = ops.zeros((B, T, m), C) if u_init is None else u_init

@@ -23,9 +23,9 @@ class Ops(Protocol):
         """``true_fn()`` if the scalar bool array ``pred`` else ``false_fn()``; both return
         the same structure."""
 
-    def static_any(self, a: Any) -> bool:
-        """Whether any entry of ``a`` is true, where that is known before the solve runs; True
-        where it is not (a traced array): the caller then takes the general path."""
+    def known_any(self, a: Any) -> bool | None:
+        """Whether any entry of ``a`` is true, or None where that is not known while the code
+        runs (a traced array under jax.jit): the caller then takes the general path."""
 
     def cholesky(self, A: Any, strict: bool = True) -> Any:
         """Lower Cholesky factor of a batch of SPD matrices. A matrix that is not PD raises

@@ -35,10 +35,8 @@ class CompiledProblem:
 
     def tolerance(self, dtype: Any) -> float:
         """The convergence tolerance in force for ``dtype`` (the ``tol`` option or its default)."""
-        import torch
-
         tol = self.options.get("tol")
-        return tol if tol is not None else torch.finfo(dtype).eps ** 0.5
+        return tol if tol is not None else _machine_epsilon(dtype) ** 0.5
 
     def explain(self) -> str:
         """The detected structure, the backend chosen and why the others were not, and the
@@ -54,7 +52,26 @@ class CompiledProblem:
         return TorchLayer(self)
 
     def to_jax(self):
-        """A JAX function with a custom VJP (planned; raises until the JAX emitter lands)."""
-        from diffcontrol.errors import BackendError
+        """A JAX function with a custom VJP, jit / vmap / grad-able (the cone backend: eager
+        and grad only). Needs the ``jax`` extra: ``pip install 'diffcontrol[jax]'``."""
+        try:
+            import jax  # noqa: F401
+        except ImportError:
+            from diffcontrol.errors import BackendError
 
-        raise BackendError("to_jax() is not available yet; use to_torch() for now")
+            raise BackendError("to_jax() needs JAX: pip install 'diffcontrol[jax]'") from None
+        from diffcontrol.emitters.jax_layer import JaxLayer
+
+        return JaxLayer(self)
+
+
+def _machine_epsilon(dtype: Any) -> float:
+    """Machine epsilon of a NumPy, JAX or torch floating dtype."""
+    import numpy as np
+
+    try:
+        return float(np.finfo(dtype).eps)
+    except (TypeError, ValueError):  # a torch dtype
+        import torch
+
+        return float(torch.finfo(dtype).eps)

@@ -52,10 +52,14 @@ class ControlProgram:
                 sub = {k: v for k, v in params.items() if k in names}
                 values = fw.vmap(lambda p, ref, piece=piece: piece(fw, p, ref))(sub, like)
             else:
-                cache_key = (keys, str(like.dtype), str(getattr(like, "device", "")))
-                if cache_key not in self._constants:
-                    self._constants[cache_key] = piece(fw, {}, like[0])
-                values = [xp.broadcast_to(v, (B,) + tuple(v.shape)) for v in self._constants[cache_key]]
+                cache_key = (fw.name, keys, str(like.dtype), str(getattr(like, "device", "")))
+                if not fw.caches_arrays:  # arrays made while tracing (jax.jit) must not outlive the trace
+                    constants = piece(fw, {}, like[0])
+                elif cache_key not in self._constants:
+                    constants = self._constants[cache_key] = piece(fw, {}, like[0])
+                else:
+                    constants = self._constants[cache_key]
+                values = [xp.broadcast_to(v, (B,) + tuple(v.shape)) for v in constants]
             out.update(zip(keys, values))
         for k in ("lo", "hi"):
             if k in out:

@@ -17,7 +17,10 @@ from diffcontrol.dsl.traverse import walk
 
 
 class Framework(Protocol):
+    name: str
     xp: Any
+    #: whether arrays computed in one call may be kept for the next (not under tracing JITs)
+    caches_arrays: bool
 
     def constant(self, value: Any, like: Any) -> Any:
         """A NumPy value as an array of ``like``'s dtype and device."""

@@ -49,7 +49,7 @@ class ConeProgram:
     _lock: Any = field(default_factory=threading.Lock, compare=False, repr=False, kw_only=True)
 
     def layer(self, framework: str) -> Any:
-        """The cvxpylayers layer for ``framework`` ("torch"), canonicalised on first use."""
+        """The cvxpylayers layer for ``framework`` ("torch" or "jax"), canonicalised on first use."""
         with self._lock:
             if framework not in self._cache:
                 self._cache[framework] = _make_layer(framework, self.cvx, self.derived, self.returned)
@@ -115,9 +115,10 @@ class ConeProgram:
 
 
 def _make_layer(framework: str, problem: cp.Problem, derived, returned) -> Any:
-    if framework != "torch":
-        raise ModelError(f"the 'cone' backend has no {framework} layer yet")
-    from cvxpylayers.torch import CvxpyLayer
+    if framework == "jax":
+        from cvxpylayers.jax import CvxpyLayer
+    else:
+        from cvxpylayers.torch import CvxpyLayer
 
     return CvxpyLayer(problem, parameters=[d.parameter for d in derived], variables=list(returned))
 

@@ -61,14 +61,13 @@ class ILQRProgram(ControlProgram):
 class Model:
     """The problem's functions for one batch of parameters, vectorised over batch and time.
 
-    Arrays are batch-first: x (B', n), u (B', m) for one stage, or (B', T, n), (B', T, m)
-    along a trajectory, where B' is a multiple k * B of the parameters' batch B (the
-    line search rolls out several step sizes at once; example b of copy j is row j * B + b).
+    Arrays are batch-first: x (B, n), u (B, m) for one stage, or (B, T, n), (B, T, m)
+    along a trajectory (B the parameters' batch; :meth:`tiled` gives the model for several
+    stacked copies of it).
     """
 
     def __init__(self, program: ILQRProgram, fw: Framework, params: dict[str, Any], like: Any):
         self.program, self.fw, self.params, self.like = program, fw, params, like
-        self.B = like.shape[0]
         p = program.problem
         self._names = {
             "dynamics": {q.name for q in nodes_of_type([p.transition], Parameter)},
@@ -79,36 +78,37 @@ class Model:
         self._names["lagrangian"] = self._names["dynamics"] | self._names["cost"]
         self._quadratic_stage: tuple | None = None  # (C, c at 0) once per call, if quadratic
         self._quadratic_terminal: tuple | None = None
-        self._tiled: dict = {}  # (which, copies) -> tiled parameters: the rollouts reuse them per step
+
+    def tiled(self, copies: int) -> Model:
+        """The same functions for ``copies`` stacked copies of the batch (copy-major rows
+        j * B + b): the line search rolls several step sizes out at once."""
+        if copies == 1:
+            return self
+        xp = self.fw.xp
+        params = {k: xp.concatenate([v] * copies, 0) for k, v in self.params.items()}
+        return Model(self.program, self.fw, params, xp.concatenate([self.like] * copies, 0))
 
     # -- batching ---------------------------------------------------------------------------
 
-    def _params(self, which: str, rows: int) -> tuple[dict, Any]:
-        """The parameters ``which`` uses, tiled to ``rows`` = k * B (copy-major), and a
-        reference array of ``rows`` entries for dtype and device."""
-        k = rows // self.B
-        if (which, k) not in self._tiled:
-            xp = self.fw.xp
-
-            def tile(v: Any) -> Any:
-                return v if k == 1 else xp.concatenate([v] * k, 0)
-
-            sub = {name: tile(self.params[name]) for name in self._names[which]}
-            self._tiled[which, k] = (sub, tile(self.like))
-        return self._tiled[which, k]
+    def _params(self, which: str) -> tuple[dict, Any]:
+        """The parameters ``which`` uses (B, ...) and the reference array (B,) for dtype and device."""
+        return {name: self.params[name] for name in self._names[which]}, self.like
 
     def _per_stage(self, which: str, fn: Any, *arrays: Any) -> Any:
-        """Apply the per-point ``fn(p, ref, *points)`` to arrays (B', T, ...) over B' * T points."""
-        Bp, T = arrays[0].shape[:2]
-        p, ref = self._params(which, Bp)
-        xp = self.fw.xp
-        p = {k: xp.repeat_interleave(v, T, 0) for k, v in p.items()}
-        ref = xp.repeat_interleave(ref, T, 0)
-        flat = [a.reshape((Bp * T,) + tuple(a.shape[2:])) for a in arrays]
-        out = self.fw.vmap(fn)(p, ref, *flat)
+        """Apply the per-point ``fn(p, ref, *points)`` to arrays (B, T, ...) over B * T points."""
+        B, T = arrays[0].shape[:2]
+        p, ref = self._params(which)
+
+        def over_time(v: Any) -> Any:  # (B, ...) -> (B * T, ...), each row T times
+            rest = tuple(v.shape[1:])
+            return self.fw.xp.broadcast_to(v[:, None], (B, T) + rest).reshape((B * T,) + rest)
+
+        p = {k: over_time(v) for k, v in p.items()}
+        flat = [a.reshape((B * T,) + tuple(a.shape[2:])) for a in arrays]
+        out = self.fw.vmap(fn)(p, over_time(ref), *flat)
         if isinstance(out, tuple):
-            return tuple(o.reshape((Bp, T) + tuple(o.shape[1:])) for o in out)
-        return out.reshape((Bp, T) + tuple(out.shape[1:]))
+            return tuple(o.reshape((B, T) + tuple(o.shape[1:])) for o in out)
+        return out.reshape((B, T) + tuple(out.shape[1:]))
 
     # -- per-point functions of tau = [x; u] --------------------------------------------------
 
@@ -130,7 +130,7 @@ class Model:
 
     def step(self, x: Any, u: Any) -> Any:
         """x_{t+1} (B', n) from x_t (B', n), u_t (B', m)."""
-        p, ref = self._params("dynamics", x.shape[0])
+        p, ref = self._params("dynamics")
         return self.fw.vmap(self._f)(p, ref, self._tau(x, u))
 
     def cost(self, x: Any, u: Any) -> Any:
@@ -138,7 +138,7 @@ class Model:
         stage = self._per_stage("cost", self._l, self._tau(x[:, :-1], u)).sum(1)
         if self.program.problem.terminal_cost is None:
             return stage
-        p, ref = self._params("terminal", x.shape[0])
+        p, ref = self._params("terminal")
         return stage + self.fw.vmap(self._lT)(p, ref, x[:, -1])
 
     def linearize(self, x: Any, u: Any) -> Any:
@@ -170,7 +170,7 @@ class Model:
         if self.program.problem.terminal_cost is None:
             zero = 0.0 * xT
             return zero[..., None] * zero[..., None, :], zero
-        p, ref = self._params("terminal", xT.shape[0])
+        p, ref = self._params("terminal")
 
         def derivatives(p: dict, ref: Any, z: Any) -> tuple[Any, Any]:
             return fw.hessian(self._lT, argnums=2)(p, ref, z), fw.grad(self._lT, argnums=2)(p, ref, z)
@@ -186,7 +186,7 @@ class Model:
         """grad of the terminal cost (B, n) at x_T (B, n); zeros without a terminal cost."""
         if self.program.problem.terminal_cost is None:
             return 0.0 * xT
-        p, ref = self._params("terminal", xT.shape[0])
+        p, ref = self._params("terminal")
         return self.fw.vmap(self.fw.grad(self._lT, argnums=2))(p, ref, xT)
 
     def dynamics_curvature(self, x: Any, u: Any, lam_next: Any) -> Any:

@@ -33,7 +33,7 @@ class TorchOps:
         return true_fn() if bool(pred) else false_fn()
 
     @staticmethod
-    def static_any(a: torch.Tensor) -> bool:
+    def known_any(a: torch.Tensor) -> bool:
         return bool(a.any())
 
     @staticmethod
@@ -114,6 +114,7 @@ class TorchFramework:
 
     name = "torch"
     xp = torch
+    caches_arrays = True
 
     @staticmethod
     def constant(value: Any, like: torch.Tensor) -> torch.Tensor:

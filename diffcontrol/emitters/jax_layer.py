@@ -1,0 +1,230 @@
+"""``compiled.to_jax()``: the compiled problem as a JAX function with a custom VJP.
+
+The solve runs the same framework-neutral backend code as the torch layer, with
+:class:`~diffcontrol.emitters.jax_ops.JaxOps` (``lax.while_loop`` / ``lax.cond``), so
+lqr, ilqr and ift_cg trace under ``jax.jit`` and ``jax.vmap``. The backward is the
+backend's VJP (implicit: one more LQR solve, or CG on Hessian-vector products) inside a
+``jax.custom_vjp`` whose residuals are the solution's arrays; ``jax.vjp`` of the
+program's ``implicit_inputs`` carries the backend's cotangents on to the parameters.
+The cone backend goes through cvxpylayers' JAX layer, which is host-bound: eager calls
+and ``jax.grad`` work, ``jax.jit`` / ``jax.vmap`` do not.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffcontrol.emitters import _common
+from diffcontrol.emitters.jax_ops import JaxFramework, JaxOps, UnrolledJaxOps, concrete
+from diffcontrol.errors import BackendError, InputError, NotConvergedWarning, SolverError, Status
+
+
+def _info_pytree(info: Any) -> dict:
+    return {"converged": info.converged, "iterations": info.iterations, "residual": info.residual,
+            "status": info.status}
+
+
+class JaxLayer:
+    """Call with the parameters by name: ``solve(A=A, B=B, x0=x0)``; same conventions as the
+    torch layer (one optional leading batch dimension, ``u_init=`` / ``y_init=`` warm
+    starts, ``return_info=True``). The info is a pytree (a dict) of arrays: ``converged``,
+    ``iterations``, ``residual`` and ``status`` (integer codes, see ``dc.Status.from_code``).
+    """
+
+    def __init__(self, compiled: Any):
+        self.compiled = compiled
+        torch = sys.modules.get("torch")
+        for f in compiled.problem.functions():
+            if torch is not None and isinstance(f.fn, torch.nn.Module):
+                raise BackendError(f"dc.Function {f.name} wraps a torch.nn.Module; the JAX layer calls JAX "
+                                   "functions: pass e.g. a Flax/Equinox apply function with its weights "
+                                   "as a dc.Parameter (see docs/jax.md), or use to_torch()")
+        # compiled once per input shape: eager calls then cost one XLA execution, not a retrace
+        # of every while_loop; the cone backend solves on the host and cannot be compiled
+        host = getattr(compiled.backend_module, "DIFFERENTIABLE_SOLVE", False)
+        self._solve = self._solve_arrays if host else jax.jit(self._solve_arrays)
+
+    def __repr__(self) -> str:
+        names = ", ".join(p.name for p in self.compiled.parameters)
+        return f"JaxLayer(backend={self.compiled.backend!r}, parameters=({names}))"
+
+    def __call__(self, *, u_init: Any = None, y_init: Any = None, return_info: bool = False, **params: Any):
+        compiled = self.compiled
+        parameters = compiled.parameters
+        _common.check_names(parameters, params)
+        _common.check_warm_start(compiled, u_init, y_init)
+        warm = _common.warm_start_inputs(compiled.problem, u_init, y_init)
+        dtype = _dtype({**params, **{k: v for k, (_, v) in warm.items()}})
+        values = {k: _to_array(k, v, dtype) for k, v in params.items()}
+        warm = {k: (shape, _to_array(k, v, dtype)) for k, (shape, v) in warm.items()}
+        batch = _common.batch_size_of(parameters, values, warm)
+        _common.check_finite({**values, **{k: v for k, (_, v) in warm.items()}}, _finite)
+        B = batch or 1
+        values = _common.expand_to_batch(parameters, values, B, jnp.broadcast_to)
+        init = [v if v.ndim > len(shape) else jnp.broadcast_to(v, (B, *shape)) for shape, v in warm.values()]
+        if init:
+            init = init[0] if u_init is not None else compiled.program.join(jnp, init)
+        else:
+            init = None
+
+        outputs, info, empty_box = self._solve(values, init, jnp.zeros((B,), dtype))
+        _check_box(empty_box)
+        self._report(info, B)
+        if batch is None:
+            outputs = tuple(o[0] for o in outputs)
+            info = {k: v[0] for k, v in info.items()}
+        return (*outputs, info) if return_info else outputs
+
+    # -- solving ---------------------------------------------------------------------------------
+
+    def _solve_arrays(self, values: dict, init: Any, like: Any) -> tuple[tuple, dict, Any]:
+        """(outputs, info, which examples have an empty control box (B,) or None)."""
+        compiled = self.compiled
+        backend, options, program = compiled.backend_module, compiled.options, compiled.program
+        unroll = options["backward"] == "unroll"
+        ops = UnrolledJaxOps if unroll else JaxOps
+
+        def run(values: dict, init: Any, like: Any) -> tuple:
+            data = program.data(JaxFramework, values, like)
+            outputs, info, saved = backend.solve(data, options, ops, init)
+            return outputs, _info_pytree(info), saved, data
+
+        if unroll or getattr(backend, "DIFFERENTIABLE_SOLVE", False):
+            # autodiff through every iteration, or a solve that brings its own backward (cone)
+            try:
+                outputs, info, _, _ = run(values, init, like)
+            except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+                raise BackendError(f"backend '{compiled.backend}' solves on the host (cvxpylayers + diffcp): "
+                                   "its JAX layer runs eagerly and under jax.grad, not under jax.jit or "
+                                   "jax.vmap; call it outside them (pass the batch as a leading dimension "
+                                   "instead of vmap)") from None
+        else:
+            outputs, info = _implicit(program, backend, run)(values, init, like)
+        empty_box = None
+        if getattr(program, "bounds", ()):  # (the solve's data lives in its own trace: evaluate anew)
+            data = program.data(JaxFramework, values, like)
+            empty_box = (data["lo"] > data["hi"]).reshape(like.shape[0], -1).any(-1)
+        return tuple(outputs), info, empty_box
+
+    def _report(self, info: dict, batch: int) -> None:
+        converged = concrete(info["converged"])
+        if converged is None:  # traced: the info carries it (return_info=True)
+            return
+        bad = ~converged.astype(bool)
+        if not bad.any():
+            return
+        residual = np.asarray(info["residual"])
+        tol = self.compiled.tolerance(residual.dtype)
+        statuses = [Status.from_code(c) for c, b in zip(np.asarray(info["status"]).tolist(), bad.tolist()) if b]
+        message = _common.nonconvergence_message(int(bad.sum()), batch, float(np.max(residual)), tol, statuses)
+        if self.compiled.options["on_nonconvergence"] == "raise":
+            raise SolverError(message)
+        warnings.warn(message, NotConvergedWarning, stacklevel=3)
+
+
+def _implicit(program: Any, backend: Any, run: Any) -> Any:
+    """The solve as a ``jax.custom_vjp`` of (values, init, like): forward = the backend's solve,
+    backward = its VJP pulled back through the program's ``implicit_inputs``.
+
+    The residuals are the solution's arrays. The other entries of the backend's saved
+    state are either static (strings, options) or objects of the IR data (the ilqr Model,
+    the ift_cg Objective) that close over the parameters; those are rebuilt in the backward
+    from the parameters, never carried as residuals.
+    """
+    static: dict = {}  # filled by the forward (at trace time under jit), read by the backward
+
+    def split(saved: dict, data: dict) -> dict:
+        arrays = {}
+        for k, v in saved.items():
+            if isinstance(v, jax.Array):
+                arrays[k] = v
+            else:
+                owner = next((dk for dk, dv in data.items() if dv is v), None)
+                static[k] = ("data", owner) if owner is not None else ("value", v)
+        return arrays
+
+    def full(arrays: dict, data: dict) -> dict:
+        saved = dict(arrays)
+        for k, (kind, v) in static.items():
+            saved[k] = data[v] if kind == "data" else v
+        return saved
+
+    # Everything the backward uses arrives as an argument or residual: a closed-over array of
+    # an enclosing trace (jit) would be stale by the time the backward runs.
+    @jax.custom_vjp
+    def solve(values: dict, init: Any, like: Any) -> tuple:
+        outputs, info, _, _ = run(values, init, like)
+        return tuple(outputs), info
+
+    def forward(values: dict, init: Any, like: Any) -> tuple:
+        outputs, info, saved, data = run(values, init, like)
+        return (tuple(outputs), info), (values, init, like, split(saved, data))
+
+    def backward(residuals: tuple, cotangents: tuple) -> tuple:
+        values, init, like, arrays = residuals
+        output_cotangents, _ = cotangents
+
+        def inputs_of(values: dict) -> dict:
+            data = program.data(JaxFramework, values, like)
+            return program.implicit_inputs(JaxFramework, values, data, full(arrays, data))
+
+        inputs, pullback = jax.vjp(inputs_of, values)
+        data = program.data(JaxFramework, values, like)
+        grads = backend.vjp(inputs, full(arrays, data), tuple(output_cotangents), JaxOps, tuple(inputs))
+        grads = {k: jnp.zeros_like(v) if grads.get(k) is None else grads[k] for k, v in inputs.items()}
+        (value_cotangents,) = pullback(grads)
+        return value_cotangents, jax.tree_util.tree_map(jnp.zeros_like, init), jnp.zeros_like(like)
+
+    solve.defvjp(forward, backward)
+    return solve
+
+
+# -- inputs ------------------------------------------------------------------------------------------
+
+_SUPPORTED = ("float32", "float64")
+
+
+def _dtype(inputs: dict) -> Any:
+    """float64 where an input is (and JAX's x64 mode is on), else float32."""
+    floats = []
+    for k, v in inputs.items():
+        kind = getattr(v, "dtype", None)
+        if kind is None:
+            continue
+        kind = np.dtype(kind)
+        if kind.kind == "c" or (kind.kind == "f" and kind.name not in _SUPPORTED):
+            raise InputError(f"input {k!r} has dtype {kind}; diffcontrol solves in float32 or float64")
+        if kind.kind == "f":
+            floats.append(kind)
+    dtype = np.result_type(*floats) if floats else np.dtype("float32")
+    if dtype == np.float64 and not jax.config.jax_enable_x64:
+        warnings.warn("float64 inputs while JAX's x64 mode is off: solving in float32; "
+                      "enable it with jax.config.update('jax_enable_x64', True)", UserWarning, stacklevel=4)
+        dtype = np.dtype("float32")
+    return jnp.dtype(dtype)
+
+
+def _to_array(name: str, value: Any, dtype: Any) -> Any:
+    try:
+        return jnp.asarray(value, dtype=dtype)
+    except (TypeError, ValueError):
+        raise InputError(f"cannot convert {name!r} ({type(value).__name__}) to a JAX array") from None
+
+
+def _finite(a: Any) -> bool:
+    value = concrete(jnp.isfinite(a).all())
+    return True if value is None else bool(value)  # traced values are checked by the solve's info
+
+
+def _check_box(empty: Any) -> None:
+    """An empty control box (lower bound > upper bound) raises, where the values are known."""
+    empty = None if empty is None else concrete(empty)
+    if empty is not None and empty.any():
+        raise SolverError(f"the box on the controls is empty: lower bound > upper bound for some control "
+                          f"(batch element {int(np.argmax(empty))}); check the bounds' parameters")
