@@ -106,10 +106,13 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
 
 def _simulate(ops: Ops, model: Any, x0: Any, u: Any) -> Any:
     """x (B, T+1, n) from x0 (B, n) under the open-loop controls u (B, T, m)."""
-    xs = [x0]
-    for t in range(u.shape[1]):
-        xs.append(model.step(xs[-1], u[:, t]))
-    return ops.xp.stack(xs, 1)
+
+    def stage(x: Any, s: dict) -> tuple:
+        x_next = model.step(x, s["u"])
+        return x_next, (x_next,)
+
+    _, (xs,) = ops.scan(stage, x0, {"u": u})
+    return ops.xp.concatenate([x0[:, None], xs], 1)
 
 
 def _line_search(ops: Ops, model: Any, x0: Any, x: Any, u: Any, cost: Any, K: Any, k: Any,
@@ -141,7 +144,7 @@ def _line_search(ops: Ops, model: Any, x0: Any, x: Any, u: Any, cost: Any, K: An
         first, accepted, new_x, new_u, new_cost = state
         trial = first + exponents  # the step sizes' exponents, copy-major
         alpha = options["ls_decay"] ** trial
-        cx, cu = rollout(ops, lambda t, xt, ut: model.step(xt, ut), x0s, us, xs, Ks, ks, alpha, lo, hi)
+        cx, cu = rollout(ops, lambda xt, ut, _: model.step(xt, ut), x0s, us, xs, Ks, ks, alpha, lo, hi)
         ccost = model.cost(cx, cu)
         for j in range(copies):
             rows = slice(j * B, (j + 1) * B)

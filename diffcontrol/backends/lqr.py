@@ -68,11 +68,11 @@ OPTIONS = {
 BACKWARD_MODES = ("implicit", "unroll")
 
 
-def _affine_step(ops: Ops, F: Any, f: Any):
-    """x_{t+1} = F_t [x_t; u_t] + f_t as the rollout's step function."""
+def _affine_step(ops: Ops):
+    """x_{t+1} = F_t [x_t; u_t] + f_t as the rollout's step function (stages: F, f)."""
 
-    def step(t: int, x: Any, u: Any) -> Any:
-        return _mv(F[:, t], ops.xp.concatenate([x, u], -1)) + f[:, t]
+    def step(x: Any, u: Any, s: dict) -> Any:
+        return _mv(s["F"], ops.xp.concatenate([x, u], -1)) + s["f"]
 
     return step
 
@@ -106,7 +106,8 @@ def _newton_step(ops: Ops, data: dict, x: Any, u: Any, free: Any = None) -> tupl
     cT_dev = _mv(data["CT"], x[:, -1]) + data["cT"]
     defect = _mv(data["F"], tau) + data["f"] - x[:, 1:]
     policy = riccati_sweep(ops, data["C"], c_dev, data["F"], data["CT"], cT_dev, f=defect, free=free)
-    x, u = rollout(ops, _affine_step(ops, data["F"], data["f"]), data["x0"], u, x, policy.K, policy.k, 1.0)
+    x, u = rollout(ops, _affine_step(ops), data["x0"], u, x, policy.K, policy.k, 1.0,
+                   stages={"F": data["F"], "f": data["f"]})
     return x, u, policy
 
 
@@ -114,8 +115,8 @@ def _simulate(ops: Ops, data: dict, u: Any) -> Any:
     B, T, m = u.shape
     n = data["x0"].shape[-1]
     zero_K = ops.zeros((B, T, m, n), u)
-    x, _ = rollout(ops, _affine_step(ops, data["F"], data["f"]), data["x0"], u, ops.zeros((B, T, n), u),
-                   zero_K, 0.0 * u, 0.0)
+    x, _ = rollout(ops, _affine_step(ops), data["x0"], u, ops.zeros((B, T, n), u), zero_K, 0.0 * u, 0.0,
+                   stages={"F": data["F"], "f": data["f"]})
     return x
 
 
@@ -173,7 +174,7 @@ def _box_ddp(ops: Ops, data: dict, x: Any, u: Any, iterations: Any, bounded: boo
     x, u, lam, g_u, residual, iterations, stalled and whether any step was taken."""
     xp = ops.xp
     C, c, F, f, CT, cT, x0, lo, hi = (data[k] for k in DATA_KEYS)
-    step = _affine_step(ops, F, f)
+    step = _affine_step(ops)
     slack = 10 * ops.eps(C)
 
     def optimality(x, u):
@@ -198,7 +199,8 @@ def _box_ddp(ops: Ops, data: dict, x: Any, u: Any, iterations: Any, bounded: boo
 
         def trial(ls):
             alpha, accepted, new_x, new_u, new_cost = ls
-            cand_x, cand_u = rollout(ops, step, x0, u, x, K, k, alpha, lo if bounded else None, hi)
+            cand_x, cand_u = rollout(ops, step, x0, u, x, K, k, alpha, lo if bounded else None, hi,
+                                     stages={"F": F, "f": f})
             cand_cost = total_cost(ops, data, cand_x, cand_u)
             ok = active & ~accepted & (cand_cost <= cost + slack * (1 + xp.abs(cost)))
             return (alpha * options["ls_decay"], accepted | ok, xp.where(ok[:, None, None], cand_x, new_x),

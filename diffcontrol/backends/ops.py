@@ -19,6 +19,12 @@ class Ops(Protocol):
         a pytree of arrays whose shapes and dtypes ``body`` keeps, ``cond`` a scalar bool array.
         (A Python loop for torch, ``lax.while_loop`` for JAX, so solves trace under jit.)"""
 
+    def scan(self, step: Any, carry: Any, stages: dict, reverse: bool = False) -> tuple[Any, tuple]:
+        """The loop over time: ``carry, y_t = step(carry, stage_t)`` for t = 0..T-1 (T-1..0 with
+        ``reverse``), ``stage_t`` the slice ``[:, t]`` of every array of ``stages`` (each
+        (B, T, ...)), ``y_t`` a tuple of arrays. Returns the last carry and the y stacked along
+        axis 1. (A Python loop for torch, ``lax.scan`` for JAX: one traced stage, whatever T.)"""
+
     def cond(self, pred: Any, true_fn: Any, false_fn: Any) -> Any:
         """``true_fn()`` if the scalar bool array ``pred`` else ``false_fn()``; both return
         the same structure."""

@@ -128,61 +128,69 @@ def riccati_sweep(
     """
     xp = ops.xp
     n = CT.shape[-1]
-    T = C.shape[1]
-    FT = F.mT
-    V, v = CT, cT
-    Ks, ks, frees, Ls, Qxus, qus, Quxs, Quus = ([None] * T for _ in range(8))
-    for t in reversed(range(T)):
-        Ft, FtT = F[:, t], FT[:, t]
-        Q = C[:, t] + FtT @ V @ Ft
-        q = c[:, t] + _mv(FtT, v if f is None else v + _mv(V, f[:, t]))
+    stages = {"C": C, "c": c, "F": F}
+    if f is not None:
+        stages["f"] = f
+    if box is not None:
+        stages["lo"], stages["hi"] = box
+    if free is not None:
+        stages["free"] = free
+
+    def stage(carry: tuple, s: dict) -> tuple:
+        V, v = carry
+        Ft = s["F"]
+        FtT = Ft.mT
+        Q = s["C"] + FtT @ V @ Ft
+        q = s["c"] + _mv(FtT, v + _mv(V, s["f"]) if "f" in s else v)
         Qxx, Qxu, Qux, Quu = Q[:, :n, :n], Q[:, :n, n:], Q[:, n:, :n], Q[:, n:, n:]
         qx, qu = q[:, :n], q[:, n:]
         if box is not None:
-            k, free_t, L = box_qp(ops, Quu, qu, box[0][:, t], box[1][:, t], qp_max_iter)
+            k, free_t, L = box_qp(ops, Quu, qu, s["lo"], s["hi"], qp_max_iter)
             K = -ops.cho_solve(L, Qux * free_t[..., None])
             KT = K.mT
             V = Qxx + Qxu @ K + KT @ Qux + KT @ Quu @ K
             v = qx + _mv(Qxu, k) + _mv(KT, qu) + _mv(KT @ Quu, k)
+            out = (K, k, free_t)
         else:
             # k and K from one solve; with k = -H^-1 q_u on the free set the value function
             # simplifies to V = Qxx + Qxu K, v = qx + Qxu k (the K^T terms cancel).
-            if free is None:
-                free_t, H, rhs = None, Quu, xp.concatenate([Qux, qu[..., None]], -1)
-            else:
-                free_t = free[:, t]
-                H = _masked_hessian(ops, Quu, free_t)
-                rhs = xp.concatenate([Qux, qu[..., None]], -1) * free_t[..., None]
+            rhs = xp.concatenate([Qux, qu[..., None]], -1)
+            H = Quu
+            if free is not None:
+                H = _masked_hessian(ops, Quu, s["free"])
+                rhs = rhs * s["free"][..., None]
             L = ops.cholesky(H, strict)
             Kk = -ops.cho_solve(L, rhs)
             K, k = Kk[..., :n], Kk[..., n]
-            Ls[t], Qxus[t], qus[t], Quxs[t], Quus[t] = L, Qxu, qu, Qux, Quu
             V = Qxx + Qxu @ K
             v = qx + _mv(Qxu, k)
-        V = 0.5 * (V + V.mT)
-        Ks[t], ks[t], frees[t] = K, k, free_t
-    K, k = xp.stack(Ks, 1), xp.stack(ks, 1)
+            out = (K, k, L, Qxu, qu, Qux, Quu)
+        return (0.5 * (V + V.mT), v), out
+
+    _, out = ops.scan(stage, (CT, cT), stages, reverse=True)
     if box is not None:
-        return Policy(K, k, xp.stack(frees, 1))
-    stacked = (xp.stack(a, 1) for a in (Ls, Qxus, qus, Quxs, Quus))
-    return Policy(K, k, None if free is None else free, *stacked)
+        return Policy(*out)
+    K, k, *factors = out
+    return Policy(K, k, free, *factors)
 
 
 def resweep(ops: Ops, policy: Policy, c: Any, F: Any, cT: Any) -> Policy:
     """The sweep of :func:`riccati_sweep` for new linear terms ``c``, ``cT`` and the same
     C, F, CT and free set, reusing its factorisations: only k changes (the Differentiable
     MPC paper's "reusing the factorizations from the forward pass")."""
-    xp = ops.xp
-    n, T = cT.shape[-1], c.shape[1]
-    FT = F.mT
-    v, ks = cT, [None] * T
-    for t in reversed(range(T)):
-        q = c[:, t] + _mv(FT[:, t], v)
-        qu = q[:, n:] if policy.free is None else q[:, n:] * policy.free[:, t]
-        k = -ops.cho_solve(policy.L[:, t], qu)
-        v = q[:, :n] + _mv(policy.Qxu[:, t], k)
-        ks[t] = k
-    return Policy(policy.K, xp.stack(ks, 1), policy.free, policy.L, policy.Qxu)
+    n = cT.shape[-1]
+    stages = {"c": c, "F": F, "L": policy.L, "Qxu": policy.Qxu}
+    if policy.free is not None:
+        stages["free"] = policy.free
+
+    def stage(v: Any, s: dict) -> tuple:
+        q = s["c"] + _mv(s["F"].mT, v)
+        qu = q[:, n:] * s["free"] if "free" in s else q[:, n:]
+        k = -ops.cho_solve(s["L"], qu)
+        return q[:, :n] + _mv(s["Qxu"], k), (k,)
+
+    _, (k,) = ops.scan(stage, cT, stages, reverse=True)
+    return Policy(policy.K, k, policy.free, policy.L, policy.Qxu)
 
 
 def control_gradient(policy: Policy, dx: Any, du: Any) -> Any:
@@ -194,28 +202,36 @@ def control_gradient(policy: Policy, dx: Any, du: Any) -> Any:
 
 def rollout(
     ops: Ops,
-    step: Callable[[int, Any, Any], Any],
+    step: Callable[[Any, Any, dict], Any],
     x0: Any,
     u_ref: Any,
     x_ref: Any,
     K: Any,
     k: Any,
-    alpha: float,
+    alpha: Any,
     lo: Any = None,
     hi: Any = None,
+    stages: dict | None = None,
 ) -> tuple[Any, Any]:
     """Forward pass of the policy u_t = clip(u_ref_t + alpha k_t + K_t (x_t - x_ref_t)),
-    x_{t+1} = step(t, x_t, u_t). Returns x (B, T+1, n) and u (B, T, m)."""
+    x_{t+1} = step(x_t, u_t, stage_t), ``stage_t`` the slices [:, t] of ``stages`` (e.g. the
+    dynamics' F_t, f_t). ``x_ref`` (B, T or T+1, n); ``alpha`` a number or (B, 1).
+    Returns x (B, T+1, n) and u (B, T, m)."""
     xp = ops.xp
-    x, xs, us = x0, [x0], []
-    for t in range(u_ref.shape[1]):
-        u = u_ref[:, t] + alpha * k[:, t] + _mv(K[:, t], x - x_ref[:, t])
+    T = u_ref.shape[1]
+    over_time = {"u_ref": u_ref, "x_ref": x_ref[:, :T], "K": K, "k": k, **(stages or {})}
+    if lo is not None:
+        over_time["lo"], over_time["hi"] = lo, hi
+
+    def stage(x: Any, s: dict) -> tuple:
+        u = s["u_ref"] + alpha * s["k"] + _mv(s["K"], x - s["x_ref"])
         if lo is not None:
-            u = xp.minimum(xp.maximum(u, lo[:, t]), hi[:, t])
-        x = step(t, x, u)
-        xs.append(x)
-        us.append(u)
-    return xp.stack(xs, 1), xp.stack(us, 1)
+            u = xp.minimum(xp.maximum(u, s["lo"]), s["hi"])
+        x_next = step(x, u, s)
+        return x_next, (x_next, u)
+
+    _, (xs, us) = ops.scan(stage, x0, over_time)
+    return xp.concatenate([x0[:, None], xs], 1), us
 
 
 def costates(ops: Ops, C: Any, c: Any, F: Any, CT: Any, cT: Any, x: Any, u: Any) -> tuple[Any, Any]:
@@ -234,15 +250,14 @@ def adjoint(ops: Ops, grad_tau: Any, F: Any, grad_T: Any) -> tuple[Any, Any]:
     Returns lam (B, T+1, n) and g_u (B, T, m), the gradient of the total cost
     with respect to each control through the dynamics.
     """
-    xp = ops.xp
-    n, T = grad_T.shape[-1], grad_tau.shape[1]
-    lam = grad_T
-    lams, gus = [lam] + [None] * T, [None] * T
-    for t in reversed(range(T)):
-        g = grad_tau[:, t] + _mv(F[:, t].mT, lam)
-        lam, gus[t] = g[:, :n], g[:, n:]
-        lams[T - t] = lam
-    return xp.stack(lams[::-1], 1), xp.stack(gus, 1)
+    n = grad_T.shape[-1]
+
+    def stage(lam: Any, s: dict) -> tuple:
+        g = s["grad_tau"] + _mv(s["F"].mT, lam)
+        return g[:, :n], (g[:, :n], g[:, n:])
+
+    _, (lams, g_u) = ops.scan(stage, grad_T, {"grad_tau": grad_tau, "F": F}, reverse=True)
+    return ops.xp.concatenate([lams, grad_T[:, None]], 1), g_u
 
 
 def frozen_lqr_adjoint(
@@ -276,10 +291,10 @@ def frozen_lqr_adjoint(
     zeros_x = ops.zeros(g_T.shape[:1] + (n,), C)
     zeros_u = ops.zeros(free.shape, C)
 
-    def step(t: int, x: Any, u: Any) -> Any:
-        return _mv(F[:, t], ops.xp.concatenate([x, u], -1))
+    def step(x: Any, u: Any, s: dict) -> Any:
+        return _mv(s["F"], ops.xp.concatenate([x, u], -1))
 
     zeros_ref = ops.zeros(g_tau.shape[:2] + (n,), C)
-    dx, du = rollout(ops, step, zeros_x, zeros_u, zeros_ref, policy.K, policy.k, 1.0)
+    dx, du = rollout(ops, step, zeros_x, zeros_u, zeros_ref, policy.K, policy.k, 1.0, stages={"F": F})
     dlam, r_u = costates(ops, C, g_tau, F, CT, g_T, dx, du)
     return dx, du, dlam, r_u, fell_back

@@ -46,6 +46,12 @@ class JaxOps:
         return lax.while_loop(go_on, step, (0, state))[1]
 
     @staticmethod
+    def scan(step, carry, stages: dict, reverse: bool = False):
+        time_major = {k: jnp.moveaxis(a, 1, 0) for k, a in stages.items()}
+        carry, ys = lax.scan(step, carry, time_major, reverse=reverse)
+        return carry, tuple(jnp.moveaxis(y, 0, 1) for y in ys)
+
+    @staticmethod
     def cond(pred, true_fn, false_fn):
         return lax.cond(pred, lambda _: true_fn(), lambda _: false_fn(), None)
 

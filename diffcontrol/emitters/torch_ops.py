@@ -29,6 +29,14 @@ class TorchOps:
         return state
 
     @staticmethod
+    def scan(step, carry, stages: dict, reverse: bool = False):
+        T = next(iter(stages.values())).shape[1]
+        ys = [None] * T
+        for t in (reversed(range(T)) if reverse else range(T)):
+            carry, ys[t] = step(carry, {k: a[:, t] for k, a in stages.items()})
+        return carry, tuple(torch.stack(parts, 1) for parts in zip(*ys))
+
+    @staticmethod
     def cond(pred, true_fn, false_fn):
         return true_fn() if bool(pred) else false_fn()
 
