@@ -1,70 +1,99 @@
-"""The demo: LQR imitation learning (the Differentiable MPC paper, section 5.2), quick.
+"""The demo: pendulum imitation by mpc.dx (the Differentiable MPC paper, section 5.3), quick.
 
-An expert LQR controller with dynamics (A*, B*), box [-1, 1] on the controls,
-n = m = 3, horizon 5. A learner with the same cost learns (A, B) from the
-expert's *controls only*, by differentiating through the lqr layer (RMSprop,
-batches of 32 initial states). Run it with ``diffcontrol demo`` or
-``python -m diffcontrol.demo``.
+An expert MPC controller (box-constrained iLQR on ``dc.models.pendulum`` with the true
+gravity, mass and length) acts from random initial states. A learner with the same cost
+but wrong physical parameters learns them from the expert's *controls only*, by
+differentiating through the ilqr layer (RMSprop, lr 1e-2, as in the paper). The
+parameters are learned in log space (they stay positive). Run it with
+``diffcontrol demo`` or ``python -m diffcontrol.demo``.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import torch
 
 import diffcontrol as dc
 
-
-def imitation_problem(n: int = 3, m: int = 3, horizon: int = 5) -> dc.ControlProblem:
-    x, u = dc.State(n, name="x"), dc.Control(m, name="u")
-    A, B, x0 = dc.Parameter((n, n), name="A"), dc.Parameter((n, m), name="B"), dc.Parameter(n, name="x0")
-    return dc.ControlProblem(dynamics=x.next == A @ x + B @ u,
-                             cost=dc.sum_squares(x) + dc.sum_squares(u),
-                             horizon=horizon, initial_state=x0,
-                             constraints=[-1 <= u, u <= 1])
+TRUE = {"g": 10.0, "m": 1.0, "l": 1.0}
 
 
-def run(iterations: int = 300, out: str = "demo_output", seed: int = 0) -> dict:
-    """Train, print the progress, save the loss table and figure; returns the loss history."""
-    torch.manual_seed(seed)
-    dtype = torch.float64
-    n = m = 3
-    prob = imitation_problem(n, m)
-    print(prob.explain(), "\n")
-    layer = prob.compile().to_torch()
+def expert_data(model: dc.models.ModelProblem, layer, n: int, seed: int) -> dict:
+    """n initial states (angle uniform in [-pi, pi), speed in [-1, 1)) and the expert's controls."""
+    g = torch.Generator().manual_seed(seed)
+    th = (torch.rand(n, generator=g, dtype=torch.float64) * 2 - 1) * math.pi
+    dth = torch.rand(n, generator=g, dtype=torch.float64) * 2 - 1
+    x0 = torch.stack([th.cos(), th.sin(), dth], -1)
+    values = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in model.defaults().items()}
+    with torch.no_grad():
+        _, u = layer(**values, x0=x0)
+    return {"x0": x0, "u": u, "cost": {k: values[k] for k in ("q", "p")}}
 
-    A_true = torch.eye(n, dtype=dtype) + 0.2 * torch.randn(n, n, dtype=dtype)
-    B_true = torch.randn(n, m, dtype=dtype)
-    A_hat = (torch.eye(n, dtype=dtype) + 0.2 * torch.randn(n, n, dtype=dtype)).requires_grad_()
-    B_hat = torch.randn(n, m, dtype=dtype).requires_grad_()
-    opt = torch.optim.RMSprop([A_hat, B_hat], lr=1e-2)
-    history = {"iteration": [], "imitation_loss": [], "model_loss": []}
-    for it in range(iterations):
-        x0 = 3 * torch.randn(32, n, dtype=dtype)
-        with torch.no_grad():
-            _, u_expert = layer(A=A_true, B=B_true, x0=x0)
-        _, u_learner = layer(A=A_hat, B=B_hat, x0=x0)
-        loss = ((u_learner - u_expert) ** 2).mean()
+
+def train_mpc_dx(layer, train: dict, test: dict, iterations: int, batch: int, seed: int,
+                 log_every: int = 10, progress: bool = False) -> dict:
+    """Learn (g, m, l) from the expert's controls; returns the history of the imitation loss
+    (mean squared control error, training batch and test set) and the parameters."""
+    gen = torch.Generator().manual_seed(seed)
+    log_params = {k: (math.log(v) + 0.4 * torch.randn((), generator=gen, dtype=torch.float64)).requires_grad_()
+                  for k, v in TRUE.items()}
+    opt = torch.optim.RMSprop(list(log_params.values()), lr=1e-2, alpha=0.5)
+    history: dict = {"iteration": [], "train_loss": [], "test_loss": [], **{k: [] for k in TRUE}}
+    steps = range(iterations)
+    if progress:
+        try:
+            from tqdm import tqdm
+
+            steps = tqdm(steps, desc="mpc.dx", leave=False)
+        except ImportError:
+            pass
+    for it in steps:
+        idx = torch.randint(0, train["x0"].shape[0], (batch,), generator=gen)
+        physical = {k: v.exp() for k, v in log_params.items()}
+        _, u = layer(**physical, **train["cost"], x0=train["x0"][idx])
+        loss = ((u - train["u"][idx]) ** 2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-        model_loss = float(((A_hat - A_true) ** 2).mean().detach() + ((B_hat - B_true) ** 2).mean().detach())
-        history["iteration"].append(it)
-        history["imitation_loss"].append(float(loss.detach()))
-        history["model_loss"].append(model_loss)
-        if it % max(iterations // 10, 1) == 0 or it == iterations - 1:
-            print(f"iteration {it:4d}   imitation loss {history['imitation_loss'][-1]:.3e}   "
-                  f"model loss {model_loss:.3e}", flush=True)
+        if it % log_every == 0 or it == iterations - 1:
+            with torch.no_grad():
+                physical = {k: v.exp() for k, v in log_params.items()}
+                _, u_test = layer(**physical, **test["cost"], x0=test["x0"])
+                test_loss = float(((u_test - test["u"]) ** 2).mean())
+            history["iteration"].append(it)
+            history["train_loss"].append(float(loss.detach()))
+            history["test_loss"].append(test_loss)
+            for k in TRUE:
+                history[k].append(float(physical[k]))
+            if not progress:
+                print(f"iteration {it:4d}   imitation loss {float(loss):.3e}   test {test_loss:.3e}   "
+                      + "   ".join(f"{k} {float(physical[k]):.3f}" for k in TRUE), flush=True)
+    return history
+
+
+def run(iterations: int = 60, out: str = "demo_output", seed: int = 0, horizon: int = 10) -> dict:
+    """Train, print the progress, save the loss table and figure; returns the history."""
+    model = dc.models.pendulum(horizon=horizon)
+    print(model.problem.explain(), "\n")
+    layer = model.problem.compile().to_torch()
+    train = expert_data(model, layer, 64, seed)
+    test = expert_data(model, layer, 32, seed + 1)
+    print(f"learning g, m, l (true {TRUE}) from the expert's controls only\n")
+    history = train_mpc_dx(layer, train, test, iterations, batch=16, seed=seed)
 
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    table = folder / "lqr_imitation.md"
-    table.write_text("| iteration | imitation loss | model loss |\n|---:|---:|---:|\n" + "".join(
-        f"| {i} | {a:.3e} | {b:.3e} |\n" for i, a, b in zip(*history.values()) if i % 10 == 0 or i == iterations - 1))
+    table = folder / "pendulum_mpc_dx.md"
+    rows = zip(history["iteration"], history["train_loss"], history["test_loss"], *(history[k] for k in TRUE))
+    table.write_text("| iteration | imitation loss (batch) | test imitation loss | g | m | l |\n"
+                     "|---:|---:|---:|---:|---:|---:|\n"
+                     + "".join(f"| {i} | {a:.3e} | {b:.3e} | {g:.3f} | {m:.3f} | {ll:.3f} |\n"
+                               for i, a, b, g, m, ll in rows))
     print(f"\nwrote {table}")
-    figure = _plot(history, folder / "lqr_imitation.png")
+    figure = _plot(history, folder / "pendulum_mpc_dx.png")
     if figure:
         print(f"wrote {figure}")
     return history
@@ -79,12 +108,18 @@ def _plot(history: dict, path: Path) -> Path | None:
     except ImportError:
         print("matplotlib is not installed (pip install 'diffcontrol[demo]'); no figure written")
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.semilogy(history["iteration"], history["imitation_loss"], label="imitation loss (controls)")
-    ax.semilogy(history["iteration"], history["model_loss"], label="model loss (A, B)")
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax.semilogy(history["iteration"], history["train_loss"], label="imitation loss (batch)")
+    ax.semilogy(history["iteration"], history["test_loss"], label="test imitation loss")
     ax.set_xlabel("iteration")
-    ax.set_title("LQR imitation through the lqr layer")
+    ax.set_title("pendulum mpc.dx through the ilqr layer")
     ax.legend()
+    for k, v in TRUE.items():
+        line = bx.plot(history["iteration"], history[k], label=f"{k} (true {v:g})")[0]
+        bx.axhline(v, color=line.get_color(), linestyle=":")
+    bx.set_xlabel("iteration")
+    bx.set_title("learned physical parameters")
+    bx.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -92,8 +127,8 @@ def _plot(history: dict, path: Path) -> Path | None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="LQR imitation demo")
-    parser.add_argument("--iterations", type=int, default=300)
+    parser = argparse.ArgumentParser(description="pendulum mpc.dx demo")
+    parser.add_argument("--iterations", type=int, default=60)
     parser.add_argument("--out", default="demo_output")
     args = parser.parse_args()
     run(args.iterations, args.out)

@@ -1,0 +1,40 @@
+"""What the example scripts share: a progress bar, the results table and the figure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def progress(items: Iterable, desc: str) -> Iterable:
+    """tqdm's progress bar where it is installed (``pip install 'diffcontrol[demo]'``)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=desc, leave=False)
+
+
+def write_table(path: Path, header: list[str], rows: list[list], title: str = "") -> Path:
+    """A markdown table (numbers as given), printed and saved."""
+    lines = ([f"# {title}", ""] if title else []) + ["| " + " | ".join(header) + " |",
+                                                     "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {path}")
+    return path
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, or None (then no figure is written)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install 'diffcontrol[demo]'); no figure written")
+        return None
+    return plt
