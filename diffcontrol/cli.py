@@ -8,8 +8,8 @@ import argparse
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="diffcontrol", description="diffcontrol command line")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="learn an LQR controller's dynamics from its controls only")
-    demo.add_argument("--iterations", type=int, default=300, help="training iterations (default 300)")
+    demo = sub.add_parser("demo", help="learn a pendulum MPC's physics from its controls only (mpc.dx)")
+    demo.add_argument("--iterations", type=int, default=60, help="training iterations (default 60)")
     demo.add_argument("--out", default="demo_output", help="folder for the figure and the table")
     demo.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

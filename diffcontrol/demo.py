@@ -3,8 +3,9 @@
 An expert MPC controller (box-constrained iLQR on ``dc.models.pendulum`` with the true
 gravity, mass and length) acts from random initial states. A learner with the same cost
 but wrong physical parameters learns them from the expert's *controls only*, by
-differentiating through the ilqr layer (RMSprop, lr 1e-2, as in the paper). The
-parameters are learned in log space (they stay positive). Run it with
+differentiating through the ilqr layer (RMSprop with the paper's decay 0.5; lr 3e-2 on the
+parameters' logarithms, so they stay positive). Each example's solve is warm-started from
+its previous solution. Run it with
 ``diffcontrol demo`` or ``python -m diffcontrol.demo``.
 """
 
@@ -33,14 +34,15 @@ def expert_data(model: dc.models.ModelProblem, layer, n: int, seed: int) -> dict
     return {"x0": x0, "u": u, "cost": {k: values[k] for k in ("q", "p")}}
 
 
-def train_mpc_dx(layer, train: dict, test: dict, iterations: int, batch: int, seed: int,
+def train_mpc_dx(layer, train: dict, test: dict, iterations: int, batch: int, seed: int, lr: float = 3e-2,
                  log_every: int = 10, progress: bool = False) -> dict:
     """Learn (g, m, l) from the expert's controls; returns the history of the imitation loss
     (mean squared control error, training batch and test set) and the parameters."""
     gen = torch.Generator().manual_seed(seed)
     log_params = {k: (math.log(v) + 0.4 * torch.randn((), generator=gen, dtype=torch.float64)).requires_grad_()
                   for k, v in TRUE.items()}
-    opt = torch.optim.RMSprop(list(log_params.values()), lr=1e-2, alpha=0.5)
+    opt = torch.optim.RMSprop(list(log_params.values()), lr=lr, alpha=0.5)
+    warm = train["u"].clone()  # each example's last solution: the next solve starts there
     history: dict = {"iteration": [], "train_loss": [], "test_loss": [], **{k: [] for k in TRUE}}
     steps = range(iterations)
     if progress:
@@ -53,7 +55,8 @@ def train_mpc_dx(layer, train: dict, test: dict, iterations: int, batch: int, se
     for it in steps:
         idx = torch.randint(0, train["x0"].shape[0], (batch,), generator=gen)
         physical = {k: v.exp() for k, v in log_params.items()}
-        _, u = layer(**physical, **train["cost"], x0=train["x0"][idx])
+        _, u = layer(**physical, **train["cost"], x0=train["x0"][idx], u_init=warm[idx])
+        warm[idx] = u.detach()
         loss = ((u - train["u"][idx]) ** 2).mean()
         opt.zero_grad()
         loss.backward()
@@ -69,7 +72,7 @@ def train_mpc_dx(layer, train: dict, test: dict, iterations: int, batch: int, se
             for k in TRUE:
                 history[k].append(float(physical[k]))
             if not progress:
-                print(f"iteration {it:4d}   imitation loss {float(loss):.3e}   test {test_loss:.3e}   "
+                print(f"iteration {it:4d}   imitation loss {loss.item():.3e}   test {test_loss:.3e}   "
                       + "   ".join(f"{k} {float(physical[k]):.3f}" for k in TRUE), flush=True)
     return history
 
@@ -78,7 +81,7 @@ def run(iterations: int = 60, out: str = "demo_output", seed: int = 0, horizon: 
     """Train, print the progress, save the loss table and figure; returns the history."""
     model = dc.models.pendulum(horizon=horizon)
     print(model.problem.explain(), "\n")
-    layer = model.problem.compile().to_torch()
+    layer = model.problem.compile(max_iter=300).to_torch()
     train = expert_data(model, layer, 64, seed)
     test = expert_data(model, layer, 32, seed + 1)
     print(f"learning g, m, l (true {TRUE}) from the expert's controls only\n")

@@ -6,10 +6,52 @@ Written once, framework-neutral: the emitter passes its array conversion in.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from diffcontrol.dsl.leaves import Parameter
 from diffcontrol.errors import InputError, SolverError
+
+
+class Arrays(Protocol):
+    """How an emitter turns call arguments into its arrays."""
+
+    xp: Any
+
+    def choose(self, inputs: dict[str, Any]) -> Any:
+        """The dtype (and device) every input is converted to; raises InputError for bad ones."""
+
+    def to_array(self, name: str, value: Any, target: Any) -> Any:
+        """``value`` as an array of ``target`` (from :meth:`choose`)."""
+
+    def is_finite(self, a: Any) -> bool:
+        """Whether every entry is finite (True where that is not known yet: a traced array)."""
+
+    def broadcast(self, a: Any, shape: tuple[int, ...]) -> Any:
+        """``a`` broadcast to ``shape`` without a copy."""
+
+
+def bind_call(compiled: Any, params: dict[str, Any], u_init: Any, y_init: Any,
+              arrays: Arrays) -> tuple[dict[str, Any], Any, int | None, Any]:
+    """A layer call's arguments, checked and converted once for every emitter: the parameters
+    with a leading batch dimension B, the warm start (u (B, T, m), or the variables joined into
+    y (B, n), or None), the batch size given (None: unbatched) and the dtype target chosen."""
+    parameters = compiled.parameters
+    check_names(parameters, params)
+    check_warm_start(compiled, u_init, y_init)
+    warm = warm_start_inputs(compiled.problem, u_init, y_init)  # name -> (shape, value)
+    target = arrays.choose({**params, **{k: v for k, (_, v) in warm.items()}})
+    values = {k: arrays.to_array(k, v, target) for k, v in params.items()}
+    warm = {k: (shape, arrays.to_array(k, v, target)) for k, (shape, v) in warm.items()}
+    batch = batch_size_of(parameters, values, warm)
+    check_finite({**values, **{k: v for k, (_, v) in warm.items()}}, arrays.is_finite)
+    B = batch or 1
+    values = expand_to_batch(parameters, values, B, arrays.broadcast)
+    init = [v if v.ndim > len(shape) else arrays.broadcast(v, (B, *shape)) for shape, v in warm.values()]
+    if not init:
+        init = None
+    else:
+        init = init[0] if u_init is not None else compiled.program.join(arrays.xp, init)
+    return values, init, batch, target
 
 
 def _signature(parameters: Sequence[Parameter]) -> str:

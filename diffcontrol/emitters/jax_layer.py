@@ -55,24 +55,8 @@ class JaxLayer:
         return f"JaxLayer(backend={self.compiled.backend!r}, parameters=({names}))"
 
     def __call__(self, *, u_init: Any = None, y_init: Any = None, return_info: bool = False, **params: Any):
-        compiled = self.compiled
-        parameters = compiled.parameters
-        _common.check_names(parameters, params)
-        _common.check_warm_start(compiled, u_init, y_init)
-        warm = _common.warm_start_inputs(compiled.problem, u_init, y_init)
-        dtype = _dtype({**params, **{k: v for k, (_, v) in warm.items()}})
-        values = {k: _to_array(k, v, dtype) for k, v in params.items()}
-        warm = {k: (shape, _to_array(k, v, dtype)) for k, (shape, v) in warm.items()}
-        batch = _common.batch_size_of(parameters, values, warm)
-        _common.check_finite({**values, **{k: v for k, (_, v) in warm.items()}}, _finite)
+        values, init, batch, dtype = _common.bind_call(self.compiled, params, u_init, y_init, _JaxArrays)
         B = batch or 1
-        values = _common.expand_to_batch(parameters, values, B, jnp.broadcast_to)
-        init = [v if v.ndim > len(shape) else jnp.broadcast_to(v, (B, *shape)) for shape, v in warm.values()]
-        if init:
-            init = init[0] if u_init is not None else compiled.program.join(jnp, init)
-        else:
-            init = None
-
         outputs, info, empty_box = self._solve(values, init, jnp.zeros((B,), dtype))
         _check_box(empty_box)
         self._report(info, B)
@@ -220,6 +204,16 @@ def _to_array(name: str, value: Any, dtype: Any) -> Any:
 def _finite(a: Any) -> bool:
     value = concrete(jnp.isfinite(a).all())
     return True if value is None else bool(value)  # traced values are checked by the solve's info
+
+
+class _JaxArrays:
+    """Call arguments as JAX arrays (see :class:`diffcontrol.emitters._common.Arrays`)."""
+
+    xp = jnp
+    choose = staticmethod(_dtype)
+    to_array = staticmethod(_to_array)
+    is_finite = staticmethod(_finite)
+    broadcast = staticmethod(jnp.broadcast_to)
 
 
 def _check_box(empty: Any) -> None:

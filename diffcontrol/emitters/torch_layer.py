@@ -39,24 +39,8 @@ class TorchLayer(torch.nn.Module):
 
     def forward(self, *, u_init: Any = None, y_init: Any = None, return_info: bool = False, **params: Any):
         compiled = self.compiled
-        parameters = compiled.parameters
-        _common.check_names(parameters, params)
-        _common.check_warm_start(compiled, u_init, y_init)
-        warm = _common.warm_start_inputs(compiled.problem, u_init, y_init)  # name -> (shape, value)
-        dtype, device = _dtype_and_device({**params, **{k: v for k, (_, v) in warm.items()}})
-        values = {k: _to_tensor(v, dtype, device) for k, v in params.items()}
-        warm = {k: (shape, _to_tensor(v, dtype, device)) for k, (shape, v) in warm.items()}
-        batch = _common.batch_size_of(parameters, values, warm)
-        _common.check_finite({**values, **{k: v for k, (_, v) in warm.items()}},
-                             lambda t: bool(torch.isfinite(t).all()))
+        values, init, batch, (dtype, device) = _common.bind_call(compiled, params, u_init, y_init, _TorchArrays)
         B = batch or 1
-        values = _common.expand_to_batch(parameters, values, B, lambda v, s: v.expand(s))
-        init = [v if v.ndim > len(shape) else v.expand(B, *shape) for shape, v in warm.values()]
-        if init:  # u (B, T, m), or the variables joined into y (B, n)
-            init = init[0] if u_init is not None else compiled.program.join(torch, init)
-        else:
-            init = None
-
         like = torch.zeros(B, dtype=dtype, device=device)
         data = compiled.program.data(TorchFramework, values, like)
         _check_box(data)
@@ -123,6 +107,28 @@ class _ImplicitSolve(torch.autograd.Function):
         with torch.no_grad():
             grads = ctx.backend.vjp(inputs, saved, cot, TorchOps, needs)
         return (None, None, None, *(grads[k] for k in ctx.keys))
+
+
+class _TorchArrays:
+    """Call arguments as tensors (see :class:`diffcontrol.emitters._common.Arrays`)."""
+
+    xp = torch
+
+    @staticmethod
+    def choose(inputs: dict[str, Any]) -> tuple[torch.dtype, torch.device]:
+        return _dtype_and_device(inputs)
+
+    @staticmethod
+    def to_array(name: str, value: Any, target: tuple) -> torch.Tensor:
+        return _to_tensor(value, *target)
+
+    @staticmethod
+    def is_finite(a: torch.Tensor) -> bool:
+        return bool(torch.isfinite(a).all())
+
+    @staticmethod
+    def broadcast(a: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        return a.expand(shape)
 
 
 def _dtype_and_device(inputs: dict[str, Any]) -> tuple[torch.dtype, torch.device]:
