@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterable
 from pathlib import Path
+
+
+def arguments(doc: str) -> argparse.Namespace:
+    """Every example's command line: ``--quick`` and ``--out`` (default examples_output)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the short run (about a minute on 2 cores)")
+    parser.add_argument("--out", default="examples_output", help="folder for the table and the figure")
+    return parser.parse_args()
 
 
 def progress(items: Iterable, desc: str) -> Iterable:
@@ -38,3 +47,14 @@ def pyplot():
         print("matplotlib is not installed (pip install 'diffcontrol[demo]'); no figure written")
         return None
     return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, save (PNG, 120 dpi), close and report a figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
+    return path

@@ -12,11 +12,10 @@ recovers e* from e = 0.1.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
-from _common import progress, pyplot, write_table
+from _common import arguments, progress, pyplot, save_figure, write_table
 
 import diffcontrol as dc
 
@@ -29,10 +28,7 @@ def kepler_layer():
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default="examples_output")
-    args = parser.parse_args()
+    args = arguments(__doc__)
     steps = 60 if args.quick else 300
     layer = kepler_layer()
     M = torch.linspace(0.2, 3.0, 16, dtype=torch.float64)
@@ -67,9 +63,7 @@ def main() -> None:
         bx.axhline(0.6, linestyle=":", label="true e")
         bx.set(xlabel="step", title="eccentricity")
         bx.legend()
-        fig.tight_layout()
-        fig.savefig(out / "kepler.png", dpi=120)
-        print(f"wrote {out / 'kepler.png'}")
+        save_figure(fig, out / "kepler.png")
 
 
 if __name__ == "__main__":

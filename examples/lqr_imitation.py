@@ -12,11 +12,10 @@ different model: the controls do not identify (A, B) uniquely).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
-from _common import progress, pyplot, write_table
+from _common import arguments, progress, pyplot, save_figure, write_table
 
 import diffcontrol as dc
 
@@ -50,10 +49,7 @@ def train(layer, A_true, B_true, seed: int, iterations: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default="examples_output")
-    args = parser.parse_args()
+    args = arguments(__doc__)
     iterations = 150 if args.quick else 1000
     layer = imitation_problem().compile().to_torch()
     g = torch.Generator().manual_seed(0)
@@ -76,9 +72,7 @@ def main() -> None:
         ax.set(xlabel="iteration", title="imitation loss")
         bx.set(xlabel="iteration", title="model loss ||A - A*||^2 + ||B - B*||^2")
         bx.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "lqr_imitation.png", dpi=120)
-        print(f"wrote {out / 'lqr_imitation.png'}")
+        save_figure(fig, out / "lqr_imitation.png")
 
 
 if __name__ == "__main__":

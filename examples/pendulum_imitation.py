@@ -19,12 +19,11 @@ learn the cost as well, are not in this script yet.)
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
 import torch
-from _common import progress, pyplot, write_table
+from _common import arguments, progress, pyplot, save_figure, write_table
 
 import diffcontrol as dc
 from diffcontrol.demo import TRUE, expert_data, train_mpc_dx
@@ -91,10 +90,7 @@ def nn_baseline(train: dict, test: dict, horizon: int, steps: int, seed: int) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default="examples_output")
-    args = parser.parse_args()
+    args = arguments(__doc__)
     sizes, steps, horizon = ((8, 32), 25, 10) if args.quick else ((8, 32, 128), 200, 20)
     model = dc.models.pendulum(horizon=horizon)
     layer = model.problem.compile(max_iter=300).to_torch()
@@ -117,9 +113,7 @@ def main() -> None:
             ax.loglog(sizes, [results[s][method] for s in sizes], "o-", label=method)
         ax.set(xlabel="expert trajectories", ylabel="test imitation loss", title="pendulum imitation")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "pendulum_imitation.png", dpi=120)
-        print(f"wrote {out / 'pendulum_imitation.png'}")
+        save_figure(fig, out / "pendulum_imitation.png")
 
 
 if __name__ == "__main__":
