@@ -87,8 +87,8 @@ def solve(data: dict, options: dict, ops: Ops, y_init: Any = None) -> tuple[tupl
     y = y_init if y_init is not None else ops.zeros((like.shape[0], n), like)
     solver = forward_solver(options, n)
     tol = options["tol"] if options["tol"] is not None else ops.eps(like) ** 0.5
-    iterations = ops.zeros((like.shape[0],), like)
-    stalled = iterations > 0
+    stalled = ops.zeros((like.shape[0],), like) > 0
+    iterations = ops.xp.where(stalled, 1, 0)  # integer counts, as the other backends report
     if solver == "newton":
         y, iterations, stalled = _newton(objective, y, options, tol, ops)
     elif solver == "lbfgs":
@@ -138,11 +138,11 @@ def _newton(objective: Any, y: Any, options: dict, tol: float, ops: Ops) -> tupl
         move = active & accepted
         y = y + xp.where(move[:, None], alpha[:, None] * step, 0.0 * step)
         # no example can decrease f any more: stop
-        return (y, objective.gradient(y), iterations + xp.where(move, 1.0, 0.0), stalled | (active & ~accepted),
+        return (y, objective.gradient(y), iterations + xp.where(move, 1, 0), stalled | (active & ~accepted),
                 move.any())
 
     zeros = ops.zeros((B,), y)
-    start = (y, objective.gradient(y), zeros, zeros > 0, ~(zeros[0] > 0))
+    start = (y, objective.gradient(y), xp.where(zeros > 0, 1, 0), zeros > 0, ~(zeros[0] > 0))
     y, _, iterations, stalled, _ = ops.loop(progressing, iteration, start, options["max_iter"])
     return y, iterations, stalled
 

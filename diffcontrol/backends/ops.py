@@ -9,6 +9,23 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from diffcontrol.errors import SolverError
+
+_NOT_PD = ("a matrix that must be positive definite is not (the control block Q_uu = C_uu + F_u^T V F_u "
+           "of some stage, or a box QP's free block, or the Hessian of a generic objective): the cost "
+           "must be convex and strictly convex in u (in the variables); add e.g. "
+           "1e-6 * dc.sum_squares(u) to the cost")
+_NON_FINITE = ("NaN or Inf appeared during the solve: the dynamics, the cost or their derivatives "
+               "(a dc.Function among them, or an operation outside its domain such as sqrt, log or a "
+               "division by zero) evaluated to a non-finite value at an iterate the solver reached; "
+               "check the functions' domains and the scale of the inputs, or warm-start nearer a solution")
+
+
+def cholesky_failure(nonfinite: bool) -> SolverError:
+    """The error of a failed Cholesky factorisation: NaN/Inf in the matrix (a function that
+    left its domain) is a different failure from a matrix that is finite but not PD."""
+    return SolverError(_NON_FINITE if nonfinite else _NOT_PD)
+
 
 class Ops(Protocol):
     name: str  # "torch" or "jax": which layer of a host solver (cvxpylayers) to use

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from diffcontrol.backends.registry import BY_NAME
-from diffcontrol.compilers.analysis import analyse
+from diffcontrol.compilers.analysis import analyse, expression_facts
 from diffcontrol.compilers.compiled import CompiledProblem
 from diffcontrol.compilers.lower_cone import lower_cone
 from diffcontrol.compilers.lower_ift import lower_ift
 from diffcontrol.compilers.lower_ilqr import lower_ilqr
 from diffcontrol.compilers.lower_lqr import lower_lqr
 from diffcontrol.compilers.selection import select
+from diffcontrol.dsl.problems import Problem
 from diffcontrol.errors import BackendError, ModelError
 
 #: backend name -> lowering pass (ProblemForm facts were checked by selection)
@@ -45,6 +46,7 @@ def resolve_options(backend_module: Any, options: dict[str, Any]) -> dict[str, A
 
 
 def compile_problem(problem: Any, backend: str, options: dict[str, Any]) -> CompiledProblem:
+    _raise_for_unbounded(problem)
     form = analyse(problem)                      # facts, each with its reason
     decision = select(form, backend)             # raises BackendError for a forced misfit
     if decision.chosen is None:
@@ -55,6 +57,20 @@ def compile_problem(problem: Any, backend: str, options: dict[str, Any]) -> Comp
     resolved = resolve_options(module, options)  # defaults + validation
     program = LOWERINGS[decision.chosen](problem, form)
     return CompiledProblem(problem, form, decision, program, module, resolved)
+
+
+def _raise_for_unbounded(problem: Any) -> None:
+    """A generic problem whose objective is affine in the variables and has no constraints has
+    no argmin (it is unbounded below, or constant); every backend would only run out of
+    iterations on it, so say so before solving."""
+    if not isinstance(problem, Problem) or problem.constraints:
+        return
+    degree = expression_facts(problem.objective.expr).degree
+    if degree is not None and degree <= 1:
+        raise ModelError(
+            f"the objective {problem.objective.expr} is affine in the variables and there are no "
+            "constraints, so it has no minimiser (it is unbounded, or constant); add constraints or a "
+            "strictly convex term such as 1e-3 * dc.sum_squares(y)")
 
 
 def _raise_for_constrained_nonconvex(problem: Any, form: Any) -> None:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from diffcontrol.emitters.torch_ops import NOT_PD
+from diffcontrol.backends.ops import cholesky_failure
 from diffcontrol.errors import SolverError
 
 
@@ -90,7 +90,7 @@ class JaxOps:
         # one step first: the state's gradient is only set once a step has evaluated it
         carry = step((y0, state, jnp.zeros((), y0.dtype)))
         y, _, steps = JaxOps.loop(go_on, step, carry, max_iter - 1)
-        return y, jnp.zeros(y.shape[:1], y.dtype) + steps
+        return y, jnp.zeros(y.shape[:1], int) + steps
 
     @staticmethod
     def needs_grad(arrays) -> bool:
@@ -126,8 +126,8 @@ class JaxOps:
         L = jnp.linalg.cholesky(A)
         if strict:
             failed = concrete(jnp.isnan(L).any())
-            if failed is not None and bool(failed) and not bool(np.isnan(np.asarray(A)).any()):
-                raise SolverError(NOT_PD)
+            if failed is not None and bool(failed):
+                raise cholesky_failure(not bool(np.isfinite(np.asarray(A)).all()))
         return L
 
     @staticmethod

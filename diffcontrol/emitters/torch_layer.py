@@ -40,6 +40,7 @@ class TorchLayer(torch.nn.Module):
     def forward(self, *, u_init: Any = None, y_init: Any = None, return_info: bool = False, **params: Any):
         compiled = self.compiled
         values, init, batch, (dtype, device) = _common.bind_call(compiled, params, u_init, y_init, _TorchArrays)
+        values = {k: _FiniteGradientGuard.apply(v, k) if v.requires_grad else v for k, v in values.items()}
         B = batch or 1
         like = torch.zeros(B, dtype=dtype, device=device)
         data = compiled.program.data(TorchFramework, values, like)
@@ -107,6 +108,29 @@ class _ImplicitSolve(torch.autograd.Function):
         with torch.no_grad():
             grads = ctx.backend.vjp(inputs, saved, cot, TorchOps, needs)
         return (None, None, None, *(grads[k] for k in ctx.keys))
+
+
+class _FiniteGradientGuard(torch.autograd.Function):
+    """The identity on a parameter (B, ...), whose backward refuses NaN or Inf: a non-finite
+    gradient would otherwise reach the parameter silently and an optimiser step would spread
+    it everywhere. The error names the parameter and the examples."""
+
+    @staticmethod
+    def forward(ctx, value, name):
+        ctx.name = name
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if grad is not None and not bool(torch.isfinite(grad).all()):
+            rows = ~torch.isfinite(grad.reshape(grad.shape[0], -1)).all(-1)
+            raise SolverError(
+                f"the gradient reaching parameter {ctx.name!r} through this layer contains NaN or Inf "
+                f"(examples {rows.nonzero().flatten().tolist()}); nothing was passed on. If the loss's "
+                "gradient is finite, a derivative of the dynamics or cost (often a second derivative, "
+                "e.g. of abs(.)**1.5 or sqrt at 0) is not finite at the solution, or the true gradient "
+                "is infinite there (e.g. dc.sqrt(p) at p = 0); make the functions smooth there")
+        return grad, None
 
 
 class _TorchArrays:

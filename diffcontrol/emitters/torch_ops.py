@@ -7,11 +7,7 @@ from typing import Any
 
 import torch
 
-from diffcontrol.errors import SolverError
-
-NOT_PD = ("a matrix that must be positive definite is not (the control block Q_uu = C_uu + F_u^T V F_u "
-          "of some stage, or a box QP's free block): the stage cost must be convex and strictly convex "
-          "in u; add e.g. 1e-6 * dc.sum_squares(u) to the cost")
+from diffcontrol.backends.ops import cholesky_failure
 
 
 class TorchOps:
@@ -61,7 +57,7 @@ class TorchOps:
 
         opt.step(closure)
         steps = opt.state[y].get("n_iter", 0)
-        return y.detach(), torch.full((y.shape[0],), float(steps), dtype=y.dtype, device=y.device)
+        return y.detach(), torch.full((y.shape[0],), int(steps), dtype=torch.long, device=y.device)
 
     @staticmethod
     def needs_grad(arrays) -> bool:
@@ -94,7 +90,7 @@ class TorchOps:
         failed = info > 0
         if bool(failed.any()):
             if strict:
-                raise SolverError(NOT_PD)
+                raise cholesky_failure(not bool(torch.isfinite(A).all()))
             L = torch.where(failed[..., None, None], torch.nan, L)
         return L
 

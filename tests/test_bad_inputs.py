@@ -1,0 +1,142 @@
+"""The bad-input battery: every way a user can hand the library something it cannot solve
+gets an error of the documented type whose message says what went wrong.
+
+Cases tested beside the feature they guard (one test each, not repeated here):
+unknown / missing names, wrong shapes, mismatched batches, NaN / Inf inputs, float16, mixed
+devices, an empty control box (tests/test_torch_layer.py); a non-PSD control cost on lqr
+(tests/test_lqr.py); a nonconvex problem forced onto cone, an infeasible convex problem
+(tests/test_cone.py); a non-positive horizon, a dc.Function of the wrong shape at evaluation
+(tests/test_dsl.py); JAX's versions (tests/test_jax.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import diffcontrol as dc
+
+
+def _scalar_control_problem(dynamics_fn=None, cost_sign: float = 1.0, x0=(1.0, 1.0)):
+    x, u = dc.State(2, name="x"), dc.Control(1, name="u")
+    dynamics = x.next == (x + u if dynamics_fn is None else dynamics_fn(x, u))
+    cost = dc.sum_squares(x) + cost_sign * dc.sum_squares(u)
+    return dc.ControlProblem(dynamics=dynamics, cost=cost, horizon=3, initial_state=np.array(x0))
+
+
+@pytest.mark.parametrize("horizon", [0, -2, 2.5, True, "3"])
+def test_horizon_that_is_not_a_positive_int(horizon):
+    x, u = dc.State(2), dc.Control(1)
+    with pytest.raises(dc.ModelError, match=f"horizon must be a positive int, got {horizon!r}"):
+        dc.ControlProblem(dynamics=x.next == x + u, cost=dc.sum_squares(u), horizon=horizon,
+                          initial_state=np.zeros(2))
+
+
+def test_constant_concave_control_cost_forced_onto_lqr_fails_at_the_solve():
+    """The Riccati recursion checks Q_uu per stage (per-stage convexity of C is stronger than
+    what LQR needs, so it is not checked at compile time)."""
+    layer = _scalar_control_problem(cost_sign=-1.0).compile(backend="lqr").to_torch()
+    with pytest.raises(dc.SolverError, match=r"must be positive definite is not.*1e-6 \* dc.sum_squares\(u\)"):
+        layer()
+
+
+def test_affine_objective_without_constraints_is_unbounded_at_compile_time():
+    y = dc.Variable(2, name="y")
+    p = dc.Parameter(2, name="p")
+    with pytest.raises(dc.ModelError, match=r"the objective p @ y is affine in the variables and there are no "
+                                            r"constraints, so it has no minimiser"):
+        dc.Problem(dc.Minimize(p @ y)).compile()
+
+
+def test_unbounded_example_of_a_convex_problem_is_reported_per_example():
+    y, a = dc.Variable(2, name="y"), dc.Parameter(name="a")
+    layer = dc.Problem(dc.Minimize(a * dc.sum(y)), [y <= 1]).compile().to_torch()
+    with pytest.warns(dc.NotConvergedWarning, match=r"1 of 2 examples did not converge.*unbounded below"):
+        ys, info = layer(a=torch.tensor([-1.0, 1.0], dtype=torch.float64), return_info=True)
+    assert info.status[1] is dc.Status.UNBOUNDED and info.converged.tolist() == [True, False]
+    assert torch.allclose(ys[0], torch.ones(2, dtype=torch.float64), atol=1e-7) and torch.isnan(ys[1]).all()
+
+
+def test_unbounded_direction_of_a_smooth_problem_stops_at_max_iter_and_says_so():
+    y, a = dc.Variable(2, name="y"), dc.Parameter(name="a")
+    layer = dc.Problem(dc.Minimize(a * dc.sum(y) + dc.sum_squares(y[0]))).compile(max_iter=20).to_torch()
+    with pytest.warns(dc.NotConvergedWarning, match="1 of 1 examples did not converge .*max_iter"):
+        _, info = layer(a=1.0, return_info=True)
+    assert info.status is dc.Status.MAX_ITER and info.iterations.dtype == torch.int64
+
+
+def test_function_returning_the_wrong_shape_fails_at_the_first_call_naming_it():
+    wrong = dc.Function(lambda x, u: torch.cat([x, u]), (2,), name="concat")
+    layer = _scalar_control_problem(lambda x, u: wrong(x, u)).compile().to_torch()
+    with pytest.raises(dc.ModelError, match=r"dc.Function concat declared shape \(2,\) but returned shape \(3,\)"):
+        layer()
+
+
+def test_function_non_finite_at_the_start_is_a_solver_error_about_nan_not_convexity():
+    def pole(x, u):  # x[0] = 1 at the start: a division by zero
+        return torch.stack([x[0] + u[0], x[1] / (x[0] - 1.0)])
+
+    layer = _scalar_control_problem(lambda x, u: dc.Function(pole, (2,), name="pole")(x, u)).compile().to_torch()
+    with pytest.raises(dc.SolverError, match=r"NaN or Inf appeared during the solve.*dc.Function.*domains"):
+        layer()
+
+
+def test_function_leaving_its_domain_mid_solve_never_yields_nan_outputs():
+    """A function that is NaN beyond |u| > 0.5: iLQR's first step lands there, the line search
+    rejects the NaN cost and backtracks; the optimum lies outside the domain, so the solve stops
+    with finite outputs inside it and says it did not converge."""
+    def cliff(x, u):
+        return torch.where(u.abs() > 0.5, torch.nan, x + u)
+
+    x, u = dc.State(1, name="x"), dc.Control(1, name="u")
+    fn = dc.Function(cliff, (1,), name="cliff")
+    prob = dc.ControlProblem(dynamics=x.next == fn(x, u), cost=dc.sum_squares(x) + dc.sum_squares(u),
+                             horizon=3, initial_state=np.array([3.0]))
+    with pytest.warns(dc.NotConvergedWarning, match="1 of 1 examples did not converge.*line search found no decrease"):
+        xs, us, info = prob.compile().to_torch()(return_info=True)
+    assert info.status is dc.Status.LINE_SEARCH_FAILED
+    assert torch.isfinite(xs).all() and bool((us.abs() <= 0.5).all()) and float(us[0, 0]) < -0.4
+
+
+def test_non_finite_gradient_never_reaches_a_parameter():
+    """sqrt's derivative at 0 makes the true gradient infinite: backward raises, naming the
+    parameter and the example, and leaves .grad untouched."""
+    y, a = dc.Variable(1, name="y"), dc.Parameter(name="a")
+    layer = dc.Problem(dc.Minimize(dc.sum_squares(y - 1) + dc.sum(y) * dc.sqrt(a))).compile().to_torch()
+    a_t = torch.tensor([1.0, 0.0, 4.0], dtype=torch.float64, requires_grad=True)
+    (ys,) = layer(a=a_t)
+    assert torch.allclose(ys[:, 0], 1 - a_t.detach().sqrt() / 2)
+    with pytest.raises(dc.SolverError, match=r"gradient reaching parameter 'a' .* NaN or Inf \(examples \[1\]\)"):
+        ys.sum().backward()
+    assert a_t.grad is None
+
+
+def test_non_finite_second_derivative_at_the_solution_is_refused_in_backward():
+    """|u a|^1.5 has a finite first but an infinite second derivative at u = 0, where this
+    problem's solution lies: the implicit gradient would be NaN."""
+    x, u = dc.State(1, name="x"), dc.Control(1, name="u")
+    a = dc.Parameter(name="a")
+    rough = dc.Function(lambda x, u, a: x + u + torch.abs(u * a) ** 1.5, (1,), name="rough")
+    prob = dc.ControlProblem(dynamics=x.next == rough(x, u, a), cost=dc.sum_squares(x) + dc.sum_squares(u),
+                             horizon=3, initial_state=np.zeros(1))
+    a_t = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    _, us = prob.compile().to_torch()(a=a_t)
+    assert torch.equal(us, torch.zeros_like(us))
+    with pytest.raises(dc.SolverError, match="gradient reaching parameter 'a'"), \
+            pytest.warns(dc.GradientFallbackWarning):
+        us.sum().backward()
+    assert a_t.grad is None
+
+
+def test_python_objects_that_are_not_numbers_are_an_input_error():
+    x, u = dc.State(2), dc.Control(1)
+    p = dc.Parameter(name="p")
+    layer = dc.ControlProblem(dynamics=x.next == x + p * u, cost=dc.sum_squares(x) + dc.sum_squares(u),
+                              horizon=2, initial_state=np.ones(2)).compile().to_torch()
+    with pytest.raises(dc.InputError, match="cannot convert str to a tensor"):
+        layer(p="fast")
+    with pytest.raises(dc.InputError, match="dtype torch.complex64; diffcontrol solves in float32 or float64"):
+        layer(p=torch.tensor(1 + 1j))
+    with pytest.raises(TypeError):
+        layer(torch.ones(()))  # parameters go by name only
