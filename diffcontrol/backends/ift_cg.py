@@ -124,13 +124,17 @@ def _newton(objective: Any, y: Any, options: dict, tol: float, ops: Ops) -> tupl
         step = _damped_newton_step(objective.hessian(y), g, ops)
         f0 = objective.value(y)
         slope = (g * step).sum(-1)
+        roundoff = 16 * ops.eps(f0) * xp.abs(f0)
 
         def searching(ls):
             return ~ls[1].all()
 
         def backtrack(ls):
             alpha, accepted = ls
-            ok = objective.value(y + alpha[:, None] * step) <= f0 + 1e-4 * alpha * slope
+            # Armijo, with f's roundoff allowed: near the minimum a Newton step's decrease
+            # (~|g|^2 / H) drops below what f can resolve, and without the allowance the
+            # gradient could never get below ~sqrt(eps)
+            ok = objective.value(y + alpha[:, None] * step) <= f0 + 1e-4 * alpha * slope + roundoff
             accepted = accepted | ok
             return xp.where(accepted, alpha, 0.5 * alpha), accepted
 
