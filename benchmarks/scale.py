@@ -115,7 +115,7 @@ def main() -> None:
              "| problem | backend | batch | forward + backward (s) | per example (ms) | peak memory (MiB) | "
              "converged | iterations (max) |",
              "|---|---|---|---|---|---|---|---|"]
-    names = {"pendulum": "pendulum, T=50, |u| <= 2", "lqr": "LQR n=12 m=4 T=50, box"}
+    names = {"pendulum": "pendulum, T=50, torque box 2", "lqr": "LQR n=12 m=4 T=50, box 1"}
     for case in CASES:
         for batch in batches:
             cmd = [sys.executable, __file__, "--one", case, str(batch), "--device", args.device]

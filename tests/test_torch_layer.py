@@ -122,17 +122,44 @@ def test_one_compiled_problem_serves_threads_concurrently(lq):
         assert rel_err(got, want) < 1e-12
 
 
+def _device_cases() -> dict:
+    """One problem per backend with float64 inputs (batch 4): name -> (problem, values)."""
+    lq = lq_problem(4, 2, 6, -0.5, 0.5)
+    pend = dc.models.pendulum(horizon=10)
+    th = torch.linspace(-2.0, 2.0, 4, dtype=torch.float64)
+    y, p = dc.Variable(3, name="y"), dc.Parameter(3, name="p")
+    ball = dc.Problem(dc.Minimize(dc.sum_squares(y - p)), [dc.sum_squares(y) <= 1])
+    smooth = dc.Problem(dc.Minimize(dc.sum_squares(y - p) + 0.3 * dc.sum(dc.sin(y))))
+    points = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2
+    return {
+        "lqr": (lq.problem, lq_values(4, 2, 4, seed=1, scale_x0=2.0)),
+        "ilqr": (pend.problem, {**{k: torch.as_tensor(v, dtype=torch.float64) for k, v in pend.defaults().items()},
+                                "x0": torch.stack([th.cos(), th.sin(), torch.zeros_like(th)], -1)}),
+        "cone": (ball, {"p": points}),
+        "ift_cg": (smooth, {"p": points}),
+    }
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_matches_cpu():
-    prob = lq_problem(4, 2, 6, -0.5, 0.5).problem
-    layer = prob.compile().to_torch()
-    v = lq_values(4, 2, 16, seed=1, scale_x0=2.0)
-    vc = {k: t.cuda().requires_grad_(True) for k, t in v.items()}
-    x, u = layer(**vc)
-    assert u.device.type == "cuda"
-    u.sum().backward()
-    x_cpu, u_cpu = layer(**v)
-    assert rel_err(u.cpu(), u_cpu) < 1e-10 and vc["A"].grad.device.type == "cuda"
+@pytest.mark.parametrize("backend", ["lqr", "ilqr", "cone", "ift_cg"])
+def test_cuda_matches_cpu(backend):
+    """Every backend solves and differentiates on the inputs' device: no CPU-only call in the path."""
+    problem, values = _device_cases()[backend]
+    layer = problem.compile().to_torch()
+    assert layer.compiled.backend == backend
+
+    def solve(device):
+        leaves = {k: v.to(device).requires_grad_(True) for k, v in values.items()}
+        outputs = layer(**leaves)
+        sum(o.sum() for o in outputs).backward()
+        return outputs, {k: v.grad for k, v in leaves.items()}
+
+    cpu_out, cpu_grads = solve("cpu")
+    gpu_out, gpu_grads = solve("cuda")
+    for got, want in zip(gpu_out, cpu_out):
+        assert got.device.type == "cuda" and rel_err(got.cpu(), want) < 1e-8
+    for k, want in cpu_grads.items():
+        assert gpu_grads[k].device.type == "cuda" and rel_err(gpu_grads[k].cpu(), want) < 1e-7, k
 
 
 def test_training_through_the_layer_recovers_dynamics():
