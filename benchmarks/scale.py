@@ -104,7 +104,8 @@ def main() -> None:
     batches = (1, 16, 256) if args.quick else (1, 16, 256, 1024, 4096)
     where = (torch.cuda.get_device_name() if args.device == "cuda"
              else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)")
-    memory = "peak CUDA memory allocated" if args.device == "cuda" else "peak RSS above the process's size before solving"
+    memory = ("peak CUDA memory allocated" if args.device == "cuda"
+              else "peak RSS above the process's size before solving")
     lines = ["# Scale: time per example and peak memory vs batch size (torch layer, forward + backward)",
              "",
              f"float64 on {where}, torch {torch.__version__}, horizon {HORIZON}. Each row ran in a fresh "

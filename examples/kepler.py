@@ -47,9 +47,9 @@ def main() -> None:
         Ed = E.detach()
         closed = (2 * (Ed - E_target) * torch.sin(Ed) / (1 - e.detach() * torch.cos(Ed))).mean()
         worst_gap = max(worst_gap, abs(float(e.grad - closed)) / (1e-12 + abs(float(closed))))
-        history.append((step, float(loss), float(e)))
+        history.append((step, loss.item(), e.item()))
         if step % max(steps // 6, 1) == 0 or step == steps - 1:
-            rows.append([step, f"{float(loss):.3e}", f"{float(e):.5f}", f"{float(e.grad):.3e}", f"{float(closed):.3e}"])
+            rows.append([step, f"{loss.item():.3e}", f"{e.item():.5f}", f"{float(e.grad):.3e}", f"{float(closed):.3e}"])
         opt.step()
     out = Path(args.out)
     write_table(out / "kepler.md", ["step", "loss", "e", "dL/de (IFT)", "dL/de (closed form)"], rows,

@@ -43,8 +43,8 @@ def train(layer, A_true, B_true, seed: int, iterations: int) -> dict:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        history["imitation"].append(float(loss))
-        history["model"].append(float(((A - A_true) ** 2).mean() + ((B - B_true) ** 2).mean()))
+        history["imitation"].append(loss.item())
+        history["model"].append((((A - A_true) ** 2).mean() + ((B - B_true) ** 2).mean()).item())
     return history
 
 
