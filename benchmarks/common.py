@@ -8,7 +8,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
+
+import diffcontrol as dc
 
 
 def timed(fn: Callable[[], object], repeats: int) -> float:
@@ -41,3 +44,17 @@ def initial_states(name: str, batch: int, seed: int = 0) -> torch.Tensor:
     th = (torch.rand(batch, generator=g, dtype=torch.float64) * 2 - 1) * 0.5 * torch.pi
     pos, vel, dth = (torch.rand(3, batch, generator=g, dtype=torch.float64) * 2 - 1) * 0.5
     return torch.stack([pos, vel, th.cos(), th.sin(), dth], -1)
+
+
+def lqr_box_case(batch: int, n: int = 12, m: int = 4, horizon: int = 50) -> tuple[dc.ControlProblem, dict]:
+    """An LQR with a control box [-1, 1] (x+ = A x + B u, cost |x|^2 + 0.1 |u|^2, terminal
+    |x|^2) and NumPy values for a batch: random stable A (spectral radius <= 1), B, x0."""
+    x, u = dc.State(n), dc.Control(m)
+    A, B, x0 = dc.Parameter((n, n), name="A"), dc.Parameter((n, m), name="B"), dc.Parameter(n, name="x0")
+    prob = dc.ControlProblem(dynamics=x.next == A @ x + B @ u, cost=dc.sum_squares(x) + 0.1 * dc.sum_squares(u),
+                             terminal_cost=dc.sum_squares(x), horizon=horizon, initial_state=x0,
+                             constraints=[-1 <= u, u <= 1])
+    rng = np.random.default_rng(0)
+    Av = np.eye(n) + 0.1 * rng.normal(size=(batch, n, n))
+    Av /= np.maximum(np.abs(np.linalg.eigvals(Av)).max(-1), 1.0)[:, None, None]  # stable over the horizon
+    return prob, {"A": Av, "B": rng.normal(size=(batch, n, m)), "x0": 3 * rng.normal(size=(batch, n))}

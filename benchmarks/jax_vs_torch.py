@@ -29,7 +29,7 @@ import diffcontrol as dc
 
 jax.config.update("jax_enable_x64", True)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import initial_states, timed, write_results  # noqa: E402
+from common import initial_states, lqr_box_case, timed, write_results  # noqa: E402
 
 
 def pendulum_case(batch: int):
@@ -37,19 +37,6 @@ def pendulum_case(batch: int):
     values = {**{k: np.asarray(v, dtype=float) for k, v in model.defaults().items()},
               "x0": initial_states("pendulum", batch, seed=0).numpy()}
     return model.problem, values
-
-
-def lqr_case(batch: int):
-    n, m, T = 12, 4, 50
-    x, u = dc.State(n), dc.Control(m)
-    A, B, x0 = dc.Parameter((n, n), name="A"), dc.Parameter((n, m), name="B"), dc.Parameter(n, name="x0")
-    prob = dc.ControlProblem(dynamics=x.next == A @ x + B @ u, cost=dc.sum_squares(x) + 0.1 * dc.sum_squares(u),
-                             terminal_cost=dc.sum_squares(x), horizon=T, initial_state=x0,
-                             constraints=[-1 <= u, u <= 1])
-    rng = np.random.default_rng(0)
-    Av = np.eye(n) + 0.1 * rng.normal(size=(batch, n, n))
-    Av /= np.maximum(np.abs(np.linalg.eigvals(Av)).max(-1), 1.0)[:, None, None]  # stable over T = 50
-    return prob, {"A": Av, "B": rng.normal(size=(batch, n, m)), "x0": 3 * rng.normal(size=(batch, n))}
 
 
 def torch_step(layer, values: dict):
@@ -94,7 +81,7 @@ def main() -> None:
              "| problem | backend | batch | torch (ms) | JAX jit (ms) | torch / JAX | JAX compile (s) | "
              "max grad difference |",
              "|---|---|---|---|---|---|---|---|"]
-    for name, case in (("pendulum, T=20", pendulum_case), ("LQR n=12 m=4 T=50, box", lqr_case)):
+    for name, case in (("pendulum, T=20", pendulum_case), ("LQR n=12 m=4 T=50, box", lqr_box_case)):
         for batch in batches:
             problem, values = case(batch)
             compiled = problem.compile()

@@ -29,7 +29,7 @@ import torch
 import diffcontrol as dc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import initial_states, write_results  # noqa: E402
+from common import initial_states, lqr_box_case, write_results  # noqa: E402
 
 HORIZON = 50
 
@@ -42,16 +42,7 @@ def pendulum_case(batch: int) -> tuple[dc.ControlProblem, dict]:
 
 
 def lqr_case(batch: int) -> tuple[dc.ControlProblem, dict]:
-    n, m = 12, 4
-    x, u = dc.State(n), dc.Control(m)
-    A, B, x0 = dc.Parameter((n, n), name="A"), dc.Parameter((n, m), name="B"), dc.Parameter(n, name="x0")
-    prob = dc.ControlProblem(dynamics=x.next == A @ x + B @ u, cost=dc.sum_squares(x) + 0.1 * dc.sum_squares(u),
-                             terminal_cost=dc.sum_squares(x), horizon=HORIZON, initial_state=x0,
-                             constraints=[-1 <= u, u <= 1])
-    rng = np.random.default_rng(0)
-    Av = np.eye(n) + 0.1 * rng.normal(size=(batch, n, n))
-    Av /= np.maximum(np.abs(np.linalg.eigvals(Av)).max(-1), 1.0)[:, None, None]  # stable over T = 50
-    values = {"A": Av, "B": rng.normal(size=(batch, n, m)), "x0": 3 * rng.normal(size=(batch, n))}
+    prob, values = lqr_box_case(batch, horizon=HORIZON)
     return prob, {k: torch.as_tensor(v) for k, v in values.items()}
 
 
