@@ -22,16 +22,18 @@ import diffcontrol as dc
 TRUE = {"g": 10.0, "m": 1.0, "l": 1.0}
 
 
-def expert_data(model: dc.models.ModelProblem, layer, n: int, seed: int) -> dict:
-    """n initial states (angle uniform in [-pi, pi), speed in [-1, 1)) and the expert's controls."""
+def expert_data(model: dc.models.ModelProblem, layer, n: int, seed: int, **true_values) -> dict:
+    """n initial states (angle uniform in [-pi, pi), speed in [-1, 1)), the expert's states
+    ``x`` (n, T+1, 3) and controls ``u`` (n, T, 1), and the cost it used. The expert is
+    ``layer`` at the model's defaults, updated with ``true_values``."""
     g = torch.Generator().manual_seed(seed)
     th = (torch.rand(n, generator=g, dtype=torch.float64) * 2 - 1) * math.pi
     dth = torch.rand(n, generator=g, dtype=torch.float64) * 2 - 1
     x0 = torch.stack([th.cos(), th.sin(), dth], -1)
-    values = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in model.defaults().items()}
+    values = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in model.defaults(**true_values).items()}
     with torch.no_grad():
-        _, u = layer(**values, x0=x0)
-    return {"x0": x0, "u": u, "cost": {k: values[k] for k in ("q", "p")}}
+        x, u = layer(**values, x0=x0)
+    return {"x0": x0, "x": x, "u": u, "cost": {k: values[k] for k in ("q", "p")}}
 
 
 def train_mpc_dx(layer, train: dict, test: dict, iterations: int, batch: int, seed: int, lr: float = 3e-2,

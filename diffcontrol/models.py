@@ -58,16 +58,27 @@ def _quadratic_cost(x: State, u: Control, goal_state: np.ndarray, goal_weights: 
     return stage, terminal, defaults
 
 
-def pendulum(horizon: int = 20, dt: float = 0.05, max_torque: float | None = 2.0) -> ModelProblem:
+def pendulum(horizon: int = 20, dt: float = 0.05, max_torque: float | None = 2.0,
+             damping_and_wind: bool = False) -> ModelProblem:
     """The pendulum of mpc.pytorch (``PendulumDx``, simple): state (cos th, sin th, th_dot),
     torque u in [-max_torque, max_torque] (None: unbounded); learnable gravity ``g``, mass ``m``, length ``l``
-    (defaults 10, 1, 1), cost weights ``q`` (4,), ``p`` (4,) and initial state ``x0`` (3,)."""
+    (defaults 10, 1, 1), cost weights ``q`` (4,), ``p`` (4,) and initial state ``x0`` (3,).
+
+    ``damping_and_wind=True`` adds the terms of the Differentiable MPC paper's non-realizable
+    expert (section 5.4): a viscous damping ``d`` (a torque -d th_dot) and a steady wind, a
+    constant force on the mass that tilts its effective gravity by the angle ``b``
+    (sin th becomes sin(th + b)); both default to 0. (mpc.pytorch's non-simple pendulum
+    damps the angle instead, -d th, which is a spring rather than a damper.)"""
     x, u = State(3, name="x"), Control(1, name="u")
     g, m, l = Parameter(name="g"), Parameter(name="m"), Parameter(name="l")
     x0 = Parameter(3, name="x0")
     cos_th, sin_th, dth = x[0], x[1], x[2]
     th = dc_atoms.atan2(sin_th, cos_th)
-    new_dth = dth + dt * (3.0 * g / (2.0 * l) * sin_th + 3.0 * u[0] / (m * l ** 2))
+    if damping_and_wind:
+        d, b = Parameter(name="d"), Parameter(name="b")
+        new_dth = dth + dt * (3.0 * g / (2.0 * l) * dc_atoms.sin(th + b) + 3.0 * u[0] / (m * l ** 2) - d * dth)
+    else:
+        new_dth = dth + dt * (3.0 * g / (2.0 * l) * sin_th + 3.0 * u[0] / (m * l ** 2))
     new_th = th + dt * new_dth
     stage, terminal, cost_defaults = _quadratic_cost(
         x, u, goal_state=np.array([1.0, 0.0, 0.0]), goal_weights=np.array([1.0, 1.0, 0.1]), ctrl_penalty=1e-3)
@@ -77,6 +88,8 @@ def pendulum(horizon: int = 20, dt: float = 0.05, max_torque: float | None = 2.0
         constraints=[] if max_torque is None else [-max_torque <= u, u <= max_torque])
     params = {q.name: q for q in problem.parameters()}
     defaults = {"g": np.array(10.0), "m": np.array(1.0), "l": np.array(1.0), **cost_defaults}
+    if damping_and_wind:
+        defaults.update(d=np.array(0.0), b=np.array(0.0))
     return ModelProblem(problem, params, defaults)
 
 

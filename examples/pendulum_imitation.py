@@ -13,53 +13,36 @@ The paper's finding to reproduce: the MPC learners are far more data-efficient t
 LSTM, and mpc.dx matches sysid while using controls only. (mpc.cost / mpc.cost.dx, which
 learn the cost as well, are not in this script yet.)
 
+The learners trained on the most data then act as closed-loop controllers (MPC re-solved at
+every step) in gymnasium's Pendulum-v1, the environment with the same physics, beside the
+expert; their returns are saved to ``pendulum_imitation_gym.md``.
+
     python examples/pendulum_imitation.py            # 8, 32, 128 trajectories, 200 steps each (~15 min)
     python examples/pendulum_imitation.py --quick    # 8 and 32 trajectories, 25 steps (about 1 min on 2 cores)
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 from _common import arguments, progress, pyplot, save_figure, write_table
+from _pendulum import gym_returns, mpc_controller, sysid
 
 import diffcontrol as dc
 from diffcontrol.demo import TRUE, expert_data, train_mpc_dx
 
-DT = 0.05
+METHODS = ("nn", "sysid", "mpc.dx")
 
 
-def pendulum_step(x: torch.Tensor, u: torch.Tensor, g, m, l) -> torch.Tensor:
-    """dc.models.pendulum's dynamics in torch (for sysid's regression on transitions)."""
-    th, dth = torch.atan2(x[..., 1], x[..., 0]), x[..., 2]
-    new_dth = dth + DT * (3.0 * g / (2.0 * l) * x[..., 1] + 3.0 * u[..., 0] / (m * l ** 2))
-    new_th = th + DT * new_dth
-    return torch.stack([new_th.cos(), new_th.sin(), new_dth], -1)
+def as_tensors(values: dict) -> dict:
+    return {k: torch.as_tensor(v, dtype=torch.float64) for k, v in values.items()}
 
 
 def test_loss(layer, test: dict, physical: dict) -> float:
     with torch.no_grad():
         _, u = layer(**physical, **test["cost"], x0=test["x0"])
     return float(((u - test["u"]) ** 2).mean())
-
-
-def sysid(layer, train: dict, test: dict, steps: int, seed: int) -> float:
-    gen = torch.Generator().manual_seed(seed)
-    logs = {k: (math.log(v) + 0.4 * torch.randn((), generator=gen, dtype=torch.float64)).requires_grad_()
-            for k, v in TRUE.items()}
-    with torch.no_grad():
-        x, _ = layer(**{k: torch.tensor(v, dtype=torch.float64) for k, v in TRUE.items()}, **train["cost"],
-                     x0=train["x0"])
-    opt = torch.optim.RMSprop(list(logs.values()), lr=3e-2, alpha=0.5)
-    for _ in progress(range(steps), "sysid"):
-        p = {k: v.exp() for k, v in logs.items()}
-        loss = ((pendulum_step(x[:, :-1], train["u"], p["g"], p["m"], p["l"]) - x[:, 1:]) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return test_loss(layer, test, {k: v.detach().exp() for k, v in logs.items()})
 
 
 class LSTMPolicy(torch.nn.Module):
@@ -86,7 +69,7 @@ def nn_baseline(train: dict, test: dict, horizon: int, steps: int, seed: int) ->
         loss.backward()
         opt.step()
     with torch.no_grad():
-        return float(((policy(test["x0"]) - test["u"]) ** 2).mean())
+        return float(((policy(test["x0"]) - test["u"]) ** 2).mean()), policy
 
 
 def main() -> None:
@@ -99,17 +82,33 @@ def main() -> None:
     for size in sizes:
         train = expert_data(model, layer, size, seed=size)
         mpc_dx = train_mpc_dx(layer, train, test, steps, batch=min(size, 16), seed=0, log_every=steps,
-                              progress=True)["test_loss"][-1]
-        results[size] = {"nn": nn_baseline(train, test, horizon, steps, seed=0),
-                         "sysid": sysid(layer, train, test, steps, seed=0), "mpc.dx": mpc_dx}
-        rows.append([size, *(f"{results[size][k]:.3e}" for k in ("nn", "sysid", "mpc.dx"))])
+                              progress=True)
+        nn_loss, policy = nn_baseline(train, test, horizon, steps, seed=0)
+        fitted = sysid(train, steps, seed=0)[-1]
+        results[size] = {"nn": nn_loss, "sysid": test_loss(layer, test, fitted), "mpc.dx": mpc_dx["test_loss"][-1]}
+        rows.append([size, *(f"{results[size][k]:.3e}" for k in METHODS)])
     out = Path(args.out)
-    write_table(out / "pendulum_imitation.md", ["expert trajectories", "nn (LSTM)", "sysid", "mpc.dx"], rows,
+    # the learners of the largest data set as closed-loop controllers in gymnasium's Pendulum-v1
+    cost = test["cost"]
+    controllers = {
+        "expert MPC (true g, m, l)": lambda: mpc_controller(layer, {**as_tensors(TRUE), **cost}),
+        "mpc.dx": lambda: mpc_controller(layer, {**as_tensors({k: mpc_dx[k][-1] for k in TRUE}), **cost}),
+        "sysid": lambda: mpc_controller(layer, {**fitted, **cost}),
+        "nn (LSTM)": lambda: (lambda obs: policy(obs)[:, 0].detach()),
+    }
+    episodes, episode_steps = (4, 60) if args.quick else (10, 200)
+    returns = gym_returns(controllers, episodes, episode_steps)
+    if returns:
+        write_table(out / "pendulum_imitation_gym.md", ["controller", "mean return", "std"],
+                    [[name, f"{mean:.1f}", f"{std:.1f}"] for name, (mean, std) in returns.items()],
+                    f"Pendulum-v1: return over {episode_steps} steps, {episodes} episodes (seeds 0-{episodes - 1}); "
+                    f"learners trained on {sizes[-1]} expert trajectories")
+    write_table(out / "pendulum_imitation.md", ["expert trajectories", "nn (LSTM)", *METHODS[1:]], rows,
                 f"Pendulum imitation: test imitation loss, horizon {horizon}, {steps} training steps")
     plt = pyplot()
     if plt:
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        for method in ("nn", "sysid", "mpc.dx"):
+        for method in METHODS:
             ax.loglog(sizes, [results[s][method] for s in sizes], "o-", label=method)
         ax.set(xlabel="expert trajectories", ylabel="test imitation loss", title="pendulum imitation")
         ax.legend()

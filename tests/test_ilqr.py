@@ -86,6 +86,39 @@ def test_pendulum_gradients_match_finite_differences(bound):
     assert rel_err(approx["l"], fd["l"]) > 1e-3
 
 
+def _damped_windy_step(x, u, g, m, l, d, b, dt=0.05):
+    """The non-realizable pendulum's transition, transcribed independently of dc.models."""
+    th, dth = torch.atan2(x[..., 1], x[..., 0]), x[..., 2]
+    new_dth = dth + dt * (1.5 * g / l * torch.sin(th + b) + 3.0 * u[..., 0] / (m * l * l) - d * dth)
+    new_th = th + dt * new_dth
+    return torch.stack([new_th.cos(), new_th.sin(), new_dth], -1)
+
+
+def test_damped_windy_pendulum_dynamics_and_gradients():
+    """dc.models.pendulum(damping_and_wind=True): its trajectories follow the transcribed
+    transition, d = b = 0 is the plain pendulum, and the gradients in d and b are the central
+    differences of converged solves."""
+    T, B = 8, 2
+    pend = dc.models.pendulum(horizon=T, max_torque=100.0, damping_and_wind=True)
+    layer = pend.problem.compile(**TIGHT).to_torch()
+    values = {**_values(pend, initial_states("pendulum", B, seed=4)), "d": torch.tensor(0.7, dtype=torch.float64),
+              "b": torch.tensor(0.25, dtype=torch.float64)}
+    with torch.no_grad():
+        x, u = layer(**values)
+    p = {k: values[k] for k in ("g", "m", "l", "d", "b")}
+    torch.testing.assert_close(x[:, 1:], _damped_windy_step(x[:, :-1], u, **p), rtol=0, atol=1e-12)
+    plain = dc.models.pendulum(horizon=T, max_torque=100.0).problem.compile(**TIGHT).to_torch()
+    calm = {**values, "d": torch.tensor(0.0, dtype=torch.float64), "b": torch.tensor(0.0, dtype=torch.float64)}
+    with torch.no_grad():
+        torch.testing.assert_close(layer(**calm)[1], plain(**{k: v for k, v in calm.items() if k not in "db"})[1])
+    loss = _loss_fn(T, 3, 1, B)
+    names = ["d", "b", "g"]
+    fd = _central_differences(lambda v: loss(*layer(**v)), values, names)
+    exact = _autograd(layer, loss, values, names)
+    for name in names:
+        assert rel_err(exact[name], fd[name]) < 1e-6, name
+
+
 def test_cartpole_gradients_match_finite_differences():
     T, B = 10, 2
     cart = dc.models.cartpole(horizon=T, force_mag=5.0)

@@ -136,5 +136,7 @@ def _format_constant(value: np.ndarray) -> str:
     if value.ndim == 0:
         return f"{float(value):g}"
     if value.size <= 4:
-        return np.array2string(value, separator=", ", formatter={"float_kind": lambda v: f"{v:g}"})
+        # one line, so that a small matrix reads inline in explain()'s expressions
+        text = np.array2string(value, separator=", ", formatter={"float_kind": lambda v: f"{v:g}"})
+        return " ".join(text.split())
     return f"const{value.shape}"

@@ -1,0 +1,89 @@
+"""What the pendulum examples share: the pendulum's transition in torch, the sysid learner and
+rollouts of controllers in gymnasium's Pendulum-v1."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from _common import progress
+
+from diffcontrol.demo import TRUE
+
+DT = 0.05
+
+
+def pendulum_step(x: torch.Tensor, u: torch.Tensor, g, m, l) -> torch.Tensor:
+    """dc.models.pendulum's transition in torch, x (..., 3), u (..., 1) -> (..., 3); an
+    independent transcription used by sysid's regression on the expert's transitions."""
+    th, dth = torch.atan2(x[..., 1], x[..., 0]), x[..., 2]
+    new_dth = dth + DT * (3.0 * g / (2.0 * l) * x[..., 1] + 3.0 * u[..., 0] / (m * l ** 2))
+    new_th = th + DT * new_dth
+    return torch.stack([new_th.cos(), new_th.sin(), new_dth], -1)
+
+
+def transition_loss(data: dict, physical: dict) -> float:
+    """Mean squared next-state error of the model ``physical`` on ``data``'s expert transitions."""
+    with torch.no_grad():
+        predicted = pendulum_step(data["x"][:, :-1], data["u"], physical["g"], physical["m"], physical["l"])
+        return float(((predicted - data["x"][:, 1:]) ** 2).mean())
+
+
+def sysid(train: dict, steps: int, seed: int, log_every: int | None = None) -> list[dict]:
+    """Fit g, m, l to the expert's transitions (x_t, u_t) -> x_(t+1) (RMSprop on their
+    logarithms, from the same perturbed start as the demo's mpc.dx). Returns the parameters
+    after every ``log_every``-th step and after the last (the last entry: the fit)."""
+    gen = torch.Generator().manual_seed(seed)
+    logs = {k: (math.log(v) + 0.4 * torch.randn((), generator=gen, dtype=torch.float64)).requires_grad_()
+            for k, v in TRUE.items()}
+    opt = torch.optim.RMSprop(list(logs.values()), lr=3e-2, alpha=0.5)
+    history = []
+    for step in progress(range(steps), "sysid"):
+        p = {k: v.exp() for k, v in logs.items()}
+        loss = ((pendulum_step(train["x"][:, :-1], train["u"], p["g"], p["m"], p["l"]) - train["x"][:, 1:]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step == steps - 1 or (log_every and step % log_every == 0):  # as the demo's mpc.dx logs
+            history.append({k: v.detach().exp() for k, v in logs.items()})
+    return history
+
+
+def mpc_controller(layer, values: dict):
+    """Receding-horizon MPC: solve from the observed state, apply the first control; each solve
+    is warm-started from the previous plan shifted by one step. obs (E, 3) -> u (E, 1)."""
+    plan = {}
+
+    def act(obs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            _, u = layer(**values, x0=obs, u_init=plan.get("u"))
+        plan["u"] = torch.cat([u[:, 1:], u[:, -1:]], 1)
+        return u[:, 0]
+
+    return act
+
+
+def gym_returns(controllers: dict, episodes: int, steps: int) -> dict | None:
+    """Each controller's mean and standard deviation of the episode return over ``episodes``
+    runs of gymnasium's Pendulum-v1 (the same seeds for every controller), ``steps`` steps
+    each; None where gymnasium is not installed. Pendulum-v1's dynamics are the model's (g 10,
+    m 1, l 1, dt 0.05, torque in [-2, 2]) plus a speed clip at 8; its reward is
+    -(th^2 + 0.1 th_dot^2 + 0.001 u^2)."""
+    try:
+        import gymnasium
+    except ImportError:
+        print("gymnasium is not installed (pip install gymnasium): no Pendulum-v1 rollouts")
+        return None
+    results = {}
+    for name, make in controllers.items():
+        envs = [gymnasium.make("Pendulum-v1") for _ in range(episodes)]
+        obs = torch.tensor(np.stack([env.reset(seed=i)[0] for i, env in enumerate(envs)]), dtype=torch.float64)
+        act, total = make(), np.zeros(episodes)
+        for _ in progress(range(steps), f"Pendulum-v1, {name}"):
+            u = act(obs).clamp(-2.0, 2.0).numpy()
+            stepped = [env.step(u[i].astype(np.float32)) for i, env in enumerate(envs)]
+            total += [s[1] for s in stepped]
+            obs = torch.tensor(np.stack([s[0] for s in stepped]), dtype=torch.float64)
+        results[name] = (float(total.mean()), float(total.std()))
+    return results
