@@ -20,7 +20,7 @@ The paper's setup: m = k = 1, c = 1, Q = I, R = 2, x0 = (0, 3); A initialised at
 plus U[-0.5, 0.5] per entry; each step predicts 6 controls ahead from a random point of the
 trajectory; 3000 steps, five initialisations (batched: one layer call trains all five).
 
-    python examples/mass_spring_damper.py            # 3000 steps (~2 min on 2 cores)
+    python examples/mass_spring_damper.py            # 3000 steps (~3 min on 2 cores)
     python examples/mass_spring_damper.py --quick    # 300 steps
 """
 

@@ -21,7 +21,7 @@ where torchdiffeq is installed, the paper's baseline: dopri5 with the adjoint me
 (torchdiffeq.odeint_adjoint). Reported: test MSE (mean ± standard error over seeds) and the
 backward pass's time per step.
 
-    python examples/neural_ode.py            # both tasks, 3 seeds, 300 steps (~25 min)
+    python examples/neural_ode.py            # both tasks, 3 seeds, 300 steps (~12 min on 2 cores)
     python examples/neural_ode.py --quick    # the spiral, 1 seed, 40 steps
 """
 
