@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 from _common import arguments, progress, pyplot, save_figure, write_table
-from _pendulum import gym_returns, mpc_controller, sysid
+from _pendulum import gym_returns, imitation_loss, mpc_controller, sysid
 
 import diffcontrol as dc
 from diffcontrol.demo import TRUE, expert_data, train_mpc_dx
@@ -37,12 +37,6 @@ METHODS = ("nn", "sysid", "mpc.dx")
 
 def as_tensors(values: dict) -> dict:
     return {k: torch.as_tensor(v, dtype=torch.float64) for k, v in values.items()}
-
-
-def test_loss(layer, test: dict, physical: dict) -> float:
-    with torch.no_grad():
-        _, u = layer(**physical, **test["cost"], x0=test["x0"])
-    return float(((u - test["u"]) ** 2).mean())
 
 
 class LSTMPolicy(torch.nn.Module):
@@ -85,7 +79,7 @@ def main() -> None:
                               progress=True)
         nn_loss, policy = nn_baseline(train, test, horizon, steps, seed=0)
         fitted = sysid(train, steps, seed=0)[-1]
-        results[size] = {"nn": nn_loss, "sysid": test_loss(layer, test, fitted), "mpc.dx": mpc_dx["test_loss"][-1]}
+        results[size] = {"nn": nn_loss, "sysid": imitation_loss(layer, test, fitted), "mpc.dx": mpc_dx["test_loss"][-1]}
         rows.append([size, *(f"{results[size][k]:.3e}" for k in METHODS)])
     out = Path(args.out)
     # the learners of the largest data set as closed-loop controllers in gymnasium's Pendulum-v1

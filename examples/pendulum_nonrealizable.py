@@ -22,18 +22,12 @@ from pathlib import Path
 
 import torch
 from _common import arguments, pyplot, save_figure, write_table
-from _pendulum import sysid, transition_loss
+from _pendulum import imitation_loss, sysid, transition_loss
 
 import diffcontrol as dc
 from diffcontrol.demo import TRUE, expert_data, train_mpc_dx
 
 DAMPING, WIND = 1.0, 0.3  # the expert's d (1/s) and b (rad)
-
-
-def imitation_loss(layer, data: dict, physical: dict) -> float:
-    with torch.no_grad():
-        _, u = layer(**physical, **data["cost"], x0=data["x0"])
-    return float(((u - data["u"]) ** 2).mean())
 
 
 def main() -> None:
