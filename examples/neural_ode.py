@@ -159,10 +159,10 @@ def main() -> None:
     found = methods()
     print(backward_euler_step(mlp(8, 0)).compile(tol=1e-10).explain(), "\n")
     results, rows = {}, []
+    data = {task: trajectory(task) for task in tasks}
     for task in tasks:
-        data = trajectory(task)
         for name, method in found.items():
-            runs = [train(method, task, data, steps, seed) for seed in seeds]
+            runs = [train(method, task, data[task], steps, seed) for seed in seeds]
             results[task, name] = runs
             mse = np.array([r["test_mse"] for r in runs])
             spread = f" ± {mse.std(ddof=1) / np.sqrt(len(mse)):.2f}" if len(mse) > 1 else ""
@@ -177,10 +177,10 @@ def main() -> None:
     if plt:
         fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
         for ax, task in zip(axes[0], tasks):
-            data = trajectory(task)
+            truth = data[task]
             *_, n_train, n_val, _ = TASKS[task]
-            ax.plot(data[:n_train, 0], data[:n_train, 1], "k.", ms=3, label="training data")
-            ax.plot(data[n_train:, 0], data[n_train:, 1], ":", color="gray", label="truth (validation, test)")
+            ax.plot(truth[:n_train, 0], truth[:n_train, 1], "k.", ms=3, label="training data")
+            ax.plot(truth[n_train:, 0], truth[n_train:, 1], ":", color="gray", label="truth (validation, test)")
             for name in found:
                 future = results[task, name][0]["future"]
                 ax.plot(future[:, 0], future[:, 1], lw=1, label=name)
