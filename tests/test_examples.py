@@ -73,6 +73,22 @@ def _learned_neural_ode(rows, out):
     assert any(r["method"].startswith("backward Euler, IFT-CG") for r in rows)
 
 
+def _learned_cartpole(rows, out):
+    by_name = {r["controller"]: r for r in rows}
+    assert set(by_name) == {"expert (random shooting)", "BC", "MPC, learned dynamics and goal (ours)"}
+    for name in ("BC", "MPC, learned dynamics and goal (ours)"):
+        # both students come to explain the expert's next observations; the MPC's through its learned goal
+        first, last = (float(v) for v in by_name[name]["training loss (first step -> last 10 steps)"].split(" -> "))
+        assert last < 0.5 * first, by_name[name]
+    for r in by_name.values():  # an episode's cost: 40 steps of a cost in [0, 1]
+        low, high = (float(v) for k, v in r.items() if k.startswith("episode cost"))
+        assert 0 <= low <= 40 and 0 <= high <= 40, r
+    # from a goal of zeros, the learned goal's pole points up: cos th < 0 (upright: cos th = -1)
+    title = (out / "cartpole_from_observations.md").read_text().splitlines()[0]
+    goal = title.split("learned goals (x, cos th, sin th): (")[1].split(")")[0]
+    assert float(goal.split(",")[1]) < -0.5, title
+
+
 EXAMPLES = {
     "lqr_imitation.py": ("lqr_imitation", True, _learned_lqr),
     "pendulum_imitation.py": ("pendulum_imitation", True, _learned_pendulum),
@@ -81,6 +97,7 @@ EXAMPLES = {
     "mass_spring_damper.py": ("mass_spring_damper", True, _learned_dare),
     "pendulum_nonrealizable.py": ("pendulum_nonrealizable", True, _learned_nonrealizable),
     "distributed_training.py": ("distributed_training", False, _learned_distributed),
+    "cartpole_from_observations.py": ("cartpole_from_observations", True, _learned_cartpole),
 }
 
 
