@@ -24,6 +24,23 @@ def progress(items: Iterable, desc: str) -> Iterable:
     return tqdm(items, desc=desc, leave=False)
 
 
+def mpc_controller(layer, values: dict):
+    """Receding-horizon MPC with a control layer: solve from the observed state, apply the
+    first control; each solve is warm-started from the previous plan shifted by one step.
+    ``values``: the layer's parameters but x0. obs (E, n) -> u (E, m)."""
+    import torch
+
+    plan = {}
+
+    def act(obs):
+        with torch.no_grad():
+            _, u = layer(**values, x0=obs, u_init=plan.get("u"))
+        plan["u"] = torch.cat([u[:, 1:], u[:, -1:]], 1)
+        return u[:, 0]
+
+    return act
+
+
 def write_table(path: Path, header: list[str], rows: list[list], title: str = "") -> Path:
     """A markdown table (numbers as given), printed and saved."""
     lines = ([f"# {title}", ""] if title else []) + ["| " + " | ".join(header) + " |",

@@ -58,20 +58,6 @@ def sysid(train: dict, steps: int, seed: int, log_every: int | None = None) -> l
     return history
 
 
-def mpc_controller(layer, values: dict):
-    """Receding-horizon MPC: solve from the observed state, apply the first control; each solve
-    is warm-started from the previous plan shifted by one step. obs (E, 3) -> u (E, 1)."""
-    plan = {}
-
-    def act(obs: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            _, u = layer(**values, x0=obs, u_init=plan.get("u"))
-        plan["u"] = torch.cat([u[:, 1:], u[:, -1:]], 1)
-        return u[:, 0]
-
-    return act
-
-
 def gym_returns(controllers: dict, episodes: int, steps: int) -> dict | None:
     """Each controller's mean and standard deviation of the episode return over ``episodes``
     runs of gymnasium's Pendulum-v1 (the same seeds for every controller), ``steps`` steps

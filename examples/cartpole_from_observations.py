@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import arguments, progress, pyplot, save_figure, write_table
+from _common import arguments, mpc_controller, progress, pyplot, save_figure, write_table
 
 import diffcontrol as dc
 
@@ -150,20 +150,11 @@ def goal_mpc(dynamics: dc.Function, horizon: int):
     x, u = dc.State(OBS, name="x"), dc.Control(1, name="u")
     goal, x0 = dc.Parameter(3, name="goal"), dc.Parameter(OBS, name="x0")
     position = dc.stack([x[0], x[2], x[3]])  # cart position, cos th, sin th
-    problem = dc.ControlProblem(
+    return dc.ControlProblem(
         dynamics=x.next == x + dynamics(dc.concat([x, u])),
         cost=dc.sum_squares(position - goal) + 1e-3 * dc.sum_squares(u),
         terminal_cost=dc.sum_squares(position - goal), horizon=horizon, initial_state=x0,
         constraints=[-FORCE <= u, u <= FORCE])
-    return problem
-
-
-def quiet(layer, **kwargs):
-    """A layer call (no gradient) that does not print about solves at the iteration cap: the
-    closed-loop score says how well the controller does."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", dc.NotConvergedWarning)
-        return layer(**kwargs, return_info=True)
 
 
 def train_goal(model: NeuralDynamics, expert_obs: torch.Tensor, horizon: int, steps: int, seed: int):
@@ -201,17 +192,17 @@ def train_goal(model: NeuralDynamics, expert_obs: torch.Tensor, horizon: int, st
 
 
 def mpc_policy(layer, goal: torch.Tensor):
-    """Receding horizon: solve from the observed state, apply the first control, warm-start
-    the next solve from the plan shifted by one step. state (B, 4) -> u (B, 1)."""
-    plan = {}
+    """The MPC student in closed loop (receding horizon, warm-started): state (B, 4) -> u (B, 1).
+    Solves that stop at the iteration cap are not reported: the episode's cost says how well
+    the controller does."""
+    act = mpc_controller(layer, {"goal": goal})
 
-    def act(s: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            _, u, _ = quiet(layer, goal=goal, x0=observe(s), u_init=plan.get("u"))
-        plan["u"] = torch.cat([u[:, 1:], u[:, -1:]], 1)
-        return u[:, 0]
+    def act_on_state(s: torch.Tensor) -> torch.Tensor:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dc.NotConvergedWarning)
+            return act(observe(s))
 
-    return act
+    return act_on_state
 
 
 def behavioural_cloning(model: NeuralDynamics, expert_obs: torch.Tensor, steps: int, seed: int):

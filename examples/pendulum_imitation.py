@@ -26,8 +26,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from _common import arguments, progress, pyplot, save_figure, write_table
-from _pendulum import gym_returns, imitation_loss, mpc_controller, sysid
+from _common import arguments, mpc_controller, progress, pyplot, save_figure, write_table
+from _pendulum import gym_returns, imitation_loss, sysid
 
 import diffcontrol as dc
 from diffcontrol.demo import TRUE, expert_data, train_mpc_dx
