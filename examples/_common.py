@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Iterable
 from pathlib import Path
 
+import torch
+
 
 def arguments(doc: str) -> argparse.Namespace:
     """Every example's command line: ``--quick`` and ``--out`` (default examples_output)."""
@@ -28,8 +30,6 @@ def mpc_controller(layer, values: dict):
     """Receding-horizon MPC with a control layer: solve from the observed state, apply the
     first control; each solve is warm-started from the previous plan shifted by one step.
     ``values``: the layer's parameters but x0. obs (E, n) -> u (E, m)."""
-    import torch
-
     plan = {}
 
     def act(obs):

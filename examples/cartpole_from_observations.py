@@ -112,8 +112,9 @@ def rollout(act, s0: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- students
 class NeuralDynamics(torch.nn.Module):
-    """h(x, u) = x + MLP(x, u): the students' model of the next observation, z = [x; u] (..., 6)
-    -> (..., 5). Inputs are scaled to order one; nothing of the physics is built in."""
+    """The students' model of the next observation, h(x, u) = x + MLP([x; u]). ``forward`` is the
+    increment, z = [x; u] (..., 6) -> (..., 5), as the MPC problem's dc.Function calls it;
+    ``predict`` is h. Inputs are scaled to order one; nothing of the physics is built in."""
 
     def __init__(self, width: int = 128):
         super().__init__()
@@ -123,6 +124,10 @@ class NeuralDynamics(torch.nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z * self.scale)
+
+    def predict(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """h(x, u): x (..., 5), u (..., 1) -> the next observation (..., 5)."""
+        return x + self(torch.cat([x, u], -1))
 
 
 def fit_dynamics(model: NeuralDynamics, states: torch.Tensor, steps: int, seed: int) -> float:
@@ -136,7 +141,7 @@ def fit_dynamics(model: NeuralDynamics, states: torch.Tensor, steps: int, seed: 
         s = flat[torch.randint(0, flat.shape[0], (256,), generator=gen)]
         u = (2 * torch.rand(256, 1, generator=gen, dtype=s.dtype) - 1) * FORCE
         x, x_next = observe(s), observe(true_step(s, u))
-        loss = ((x + model(torch.cat([x, u], -1)) - x_next) ** 2).mean()
+        loss = ((model.predict(x, u) - x_next) ** 2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -180,7 +185,7 @@ def train_goal(model: NeuralDynamics, expert_obs: torch.Tensor, horizon: int, st
         with warnings.catch_warnings(record=True) as caught:  # counted and reported, not printed
             warnings.simplefilter("always")
             _, u, info = layers[h](goal=goal, x0=x, return_info=True)
-            loss = ((x + model(torch.cat([x, u[:, 0]], -1)) - x_next) ** 2).mean()
+            loss = ((model.predict(x, u[:, 0]) - x_next) ** 2).mean()
             opt.zero_grad()
             loss.backward()
         opt.step()
@@ -218,7 +223,7 @@ def behavioural_cloning(model: NeuralDynamics, expert_obs: torch.Tensor, steps: 
     for _ in progress(range(steps), "BC"):
         i = torch.randint(0, x.shape[0], (256,))
         u = FORCE * torch.tanh(policy(x[i] * model.scale[:OBS]))
-        loss = ((x[i] + model(torch.cat([x[i], u], -1)) - x_next[i]) ** 2).mean()
+        loss = ((model.predict(x[i], u) - x_next[i]) ** 2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
