@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -94,20 +94,14 @@ def train(rank: int, world: int, args: argparse.Namespace) -> None:
         raise RuntimeError(f"processes disagree on the parameters by {spread}")
 
 
-def _process(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
-    """A process started by mp.spawn: join the group, train, leave."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group(args.backend, rank=rank, world_size=world)
+def _process(rank: int, world: int, rendezvous: str, args: argparse.Namespace) -> None:
+    """A process started by mp.spawn: join the group (through the file ``rendezvous``: unlike a
+    TCP port picked in advance, no other process can take it first), train, leave."""
+    dist.init_process_group(args.backend, init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
         train(rank, world, args)
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -124,7 +118,8 @@ def main() -> None:
         finally:
             dist.destroy_process_group()
     else:
-        mp.spawn(_process, args=(args.nproc, free_port(), args), nprocs=args.nproc)
+        with tempfile.TemporaryDirectory() as folder:
+            mp.spawn(_process, args=(args.nproc, os.path.join(folder, "rendezvous"), args), nprocs=args.nproc)
 
 
 if __name__ == "__main__":

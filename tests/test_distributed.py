@@ -4,9 +4,6 @@ on the whole batch, for the network's weights and for the matrices passed as par
 
 from __future__ import annotations
 
-import os
-import socket
-
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -48,10 +45,10 @@ def _gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.grad.detach().clone() for name, p in model.named_parameters()}
 
 
-def _worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(rank: int, rendezvous: str, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    # a file rendezvous: no TCP port to pick, so no race with other processes for a free one
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=WORLD)
     try:
         model = _Learner()
         ddp = torch.nn.parallel.DistributedDataParallel(model)
@@ -66,15 +63,9 @@ def _worker(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_gradients_equal_the_single_process_gradients_on_the_whole_batch(tmp_path):
     out = str(tmp_path / "result")
-    mp.spawn(_worker, args=(_free_port(), out), nprocs=WORLD)
+    mp.spawn(_worker, args=(str(tmp_path / "rendezvous"), out), nprocs=WORLD)
     ranks = [torch.load(f"{out}.{r}") for r in range(WORLD)]
 
     model = _Learner()
