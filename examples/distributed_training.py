@@ -92,6 +92,9 @@ def train(rank: int, world: int, args: argparse.Namespace) -> None:
                     f"{time.perf_counter() - started:.1f} s")
     if spread > 0:
         raise RuntimeError(f"processes disagree on the parameters by {spread}")
+    # no process leaves before all are done: one that tears its gloo pairs down while rank 0 is
+    # still writing the table can abort rank 0 (SIGABRT in a gloo thread, seen once in CI)
+    dist.barrier()
 
 
 def _process(rank: int, world: int, rendezvous: str, args: argparse.Namespace) -> None:

@@ -59,6 +59,7 @@ def _worker(rank: int, rendezvous: str, out: str) -> None:
         torch.optim.SGD(ddp.parameters(), lr=0.1).step()
         params = {name: p.detach().clone() for name, p in model.named_parameters()}
         torch.save({"grads": grads, "params": params}, f"{out}.{rank}")
+        dist.barrier()  # tear the group down together (see examples/distributed_training.py)
     finally:
         dist.destroy_process_group()
 
