@@ -22,14 +22,18 @@ import diffcontrol as dc
 TRUE = {"g": 10.0, "m": 1.0, "l": 1.0}
 
 
+def initial_states(n: int, gen: torch.Generator) -> torch.Tensor:
+    """n pendulum states (n, 3): angle uniform in [-pi, pi), speed in [-1, 1)."""
+    th = (torch.rand(n, generator=gen, dtype=torch.float64) * 2 - 1) * math.pi
+    dth = torch.rand(n, generator=gen, dtype=torch.float64) * 2 - 1
+    return torch.stack([th.cos(), th.sin(), dth], -1)
+
+
 def expert_data(model: dc.models.ModelProblem, layer, n: int, seed: int, **true_values) -> dict:
     """n initial states (angle uniform in [-pi, pi), speed in [-1, 1)), the expert's states
     ``x`` (n, T+1, 3) and controls ``u`` (n, T, 1), and the cost it used. The expert is
     ``layer`` at the model's defaults, updated with ``true_values``."""
-    g = torch.Generator().manual_seed(seed)
-    th = (torch.rand(n, generator=g, dtype=torch.float64) * 2 - 1) * math.pi
-    dth = torch.rand(n, generator=g, dtype=torch.float64) * 2 - 1
-    x0 = torch.stack([th.cos(), th.sin(), dth], -1)
+    x0 = initial_states(n, torch.Generator().manual_seed(seed))
     values = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in model.defaults(**true_values).items()}
     with torch.no_grad():
         x, u = layer(**values, x0=x0)

@@ -1,15 +1,15 @@
-"""What the pendulum examples share: the pendulum's transition in torch, the sysid learner and
-rollouts of controllers in gymnasium's Pendulum-v1."""
+"""What the pendulum examples share: the pendulum's transition in torch, the imitation task,
+the sysid learner and rollouts of controllers in gymnasium's Pendulum-v1."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
 from _common import progress
+from _imitation import Task, fit_transitions
 
-from diffcontrol.demo import TRUE
+import diffcontrol as dc
+from diffcontrol.demo import TRUE, initial_states
 
 DT = 0.05
 
@@ -39,23 +39,22 @@ def transition_loss(data: dict, physical: dict) -> float:
 
 
 def sysid(train: dict, steps: int, seed: int, log_every: int | None = None) -> list[dict]:
-    """Fit g, m, l to the expert's transitions (x_t, u_t) -> x_(t+1) (RMSprop on their
-    logarithms, from the same perturbed start as the demo's mpc.dx). Returns the parameters
-    after every ``log_every``-th step and after the last (the last entry: the fit)."""
-    gen = torch.Generator().manual_seed(seed)
-    logs = {k: (math.log(v) + 0.4 * torch.randn((), generator=gen, dtype=torch.float64)).requires_grad_()
-            for k, v in TRUE.items()}
-    opt = torch.optim.RMSprop(list(logs.values()), lr=3e-2, alpha=0.5)
-    history = []
-    for step in progress(range(steps), "sysid"):
-        p = {k: v.exp() for k, v in logs.items()}
-        loss = ((pendulum_step(train["x"][:, :-1], train["u"], p["g"], p["m"], p["l"]) - train["x"][:, 1:]) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step == steps - 1 or (log_every and step % log_every == 0):  # as the demo's mpc.dx logs
-            history.append({k: v.detach().exp() for k, v in logs.items()})
-    return history
+    """Fit g, m, l to the expert's transitions (x_t, u_t) -> x_(t+1) (from the same perturbed
+    start as the demo's mpc.dx). Returns the parameters after the first step, every
+    ``log_every``-th step and the last, as the demo's mpc.dx logs (the last entry: the fit)."""
+    history = fit_transitions(_step, TRUE, train, steps, seed, log_every=log_every)
+    return [physical for _, physical in history]
+
+
+def _step(x: torch.Tensor, u: torch.Tensor, physical: dict) -> torch.Tensor:
+    return pendulum_step(x, u, physical["g"], physical["m"], physical["l"])
+
+
+def pendulum_task(horizon: int) -> Task:
+    """The pendulum imitation task: dc.models.pendulum with the true g, m, l."""
+    model = dc.models.pendulum(horizon=horizon)
+    return Task("pendulum", model, model.problem.compile(max_iter=300).to_torch(), dict(TRUE), _step, initial_states,
+                ("cos th", "sin th", "th_dot", "u"))
 
 
 def gym_returns(controllers: dict, episodes: int, steps: int) -> dict | None:

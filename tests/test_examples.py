@@ -33,12 +33,21 @@ def _learned_lqr(rows, out):
 
 def _learned_pendulum(rows, out):
     last = rows[-1]  # the most data: the MPC policies beat the LSTM (the paper's finding)
-    assert float(last["mpc.dx"]) < float(last["nn (LSTM)"]) and float(last["sysid"]) < float(last["nn (LSTM)"])
+    for method in ("sysid", "mpc.dx", "mpc.cost"):
+        assert float(last[method]) < float(last["nn (LSTM)"]), last
     # closed loop in gymnasium's Pendulum-v1 (installed with the test extra)
     returns = {r["controller"]: float(r["mean return"]) for r in _table(out / "pendulum_imitation_gym.md")}
-    assert set(returns) == {"expert MPC (true g, m, l)", "mpc.dx", "sysid", "nn (LSTM)"}
+    assert set(returns) == {"expert MPC (true g, m, l and cost)", "sysid", "mpc.dx", "mpc.cost", "mpc.cost.dx",
+                            "nn (LSTM)"}
     assert all(-2000 < v <= 0 for v in returns.values())  # Pendulum-v1's rewards are <= 0
-    assert returns["mpc.dx"] > returns["nn (LSTM)"] and returns["expert MPC (true g, m, l)"] > returns["nn (LSTM)"]
+    for controller in ("expert MPC (true g, m, l and cost)", "mpc.dx", "mpc.cost"):
+        assert returns[controller] > returns["nn (LSTM)"], returns
+    # what was learned: every learner's row, the cost learners' weights moved from the truth's
+    learned = {r["learner"]: r for r in _table(out / "pendulum_imitation_learned.md")}
+    assert set(learned) == {"expert", "sysid", "mpc.dx", "mpc.cost", "mpc.cost.dx"}
+    assert learned["mpc.dx"]["w (cos th, sin th, th_dot, u)"] == learned["expert"]["w (cos th, sin th, th_dot, u)"]
+    assert learned["mpc.cost"]["g, m, l"] == learned["expert"]["g, m, l"]
+    assert learned["mpc.cost"]["w (cos th, sin th, th_dot, u)"] != learned["expert"]["w (cos th, sin th, th_dot, u)"]
 
 
 def _learned_kepler(rows, out):
@@ -89,6 +98,17 @@ def _learned_cartpole(rows, out):
     assert float(goal.split(",")[1]) < -0.5, title
 
 
+def _learned_cartpole_imitation(rows, out):
+    last = rows[-1]  # the most data: the MPC policies beat the LSTM by far (controls in [-100, 100])
+    for method in ("sysid", "mpc.dx", "mpc.cost", "mpc.cost.dx"):
+        assert float(last[method]) < 0.2 * float(last["nn (LSTM)"]), last
+    learned = {r["learner"]: r for r in _table(out / "cartpole_imitation_learned.md")}
+    assert set(learned) == {"expert", "sysid", "mpc.dx", "mpc.cost", "mpc.cost.dx"}
+    physical = "gravity, masscart, masspole, length"
+    assert learned["mpc.cost"][physical] == learned["expert"][physical]
+    assert learned["mpc.dx"][physical] != learned["expert"][physical]
+
+
 EXAMPLES = {
     "lqr_imitation.py": ("lqr_imitation", True, _learned_lqr),
     "pendulum_imitation.py": ("pendulum_imitation", True, _learned_pendulum),
@@ -98,6 +118,7 @@ EXAMPLES = {
     "pendulum_nonrealizable.py": ("pendulum_nonrealizable", True, _learned_nonrealizable),
     "distributed_training.py": ("distributed_training", False, _learned_distributed),
     "cartpole_from_observations.py": ("cartpole_from_observations", True, _learned_cartpole),
+    "cartpole_imitation.py": ("cartpole_imitation", True, _learned_cartpole_imitation),
 }
 
 
@@ -115,3 +136,24 @@ def test_example_quick_mode(script, tmp_path):
     if figure:
         assert (tmp_path / f"{stem}.png").stat().st_size > 1000
     learned(rows, tmp_path)
+
+
+def test_weighted_goal_cost_is_the_models_quadratic():
+    """The imitation learners' cost ||w o (tau - tau_g)||^2 enters the models as
+    1/2 tau^T diag(q) tau + p^T tau: the two differ by a constant for every tau."""
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        from _imitation import cost_of, weights_of
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    log_w, goal = torch.randn(6, generator=gen, dtype=torch.float64), torch.randn(6, generator=gen, dtype=torch.float64)
+    cost = cost_of(log_w, goal)
+    tau = torch.randn(20, 6, generator=gen, dtype=torch.float64)
+    weighted = ((log_w.exp() * (tau - goal)) ** 2).sum(-1)
+    quadratic = 0.5 * (cost["q"] * tau**2).sum(-1) + tau @ cost["p"]
+    assert torch.allclose(weighted - quadratic, (weighted - quadratic)[0].expand(20), atol=1e-12)
+    w, back = weights_of(cost)
+    assert torch.allclose(w, log_w.exp()) and torch.allclose(back, goal)
