@@ -93,10 +93,11 @@ def start_cost(task: Task, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return _perturbed(w.log(), 0.4, gen), _perturbed(goal, 0.2, gen)
 
 
-def imitation_loss(task: Task, data: dict, values: dict) -> float:
-    """Mean squared control error of the MPC at ``values`` (physical and cost) against the expert's."""
+def imitation_loss(layer: Callable, data: dict, values: dict) -> float:
+    """Mean squared control error of ``layer``'s MPC at ``values`` (physical and cost) against
+    the expert's controls ``data["u"]``, from ``data["x0"]``."""
     with torch.no_grad():
-        _, u = task.layer(**values, x0=data["x0"])
+        _, u = layer(**values, x0=data["x0"])
     return float(((u - data["u"]) ** 2).mean())
 
 
@@ -149,8 +150,8 @@ def train_mpc(task: Task, method: str, data: dict, steps: int, batch: int, seed:
             optimizers["w" if (step // ALTERNATE_EVERY) % 2 == 0 else "goal"].step()
         if step % eval_every == 0 or step == steps - 1:
             current = {k: v.detach() for k, v in values().items()}
-            selection.offer(step + 1, imitation_loss(task, data["valid"], current),
-                            lambda current=current: imitation_loss(task, data["test"], current), current)
+            selection.offer(step + 1, imitation_loss(task.layer, data["valid"], current),
+                            lambda current=current: imitation_loss(task.layer, data["test"], current), current)
     return {"test": selection.test, "valid": selection.valid, "step": selection.step, "values": selection.state}
 
 
@@ -162,8 +163,8 @@ def train_sysid(task: Task, data: dict, steps: int, seed: int, lr: float = 3e-2,
     selection = _Selection()
     for step, physical in history:
         current = {**physical, **task.expert_cost()}
-        selection.offer(step, imitation_loss(task, data["valid"], current),
-                        lambda current=current: imitation_loss(task, data["test"], current), current)
+        selection.offer(step, imitation_loss(task.layer, data["valid"], current),
+                        lambda current=current: imitation_loss(task.layer, data["test"], current), current)
     return {"test": selection.test, "valid": selection.valid, "step": selection.step, "values": selection.state}
 
 

@@ -23,18 +23,10 @@ def pendulum_step(x: torch.Tensor, u: torch.Tensor, g, m, l) -> torch.Tensor:
     return torch.stack([new_th.cos(), new_th.sin(), new_dth], -1)
 
 
-def imitation_loss(layer, data: dict, physical: dict) -> float:
-    """Mean squared control error of ``layer``'s MPC at ``physical`` (g, m, l) against the
-    expert's controls, from ``data``'s initial states and with its cost."""
-    with torch.no_grad():
-        _, u = layer(**physical, **data["cost"], x0=data["x0"])
-    return float(((u - data["u"]) ** 2).mean())
-
-
 def transition_loss(data: dict, physical: dict) -> float:
     """Mean squared next-state error of the model ``physical`` on ``data``'s expert transitions."""
     with torch.no_grad():
-        predicted = pendulum_step(data["x"][:, :-1], data["u"], physical["g"], physical["m"], physical["l"])
+        predicted = _step(data["x"][:, :-1], data["u"], physical)
         return float(((predicted - data["x"][:, 1:]) ** 2).mean())
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 from _common import arguments, pyplot, save_figure, write_table
-from _pendulum import imitation_loss, sysid, transition_loss
+from _imitation import imitation_loss
+from _pendulum import sysid, transition_loss
 
 import diffcontrol as dc
 from diffcontrol.demo import TRUE, expert_data, train_mpc_dx
@@ -48,7 +49,8 @@ def main() -> None:
     iterations = mpc_dx["iteration"]
     curves = {name: {"transition": [transition_loss(test, p) for p in history]} for name, history in histories.items()}
     curves["mpc.dx"]["imitation"] = mpc_dx["test_loss"]  # train_mpc_dx scored the same test set as it went
-    curves["sysid"]["imitation"] = [imitation_loss(layer, test, p) for p in histories["sysid"]]
+    curves["sysid"]["imitation"] = [imitation_loss(layer, test, {**p, **test["cost"]})
+                                    for p in histories["sysid"]]
 
     rows = []
     for name, history in histories.items():
