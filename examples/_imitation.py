@@ -111,6 +111,10 @@ class _Selection:
         if valid < self.valid:  # the test set is scored only when the validation loss improves
             self.valid, self.test, self.step, self.state = valid, test(), step, state
 
+    def result(self) -> dict:
+        """The selected ``test`` and ``valid`` losses, ``step`` and learned ``values``."""
+        return {"test": self.test, "valid": self.valid, "step": self.step, "values": self.state}
+
 
 def train_mpc(task: Task, method: str, data: dict, steps: int, batch: int, seed: int, lr: float = 3e-2,
               eval_every: int = 10) -> dict:
@@ -152,7 +156,7 @@ def train_mpc(task: Task, method: str, data: dict, steps: int, batch: int, seed:
             current = {k: v.detach() for k, v in values().items()}
             selection.offer(step + 1, imitation_loss(task.layer, data["valid"], current),
                             lambda current=current: imitation_loss(task.layer, data["test"], current), current)
-    return {"test": selection.test, "valid": selection.valid, "step": selection.step, "values": selection.state}
+    return selection.result()
 
 
 def train_sysid(task: Task, data: dict, steps: int, seed: int, lr: float = 3e-2, eval_every: int = 10) -> dict:
@@ -165,7 +169,7 @@ def train_sysid(task: Task, data: dict, steps: int, seed: int, lr: float = 3e-2,
         current = {**physical, **task.expert_cost()}
         selection.offer(step, imitation_loss(task.layer, data["valid"], current),
                         lambda current=current: imitation_loss(task.layer, data["test"], current), current)
-    return {"test": selection.test, "valid": selection.valid, "step": selection.step, "values": selection.state}
+    return selection.result()
 
 
 def fit_transitions(step_fn: Callable, physical: dict[str, float], train: dict, steps: int, seed: int,
@@ -223,7 +227,7 @@ def train_nn(data: dict, steps: int, seed: int, lr: float = 1e-3, eval_every: in
             selection.offer(step + 1, loss_on(data["valid"]), lambda: loss_on(data["test"]),
                             {k: v.detach().clone() for k, v in policy.state_dict().items()})
     policy.load_state_dict(selection.state)
-    return {"test": selection.test, "valid": selection.valid, "step": selection.step, "policy": policy}
+    return {**selection.result(), "policy": policy}
 
 
 def run(task: Task, sizes: tuple[int, ...], steps: int, nn_steps: int, valid: int = 32, test: int = 64,
@@ -239,6 +243,22 @@ def run(task: Task, sizes: tuple[int, ...], steps: int, nn_steps: int, valid: in
         for method in METHODS[2:]:
             results[size][method] = train_mpc(task, method, data, steps, batch, seed, eval_every=eval_every)
     return results
+
+
+QUICK = dict(sizes=(8, 32), steps=30, valid=16, test=32, eval_every=30)  # scored at the start and the end
+FULL = dict(sizes=(8, 32, 128), steps=200, valid=32, test=64, eval_every=10)
+
+
+def experiment(make_task: Callable[[int], Task], quick: bool, out: Path) -> tuple[Task, dict]:
+    """The whole experiment as both scripts run it: ``make_task(horizon)`` (horizon 10 quick,
+    20 full), its explain(), every method at every size (``run``; the LSTM takes ten cheap
+    steps per MPC step) and the ``report``. Returns the task and ``run``'s results."""
+    settings, horizon = (QUICK, 10) if quick else (FULL, 20)
+    task = make_task(horizon)
+    print(task.model.problem.explain(), "\n")
+    results = run(task, **settings, nn_steps=10 * settings["steps"])
+    report(task, results, out, f"horizon {horizon}, {settings['steps']} training steps")
+    return task, results
 
 
 def _learned_row(task: Task, learner: str, values: dict) -> list[str]:

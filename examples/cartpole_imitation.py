@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 from _common import arguments
-from _imitation import Task, report, run
+from _imitation import Task, experiment
 
 import diffcontrol as dc
 
@@ -61,14 +61,7 @@ def cartpole_task(horizon: int) -> Task:
 
 def main() -> None:
     args = arguments(__doc__)
-    quick = dict(sizes=(8, 32), steps=30, valid=16, test=32, eval_every=30)  # scored at the start and the end
-    full = dict(sizes=(8, 32, 128), steps=200, valid=32, test=64, eval_every=10)
-    settings, horizon = (quick, 10) if args.quick else (full, 20)
-    task = cartpole_task(horizon)
-    print(task.model.problem.explain(), "\n")
-    results = run(task, **settings, nn_steps=10 * settings["steps"])  # ten cheap LSTM steps per MPC step
-    report(task, results, Path(args.out), f"horizon {horizon}, {settings['steps']} training steps")
-
+    experiment(cartpole_task, args.quick, Path(args.out))
 
 if __name__ == "__main__":
     main()

@@ -29,20 +29,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from _common import arguments, mpc_controller, write_table
-from _imitation import METHODS, report, run
+from _imitation import METHODS, experiment
 from _pendulum import gym_returns, pendulum_task
 
 
 def main() -> None:
     args = arguments(__doc__)
-    quick = dict(sizes=(8, 32), steps=30, valid=16, test=32, eval_every=30)  # scored at the start and the end
-    full = dict(sizes=(8, 32, 128), steps=200, valid=32, test=64, eval_every=10)
-    settings, horizon = (quick, 10) if args.quick else (full, 20)
-    sizes, steps = settings["sizes"], settings["steps"]
-    task = pendulum_task(horizon)
-    print(task.model.problem.explain(), "\n")
-    results = run(task, **settings, nn_steps=10 * steps)  # the LSTM's steps are cheap: ten per MPC step
     out = Path(args.out)
+    task, results = experiment(pendulum_task, args.quick, out)
+    sizes = sorted(results)
     largest = results[sizes[-1]]
     # the learners of the largest data set as closed-loop controllers in gymnasium's Pendulum-v1
     controllers = {"expert MPC (true g, m, l and cost)":
@@ -57,7 +52,6 @@ def main() -> None:
                     [[name, f"{mean:.1f}", f"{std:.1f}"] for name, (mean, std) in returns.items()],
                     f"Pendulum-v1: return over {episode_steps} steps, {episodes} episodes (seeds 0-{episodes - 1}); "
                     f"learners trained on {sizes[-1]} expert trajectories")
-    report(task, results, out, f"horizon {horizon}, {steps} training steps")
 
 
 if __name__ == "__main__":
