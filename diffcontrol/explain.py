@@ -180,7 +180,7 @@ def _ift_lowering(program: Any, options: dict) -> list[str]:
         + (" (conjugate gradient on Hessian-vector products, H never formed"
            if linear == "cg" else " (CG on the normal equations H^T H g = H^T dL/dy"
            if linear == "cg_normal" else " (H formed and factorised: the dense oracle")
-        + f"; cg_tol={options.get('cg_tol')}, cg_max_iter={options.get('cg_max_iter')}, "
+        + f"; cg_tol={options.get('cg_tol') or 'sqrt(eps)'}, cg_max_iter={options.get('cg_max_iter')}, "
           f"eps={options.get('tikhonov')}), then -g^T d2f/dy dtheta by the framework's autodiff",
     ]
     return lines

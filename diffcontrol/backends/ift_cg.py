@@ -40,7 +40,8 @@ OPTIONS = {
     "newton_max_size": (500, "the largest n that solver='auto' solves by Newton"),
     "linear_solver": ("cg", "'cg' (on Hessian-vector products), 'cg_normal' (CG on the normal "
                             "equations, for an indefinite Hessian) or 'dense' (form and solve H)"),
-    "cg_tol": (1e-10, "CG stops when ||residual|| <= cg_tol * ||dL/dy|| for every example"),
+    "cg_tol": (None, "CG stops when ||residual|| <= cg_tol * ||dL/dy|| for every example; None: "
+                     "sqrt(machine epsilon) of the dtype, the accuracy of y* itself at the default tol"),
     "cg_max_iter": (1000, "CG iterations at most"),
     "tikhonov": (0.0, "eps of (H + eps I) g = dL/dy, for a singular Hessian (Algorithm 1)"),
     "ls_max_iter": (30, "backtracking steps of Newton's line search"),
@@ -60,7 +61,7 @@ def validate_options(options: dict) -> None:
     for name in ("cg_max_iter", "newton_max_size"):
         if not isinstance(options[name], int) or options[name] < 1:
             raise BackendError(f"{name} must be a positive int, got {options[name]!r}")
-    if not options["cg_tol"] > 0:
+    if options["cg_tol"] is not None and not options["cg_tol"] > 0:
         raise BackendError(f"cg_tol must be positive, got {options['cg_tol']!r}")
     if not options["tikhonov"] >= 0:
         raise BackendError(f"tikhonov must be nonnegative, got {options['tikhonov']!r}")
@@ -198,7 +199,10 @@ def conjugate_gradient(apply: Any, b: Any, options: dict, ops: Ops) -> Any:
     each example stops at ||r|| <= cg_tol * ||b||."""
     xp = ops.xp
     rr = (b * b).sum(-1)
-    target = (options["cg_tol"] ** 2) * rr
+    # a relative residual below the dtype's sqrt(eps) buys nothing: y*, where H is formed,
+    # is itself only that accurate (and float32 could never reach a float64-sized tolerance)
+    cg_tol = options["cg_tol"] if options["cg_tol"] is not None else ops.eps(b) ** 0.5
+    target = (cg_tol ** 2) * rr
 
     def unconverged(state):
         return (state[3] > target).any()

@@ -144,16 +144,17 @@ def riccati_sweep(
         q = s["c"] + _mv(FtT, v + _mv(V, s["f"]) if "f" in s else v)
         Qxx, Qxu, Qux, Quu = Q[:, :n, :n], Q[:, :n, n:], Q[:, n:, :n], Q[:, n:, n:]
         qx, qu = q[:, :n], q[:, n:]
+        # The value function: V = Qxx + Qxu K, v = qx + Qxu k. The general form's K^T terms,
+        # K^T (Qux + Quu K) and K^T (qu + Quu k), vanish: K's rows are zero on the clamped
+        # controls, and on the free ones Quu K = -Qux and (qu + Quu k) = 0 (the box QP's
+        # stationarity there).
         if box is not None:
             k, free_t, L = box_qp(ops, Quu, qu, s["lo"], s["hi"], qp_max_iter)
             K = -ops.cho_solve(L, Qux * free_t[..., None])
-            KT = K.mT
-            V = Qxx + Qxu @ K + KT @ Qux + KT @ Quu @ K
-            v = qx + _mv(Qxu, k) + _mv(KT, qu) + _mv(KT @ Quu, k)
+            V = Qxx + Qxu @ K
+            v = qx + _mv(Qxu, k)
             out = (K, k, free_t)
-        else:
-            # k and K from one solve; with k = -H^-1 q_u on the free set the value function
-            # simplifies to V = Qxx + Qxu K, v = qx + Qxu k (the K^T terms cancel).
+        else:  # k and K from one solve
             rhs = xp.concatenate([Qux, qu[..., None]], -1)
             H = Quu
             if free is not None:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from diffcontrol.dsl.expression import Expression
+from diffcontrol.dsl.function import FunctionCall
 from diffcontrol.dsl.leaves import Constant, Leaf
 from diffcontrol.dsl.traverse import walk
 
@@ -44,17 +45,51 @@ class Framework(Protocol):
 
 
 def evaluate(roots: Iterable[Expression], env: dict[int, Any], fw: Framework, like: Any) -> list[Any]:
-    """Values of ``roots`` (no batch dimension) given leaf values ``env`` keyed by ``id(leaf)``."""
+    """Values of ``roots`` at one point: leaf values ``env`` keyed by ``id(leaf)``, no batch
+    dimension (the form the framework's function transforms differentiate and vmap)."""
+    batched = evaluate_batched(roots, {k: v[None] for k, v in env.items()}, fw, like)
+    return [v[0] for v in batched]
+
+
+def evaluate_batched(roots: Iterable[Expression], env: dict[int, Any], fw: Framework, like: Any,
+                     constants: dict[int, Any] | None = None) -> list[Any]:
+    """Values (b, *root.shape) of ``roots`` for a whole batch in one pass: each leaf value in
+    ``env`` has a leading batch axis of size b, or 1 when shared by the batch. Only a
+    ``dc.Function`` (written for one point) is vectorised, with the framework's vmap.
+    ``constants``: the Constants' arrays from :func:`constant_arrays`, if made beforehand."""
     roots = list(roots)
-    values: dict[int, Any] = {}
+    values: dict[int, Any] = dict(constants) if constants else {}
     for node in _plan(roots):
+        if id(node) in values:
+            continue
         if isinstance(node, Constant):
-            values[id(node)] = fw.constant(node.value, like)
+            values[id(node)] = fw.constant(node.value, like)[None]
         elif isinstance(node, Leaf):
             values[id(node)] = env[id(node)]
+        elif isinstance(node, FunctionCall):
+            values[id(node)] = _call(node, [values[id(a)] for a in node.args], fw)
         else:
             values[id(node)] = node.evaluate(fw.xp, [values[id(a)] for a in node.args])
     return [values[id(r)] for r in roots]
+
+
+def constant_arrays(roots: Iterable[Expression], fw: Framework, like: Any) -> dict[int, Any] | None:
+    """The Constants of ``roots`` as arrays (1, *shape) of ``like``'s dtype and device, for
+    :func:`evaluate_batched` to reuse across calls (solvers evaluate the same expressions
+    thousands of times); None where the framework's arrays must not outlive a trace."""
+    if not fw.caches_arrays:
+        return None
+    return {id(c): fw.constant(c.value, like)[None] for c in walk(list(roots)) if isinstance(c, Constant)}
+
+
+def _call(node: FunctionCall, args: list[Any], fw: Framework) -> Any:
+    """A dc.Function on batched arguments: called directly for a batch of one, else vmapped
+    over the batch (arguments shared by the batch broadcast to it)."""
+    b = max(a.shape[0] for a in args)
+    if b == 1:
+        return node.check_shape(node.function.fn(*[a[0] for a in args]))[None]
+    args = [a if a.shape[0] == b else fw.xp.broadcast_to(a, (b,) + tuple(a.shape[1:])) for a in args]
+    return node.check_shape(fw.vmap(node.function.fn)(*args), batched=True)
 
 
 # Expressions are immutable, so each root keeps its post-order: solvers evaluate the same

@@ -38,8 +38,9 @@ class _Rows(Expression):
         k = parts[0].shape[-1]
         self.shape = (sum(p.shape[0] if p.ndim == 2 else 1 for p in parts), k)
 
-    def evaluate(self, xp, values):
-        return xp.concatenate([v.reshape(1, -1) if v.ndim == 1 else v for v in values], 0)
+    def evaluate(self, xp, values):  # batched values (b, k) or (b, p, k), as every atom's
+        rows = [v.reshape(v.shape[0], 1, -1) if a.ndim == 1 else v for a, v in zip(self.args, values)]
+        return xp.concatenate(atoms.broadcast_batch(xp, rows), 1)
 
     def render(self, s):
         return f"rows([{', '.join(s)}])"

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from diffcontrol.compilers.analysis import ProblemForm
-from diffcontrol.compilers.evaluate import Framework, evaluate
+from diffcontrol.compilers.evaluate import Framework, constant_arrays, evaluate_batched
 from diffcontrol.dsl.function import FunctionCall
 from diffcontrol.dsl.leaves import Parameter, Variable
 from diffcontrol.dsl.problems import Problem
@@ -67,15 +67,11 @@ class IFTProgram:
         """y (B, n) from the variables' values (B, *shape)."""
         return xp.concatenate([v.reshape(v.shape[0], -1) for v in values], 1)
 
-    def _value(self, fw: Framework, p: dict, y: Any, ref: Any) -> Any:
-        """f(y; p) for one example (no batch dimension)."""
+    def _value(self, fw: Framework, p: dict, y: Any, ref: Any, constants: dict | None = None) -> Any:
+        """f(y; p) (B,) for a batch y (B, n), parameters p (B, ...), in one pass."""
         env = {id(q): p[q.name] for q in self.parameters if q.name in p}
-        start = 0
-        for v in self.variables:
-            size = int(np.prod(v.shape, dtype=int))
-            env[id(v)] = y[start:start + size].reshape(v.shape)
-            start += size
-        return evaluate([self.problem.objective.expr], env, fw, ref)[0]
+        env.update((id(v), value) for v, value in zip(self.variables, self.split(fw.xp, y)))
+        return evaluate_batched([self.problem.objective.expr], env, fw, ref, constants)[0]
 
 
 class Objective:
@@ -84,25 +80,27 @@ class Objective:
 
     def __init__(self, program: IFTProgram, fw: Framework, params: dict[str, Any], like: Any):
         self.program, self.fw, self.params, self.like = program, fw, params, like
-        f = self._f = lambda p, y, ref: program._value(fw, p, y, ref)
-        self._grad = fw.grad(f, argnums=1)
-        self._batched = {
-            "value": fw.vmap(f),
-            "gradient": fw.vmap(self._grad),
-            "hessian": fw.vmap(fw.hessian(f, argnums=1)),
-        }
+        self._constants = constant_arrays([program.problem.objective.expr], fw, like)
+
+        def point(p: dict, y: Any, ref: Any) -> Any:  # one example: y (n,), for the Hessian
+            return program._value(fw, {k: v[None] for k, v in p.items()}, y[None], ref)[0]
+
+        # the examples are independent, so the gradient of the batch's total is theirs
+        self._gradient = fw.grad(lambda y: self.value(y).sum())
+        self._hessian = fw.vmap(fw.hessian(point, argnums=1))
 
     def value(self, y: Any) -> Any:
         """f (B,)."""
-        return self._batched["value"](self.params, y, self.like)
+        f = self.program._value(self.fw, self.params, y, self.like, self._constants)
+        return self.fw.xp.broadcast_to(f, y.shape[:1])
 
     def gradient(self, y: Any) -> Any:
         """grad_y f (B, n)."""
-        return self._batched["gradient"](self.params, y, self.like)
+        return self._gradient(y)
 
     def hessian(self, y: Any) -> Any:
         """The Hessian (B, n, n), formed explicitly: the dense oracle and small-n Newton."""
-        return self._batched["hessian"](self.params, y, self.like)
+        return self._hessian(self.params, y, self.like)
 
     def hvp_operator(self, y: Any) -> Any:
         """v -> H(y) v for repeated products at one y (CG): the gradient is differentiated

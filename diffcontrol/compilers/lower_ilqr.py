@@ -24,7 +24,7 @@ from typing import Any
 
 from diffcontrol.compilers.analysis import ProblemForm
 from diffcontrol.compilers.control_program import ControlProgram, check_bounds
-from diffcontrol.compilers.evaluate import Framework, evaluate
+from diffcontrol.compilers.evaluate import Framework, constant_arrays, evaluate, evaluate_batched
 from diffcontrol.dsl.leaves import Parameter
 from diffcontrol.dsl.problems import ControlProblem
 from diffcontrol.dsl.traverse import nodes_of_type
@@ -78,6 +78,8 @@ class Model:
         self._names["lagrangian"] = self._names["dynamics"] | self._names["cost"]
         self._quadratic_stage: tuple | None = None  # (C, c at 0) once per call, if quadratic
         self._quadratic_terminal: tuple | None = None
+        roots = [r for r in (p.transition, p.cost, p.terminal_cost) if r is not None]
+        self._constants = constant_arrays(roots, fw, like)
 
     def tiled(self, copies: int) -> Model:
         """The same functions for ``copies`` stacked copies of the batch (copy-major rows
@@ -86,7 +88,9 @@ class Model:
             return self
         xp = self.fw.xp
         params = {k: xp.concatenate([v] * copies, 0) for k, v in self.params.items()}
-        return Model(self.program, self.fw, params, xp.concatenate([self.like] * copies, 0))
+        tiled = Model(self.program, self.fw, params, xp.concatenate([self.like] * copies, 0))
+        tiled._constants = self._constants
+        return tiled
 
     # -- batching ---------------------------------------------------------------------------
 
@@ -99,13 +103,9 @@ class Model:
         B, T = arrays[0].shape[:2]
         p, ref = self._params(which)
 
-        def over_time(v: Any) -> Any:  # (B, ...) -> (B * T, ...), each row T times
-            rest = tuple(v.shape[1:])
-            return self.fw.xp.broadcast_to(v[:, None], (B, T) + rest).reshape((B * T,) + rest)
-
-        p = {k: over_time(v) for k, v in p.items()}
+        p = {k: self._repeat(v, T) for k, v in p.items()}
         flat = [a.reshape((B * T,) + tuple(a.shape[2:])) for a in arrays]
-        out = self.fw.vmap(fn)(p, over_time(ref), *flat)
+        out = self.fw.vmap(fn)(p, self._repeat(ref, T), *flat)
         if isinstance(out, tuple):
             return tuple(o.reshape((B, T) + tuple(o.shape[1:])) for o in out)
         return out.reshape((B, T) + tuple(out.shape[1:]))
@@ -128,22 +128,56 @@ class Model:
 
     # -- what the backend calls ----------------------------------------------------------------
 
+    def _batched(self, root: Any, which: str, x: Any, u: Any = None, over_time: int = 0) -> Any:
+        """``root`` for the whole batch in one pass (no vmap: the rollout calls this T times
+        per line-search round) at x (B', n) and u (B', m); with ``over_time`` = T, the rows
+        are B' * T stage points, example-major, and each parameter is repeated T times."""
+        p, _ = self._params(which)
+        if over_time:
+            p = {k: self._repeat(v, over_time) for k, v in p.items()}
+        program = self.program
+        env = {id(q): p[q.name] for q in program.parameters if q.name in p}
+        env[id(program.problem.state)] = x
+        if u is not None:
+            env[id(program.problem.control)] = u
+        return evaluate_batched([root], env, self.fw, self.like, self._constants)[0]
+
+    def _repeat(self, v: Any, T: int) -> Any:
+        """(B, ...) -> (B * T, ...), each row T times."""
+        rest = tuple(v.shape[1:])
+        return self.fw.xp.broadcast_to(v[:, None], (v.shape[0], T) + rest).reshape((v.shape[0] * T,) + rest)
+
     def step(self, x: Any, u: Any) -> Any:
         """x_{t+1} (B', n) from x_t (B', n), u_t (B', m)."""
-        p, ref = self._params("dynamics")
-        return self.fw.vmap(self._f)(p, ref, self._tau(x, u))
+        return self._batched(self.program.problem.transition, "dynamics", x, u)
 
     def cost(self, x: Any, u: Any) -> Any:
         """The total cost (B',) of trajectories x (B', T+1, n), u (B', T, m)."""
-        stage = self._per_stage("cost", self._l, self._tau(x[:, :-1], u)).sum(1)
+        B, T, m = u.shape
+        n = x.shape[-1]
+        stage = self._batched(self.program.problem.cost, "cost", x[:, :-1].reshape(B * T, n),
+                              u.reshape(B * T, m), over_time=T)
+        total = self.fw.xp.broadcast_to(stage, (B * T,)).reshape(B, T).sum(1)
         if self.program.problem.terminal_cost is None:
-            return stage
-        p, ref = self._params("terminal")
-        return stage + self.fw.vmap(self._lT)(p, ref, x[:, -1])
+            return total
+        return total + self.fw.xp.broadcast_to(
+            self._batched(self.program.problem.terminal_cost, "terminal", x[:, -1]), (B,))
 
     def linearize(self, x: Any, u: Any) -> Any:
         """F (B, T, n, N): the dynamics' Jacobians along x (B, T+1, n), u (B, T, m)."""
-        return self._per_stage("dynamics", self.fw.jacobian(self._f, argnums=2), self._tau(x[:, :-1], u))
+        xp = self.fw.xp
+        B, T, m = u.shape
+        n = x.shape[-1]
+        tau = self._tau(x[:, :-1], u).reshape(B * T, n + m)
+
+        def summed(tau: Any) -> Any:
+            # each point's next state depends on its own tau only, so the Jacobian of the sum
+            # over points (n, B * T, N) holds every point's Jacobian: one batched pass, no vmap
+            x_next = self._batched(self.program.problem.transition, "dynamics", tau[:, :n], tau[:, n:], over_time=T)
+            return x_next.sum(0)
+
+        J = self.fw.jacobian(summed)(tau)
+        return xp.moveaxis(J, 0, 1).reshape(B, T, n, n + m)
 
     def quadraticize(self, x: Any, u: Any) -> tuple[Any, Any, Any, Any]:
         """The stage costs' Hessians C (B, T, N, N) and gradients c (B, T, N) along the

@@ -2,8 +2,10 @@
 
 An atom says how its shape, polynomial degree, curvature and sign follow from
 its arguments'; it never looks further down the tree. Evaluation uses the
-array module it is handed (``torch`` or ``jax.numpy``) through the names both
-share, on values without a batch dimension.
+array module it is handed (``torch``, ``jax.numpy`` or NumPy) through the names
+they share, on values with one leading batch axis (of the batch's size, or 1 for
+values shared by every example): the evaluator runs a whole batch in one pass,
+and a single point is a batch of one.
 """
 
 from __future__ import annotations
@@ -79,6 +81,32 @@ def _max_degree(degrees: Sequence[int | None]) -> int | None:
     return None if any(d is None for d in degrees) else max(degrees, default=0)
 
 
+# ---- batched evaluation: every value is (b, *shape), b the batch size or 1 ----------------
+
+
+def _with_event_ndim(v: Any, shape: tuple[int, ...], ndim: int) -> Any:
+    """v (b, *shape) with unit axes after the batch axis so its event part has ``ndim``
+    axes: NumPy's right-aligned broadcasting of the event shapes, the batch axis kept first."""
+    extra = ndim - len(shape)
+    return v if extra == 0 else v.reshape((v.shape[0],) + (1,) * extra + tuple(shape))
+
+
+def _aligned(node: Expression, values: list[Any]) -> list[Any]:
+    """The arguments' values of an elementwise ``node``, ready to broadcast against each other."""
+    return [_with_event_ndim(v, a.shape, len(node.shape)) for a, v in zip(node.args, values)]
+
+
+def _sum_event(v: Any, shape: tuple[int, ...]) -> Any:
+    """The sum over the event axes of v (b, *shape): (b,)."""
+    return v.sum(tuple(range(1, len(shape) + 1))) if shape else v
+
+
+def broadcast_batch(xp: Any, values: list[Any]) -> list[Any]:
+    """The values broadcast to one batch size (for joining along an event axis)."""
+    b = max(v.shape[0] for v in values)
+    return [v if v.shape[0] == b else xp.broadcast_to(v, (b,) + tuple(v.shape[1:])) for v in values]
+
+
 class Add(Expression):
     def __init__(self, a: Expression, b: Expression):
         self.args = (a, b)
@@ -93,7 +121,8 @@ class Add(Expression):
         return _add_signs(arg_signs)
 
     def evaluate(self, xp, values):
-        return values[0] + values[1]
+        a, b = _aligned(self, values)
+        return a + b
 
     def render(self, s):
         return f"{s[0]} - {s[1][1:]}" if isinstance(self.args[1], Neg) else f"{s[0]} + {s[1]}"
@@ -139,7 +168,8 @@ class Multiply(Expression):
         return _multiply_signs(*s)
 
     def evaluate(self, xp, values):
-        return values[0] * values[1]
+        a, b = _aligned(self, values)
+        return a * b
 
     def render(self, s):
         return f"{_paren(self.args[0], s[0])} * {_paren(self.args[1], s[1])}"
@@ -162,7 +192,8 @@ class Divide(Expression):
         return _multiply_signs(*s)
 
     def evaluate(self, xp, values):
-        return values[0] / values[1]
+        a, b = _aligned(self, values)
+        return a / b
 
     def render(self, s):
         return f"{_paren(self.args[0], s[0])} / {_paren(self.args[1], s[1], strict=True)}"
@@ -227,7 +258,14 @@ class MatMul(Expression):
         return UNKNOWN
 
     def evaluate(self, xp, values):
-        return xp.matmul(values[0], values[1])
+        (a, b), (sa, sb) = values, (self.args[0].shape, self.args[1].shape)
+        if len(sa) == 2 and len(sb) == 2:
+            return xp.matmul(a, b)
+        if len(sa) == 2:  # matrix @ vector
+            return xp.matmul(a, b[..., None])[..., 0]
+        if len(sb) == 2:  # vector @ matrix
+            return xp.matmul(a[..., None, :], b)[..., 0, :]
+        return (a * b).sum(-1)
 
     def render(self, s):
         return f"{_paren(self.args[0], s[0])} @ {_paren(self.args[1], s[1], strict=True)}"
@@ -245,6 +283,9 @@ class Index(Expression):
         except (IndexError, TypeError, ValueError) as exc:
             raise ModelError(f"invalid index {index!r} for {a} of shape {a.shape}: {exc}") from None
         self.args = (a,)
+        parts = _explicit_parts(self.index, a.ndim)
+        self._batched_index = (slice(None),) + parts
+        self._advanced = parts if any(isinstance(p, np.ndarray) for p in parts) else None
 
     degree = staticmethod(_max_degree)
 
@@ -255,7 +296,12 @@ class Index(Expression):
         return s[0]
 
     def evaluate(self, xp, values):
-        return values[0][self.index]
+        if self._advanced is None:  # basic indexing: the batch axis stays in front
+            return values[0][self._batched_index]
+        # integer arrays may move the indexed axes to the front (NumPy's rules, which torch
+        # and JAX follow differently for ints): index with the batch axis last instead
+        out = xp.moveaxis(values[0], 0, -1)[self._advanced]
+        return xp.moveaxis(out, -1, 0)
 
     def render(self, s):
         return f"{_paren(self.args[0], s[0], strict=True)}[{_format_index(self.index)}]"
@@ -275,7 +321,7 @@ class Transpose(Expression):
         return s[0]
 
     def evaluate(self, xp, values):
-        return values[0].T if len(self.shape) == 2 else values[0]
+        return xp.swapaxes(values[0], -1, -2) if len(self.shape) == 2 else values[0]
 
     def render(self, s):
         return f"{_paren(self.args[0], s[0], strict=True)}.T"
@@ -361,7 +407,7 @@ class Atan2(Expression):
         self.shape = broadcast_shape(y, x, "atan2")
 
     def evaluate(self, xp, values):
-        return xp.arctan2(values[0], values[1])
+        return xp.arctan2(*_aligned(self, values))
 
     def render(self, s):
         return f"atan2({s[0]}, {s[1]})"
@@ -391,7 +437,9 @@ class Sum(Expression):
         return s[0]
 
     def evaluate(self, xp, values):
-        return values[0].sum() if self.axis is None else values[0].sum(self.axis)
+        if self.axis is None:
+            return _sum_event(values[0], self.args[0].shape)
+        return values[0].sum(self.axis + 1 if self.axis >= 0 else self.axis)
 
     def render(self, s):
         return f"sum({s[0]})" if self.axis is None else f"sum({s[0]}, axis={self.axis})"
@@ -413,7 +461,7 @@ class SumSquares(Expression):
         return NONNEG
 
     def evaluate(self, xp, values):
-        return (values[0] * values[0]).sum()
+        return _sum_event(values[0] * values[0], self.args[0].shape)
 
     def render(self, s):
         return f"sum_squares({s[0]})"
@@ -462,7 +510,7 @@ class QuadForm(Expression):
 
     def evaluate(self, xp, values):
         x, P = values
-        return xp.matmul(x, xp.matmul(P, x))
+        return (x * xp.matmul(P, x[..., None])[..., 0]).sum(-1)
 
     def render(self, s):
         return f"quad_form({s[0]}, {s[1]})"
@@ -483,7 +531,7 @@ class Norm2(Expression):
         return NONNEG
 
     def evaluate(self, xp, values):
-        return xp.sqrt((values[0] * values[0]).sum())
+        return xp.sqrt(_sum_event(values[0] * values[0], self.args[0].shape))
 
     def render(self, s):
         return f"norm2({s[0]})"
@@ -512,7 +560,7 @@ class Stack(Expression):
         return _add_signs(s)
 
     def evaluate(self, xp, values):
-        return xp.stack(values)
+        return xp.stack(broadcast_batch(xp, values), 1)
 
     def render(self, s):
         return f"stack([{', '.join(s)}])"
@@ -538,7 +586,8 @@ class Concat(Expression):
         return _add_signs(s)
 
     def evaluate(self, xp, values):
-        return xp.concatenate([v.reshape(1) if a.ndim == 0 else v for a, v in zip(self.args, values)])
+        pieces = [v.reshape(v.shape[0], 1) if a.ndim == 0 else v for a, v in zip(self.args, values)]
+        return xp.concatenate(broadcast_batch(xp, pieces), 1)
 
     def render(self, s):
         return f"concat([{', '.join(s)}])"
@@ -571,6 +620,17 @@ def _reversed_slices_as_arrays(index: Any, shape: tuple[int, ...]) -> Any:
     if len(parts) != 1 or len(shape) != 1:
         raise ModelError(f"a negative-step slice is supported on vectors only, got index {index!r} for shape {shape}")
     return np.ascontiguousarray(np.arange(shape[0])[parts[0]])
+
+
+def _explicit_parts(index: Any, ndim: int) -> tuple:
+    """The index as a tuple with its Ellipsis spelled out as slices, so it addresses the
+    leading axes only (the evaluator may append the batch axis)."""
+    parts = index if isinstance(index, tuple) else (index,)
+    if not any(p is Ellipsis for p in parts):
+        return parts
+    k = parts.index(Ellipsis)
+    used = sum(1 for p in parts if p is not None and p is not Ellipsis)
+    return parts[:k] + (slice(None),) * (ndim - used) + parts[k + 1:]
 
 
 def _format_index(index: Any) -> str:

@@ -68,7 +68,8 @@ class Expression:
     def evaluate(self, xp: Any, values: list[Any]) -> Any:
         """The value of this node given its arguments' values, with array module ``xp``.
 
-        Values carry no batch dimension: batching is the caller's ``vmap``.
+        Every value has one leading batch axis (the batch's size, or 1 for a value shared
+        by the whole batch); the result has it too (see :mod:`diffcontrol.dsl.atoms`).
         """
         raise NotImplementedError
 

@@ -40,14 +40,19 @@ class FunctionCall(Expression):
         self.args = tuple(args)
         self.shape = function.shape
 
-    def evaluate(self, xp, values):
-        out = self.function.fn(*values)
-        if tuple(out.shape) != self.shape:
+    def check_shape(self, out: Any, batched: bool = False) -> Any:
+        """``out`` (the function's value; with ``batched``, a batch of them) if its shape is the
+        declared one, else a ModelError."""
+        shape = tuple(out.shape[1:] if batched else out.shape)
+        if shape != self.shape:
             raise ModelError(
                 f"dc.Function {self.function.name} declared shape {self.shape} "
-                f"but returned shape {tuple(out.shape)}"
+                f"but returned shape {shape}"
             )
         return out
+
+    def evaluate(self, xp, values):  # the evaluator calls the function itself (it needs vmap)
+        raise AssertionError("dc.Function calls are evaluated by the evaluator")
 
     def render(self, s):
         return f"{self.function.name}({', '.join(s)})"

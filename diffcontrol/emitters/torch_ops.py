@@ -27,9 +27,10 @@ class TorchOps:
     @staticmethod
     def scan(step, carry, stages: dict, reverse: bool = False):
         T = next(iter(stages.values())).shape[1]
+        slices = {k: a.unbind(1) for k, a in stages.items()}  # one call per array, not T slicings
         ys = [None] * T
         for t in (reversed(range(T)) if reverse else range(T)):
-            carry, ys[t] = step(carry, {k: a[:, t] for k, a in stages.items()})
+            carry, ys[t] = step(carry, {k: a[t] for k, a in slices.items()})
         return carry, tuple(torch.stack(parts, 1) for parts in zip(*ys))
 
     @staticmethod
