@@ -253,6 +253,19 @@ def test_nonconvergence_warns_with_count_or_raises_and_never_zeroes_gradients():
         strict(**values)
 
 
+def test_newton_tail_reaches_the_gauss_newton_solution_in_fewer_iterations():
+    """hessian='newton' changes the path, not the fixed point: the same solutions as classic
+    Gauss-Newton iLQR, and where GN crawls (linear convergence) far fewer iterations."""
+    cart = dc.models.cartpole(horizon=20)
+    values = _values(cart, initial_states("cartpole", 16)[:8])  # states that need no long crawl
+    _, u_newton, newton = cart.problem.compile().to_torch()(**values, return_info=True)
+    _, u_gn, gn = cart.problem.compile(hessian="gauss_newton", max_iter=300).to_torch()(**values, return_info=True)
+    assert bool(newton.converged.all()) and bool(gn.converged.all())
+    assert rel_err(u_newton, u_gn) < 1e-6  # both stop at tol = sqrt(eps) on the scaled gradient
+    assert int(newton.iterations.sum()) < 0.6 * int(gn.iterations.sum())
+    assert bool((newton.iterations <= gn.iterations).all())
+
+
 def test_options_are_validated():
     pend = dc.models.pendulum(horizon=5)
     with pytest.raises(dc.BackendError, match="backward='adjoint' is not offered by 'ilqr'; choose one of "
@@ -262,6 +275,10 @@ def test_options_are_validated():
         pend.problem.compile(ls_decay=1.5)
     with pytest.raises(dc.BackendError, match="unknown option 'lqr_iter' for backend 'ilqr'"):
         pend.problem.compile(lqr_iter=5)
+    with pytest.raises(dc.BackendError, match="hessian must be 'newton' or 'gauss_newton', got 'exact'"):
+        pend.problem.compile(hessian="exact")
+    with pytest.raises(dc.BackendError, match="newton_switch must be nonnegative, got -1"):
+        pend.problem.compile(newton_switch=-1)
 
 
 def test_explain_names_ilqr_its_derivatives_bounds_and_options():

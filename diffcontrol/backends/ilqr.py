@@ -6,7 +6,10 @@ Riccati sweep with a projected-Newton box QP per stage (the kernel of the lqr
 backend) gives a feedback policy; a line search on the true cost rolls it out
 for several step sizes at once and keeps, per example, the largest that lowers
 the cost. An example stops once the projected gradient of its total cost with
-respect to the controls is below ``tol`` (or no step lowers its cost).
+respect to the controls is below ``tol`` (or no step lowers its cost). Gauss-Newton
+(the cost's Hessian only) converges linearly; near the solution (``hessian="newton"``,
+the default) the sweep takes the Hessian of the Lagrangian instead, the one the exact
+backward uses, and the tail converges quadratically.
 
 Backward (``backward="implicit"``): the implicit function theorem at the fixed
 point. The KKT conditions of the *nonlinear* problem (stationarity of the
@@ -32,7 +35,7 @@ from diffcontrol.backends import kkt
 from diffcontrol.backends.kkt import Info
 from diffcontrol.backends.ops import Ops
 from diffcontrol.backends.riccati import adjoint, frozen_lqr_adjoint, riccati_sweep, rollout
-from diffcontrol.errors import GradientFallbackWarning
+from diffcontrol.errors import BackendError, GradientFallbackWarning
 
 NAME = "ilqr"
 
@@ -52,8 +55,22 @@ OPTIONS = {
     "ls_decay": (0.5, "step shrink factor of the line search"),
     "ls_max_iter": (10, "step sizes tried per iteration: 1, decay, decay^2, ..."),
     "ls_parallel": (4, "step sizes rolled out at once (one batched rollout) per line-search round"),
+    "hessian": ("newton", "'newton': near the solution (scaled residual below newton_switch) the sweep "
+                          "uses the Hessian of the Lagrangian, cost Hessian + sum lam d2f, as the exact "
+                          "backward does, for quadratic instead of linear convergence, falling back to "
+                          "Gauss-Newton per example where it is not positive definite or its step "
+                          "fails; 'gauss_newton': the cost Hessian throughout (classic iLQR). "
+                          "backward='unroll' always iterates Gauss-Newton"),
+    "newton_switch": (1e-3, "scaled residual below which hessian='newton' uses the Lagrangian's Hessian"),
 }
 BACKWARD_MODES = ("implicit", "gauss_newton", "unroll")
+
+
+def validate_options(options: dict) -> None:
+    if options["hessian"] not in ("newton", "gauss_newton"):
+        raise BackendError(f"hessian must be 'newton' or 'gauss_newton', got {options['hessian']!r}")
+    if not options["newton_switch"] >= 0:
+        raise BackendError(f"newton_switch must be nonnegative, got {options['newton_switch']!r}")
 
 
 def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tuple[Any, Any], Info, dict]:
@@ -74,27 +91,56 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
         residual = kkt.projected_gradient_residual(ops, u, lo, hi, g_u, [c[..., n:]])
         return (C, c, CT, cT, F, lam, g_u), residual
 
+    newton = options["hessian"] == "newton" and options["backward"] != "unroll"
+
     def unfinished(state):
-        _, _, _, _, residual, stalled, _ = state
+        _, _, _, _, residual, stalled, _, _ = state
         return (~((residual <= tol) | stalled)).any()
 
-    def iteration(state):
-        x, u, cost, (C, c, CT, cT, F, _, _), residual, stalled, iterations = state
-        active = ~((residual <= tol) | stalled)
+    def sweep(x, u, approx, near):
+        """The policy (K, k) from the LQ approximation; for the examples ``near`` the solution,
+        from the Hessian of the Lagrangian, with Gauss-Newton wherever that one is not
+        positive definite. Also returns which examples got the Newton policy."""
+        C, c, CT, cT, F, lam, _ = approx
         box = (lo - u, hi - u) if bounded else None
-        policy = riccati_sweep(ops, C, c, F, CT, cT, box=box, qp_max_iter=options["qp_max_iter"])
+
+        def gauss_newton():
+            policy = riccati_sweep(ops, C, c, F, CT, cT, box=box, qp_max_iter=options["qp_max_iter"])
+            return policy.K, policy.k
+
+        def lagrangian():
+            curvature = model.dynamics_curvature(x[:, :-1], u, lam[:, 1:])
+            H = C + xp.where(near[:, None, None, None], curvature, 0.0 * curvature)
+            exact = riccati_sweep(ops, H, c, F, CT, cT, box=box, qp_max_iter=options["qp_max_iter"], strict=False)
+            ok = xp.isfinite(exact.K).reshape(B, -1).all(-1) & xp.isfinite(exact.k).reshape(B, -1).all(-1)
+            K, k = ops.cond((near & ~ok).any(), gauss_newton, lambda: (exact.K, exact.k))
+            return (xp.where(ok[:, None, None, None], exact.K, K), xp.where(ok[:, None, None], exact.k, k),
+                    near & ok, near & ~ok)
+
+        def plain():
+            return (*gauss_newton(), near & False, near & False)
+
+        return ops.cond(near.any(), lagrangian, plain) if newton else plain()
+
+    def iteration(state):
+        x, u, cost, approx, residual, stalled, iterations, newton_ok = state
+        active = ~((residual <= tol) | stalled)
+        K, k, used, indefinite = sweep(x, u, approx, active & newton_ok & (residual <= options["newton_switch"]))
         x, u, cost, accepted = _line_search(
-            ops, model, x0, x, u, cost, policy.K, policy.k, (lo, hi) if bounded else None, active, options)
-        return (x, u, cost, *approximate(x, u), stalled | (active & ~accepted),
-                iterations + xp.where(accepted, 1, 0))
+            ops, model, x0, x, u, cost, K, k, (lo, hi) if bounded else None, active, options)
+        # an example whose Lagrangian Hessian is indefinite is not near a strict minimum yet, and
+        # a failed Newton step is retried with Gauss-Newton: both go on with Gauss-Newton only
+        failed = active & ~accepted
+        return (x, u, cost, *approximate(x, u), stalled | (failed & ~used),
+                iterations + xp.where(accepted, 1, 0), newton_ok & ~(failed & used) & ~indefinite)
 
     u = ops.zeros((B, T, m), x0) if u_init is None else u_init
     u = xp.minimum(xp.maximum(u, lo), hi)
     x = _simulate(ops, model, x0, u)
     cost = model.cost(x, u)
     stalled = xp.zeros_like(cost, dtype=bool)
-    start = (x, u, cost, *approximate(x, u), stalled, xp.where(stalled, 1, 0))
-    x, u, _, (C, _, CT, _, F, lam, g_u), residual, stalled, iterations = ops.loop(
+    start = (x, u, cost, *approximate(x, u), stalled, xp.where(stalled, 1, 0), ~stalled)
+    x, u, _, (C, _, CT, _, F, lam, g_u), residual, stalled, iterations, _ = ops.loop(
         unfinished, iteration, start, options["max_iter"])
 
     converged = residual <= tol

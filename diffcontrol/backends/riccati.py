@@ -28,19 +28,20 @@ def _masked_hessian(ops: Ops, H: Any, free: Any) -> Any:
     return ops.xp.where(both, H, 0.0 * H) + eye * (~free)[..., None, :]
 
 
-def box_qp(ops: Ops, H: Any, q: Any, lo: Any, hi: Any, max_iter: int) -> tuple[Any, Any, Any]:
+def box_qp(ops: Ops, H: Any, q: Any, lo: Any, hi: Any, max_iter: int, strict: bool = True) -> tuple[Any, Any, Any]:
     """min_x 1/2 x^T H x + q^T x  s.t.  lo <= x <= hi, batched over the leading dims.
 
     Projected Newton (Bertsekas 1982, as in Tassa et al. 2014's box-DDP) from
     x = clip(0): Newton steps on the free set, Armijo backtracking along the
     projection arc. Returns x, the free mask at x, and the Cholesky factor of
     the free block (identity on clamped rows), which the caller reuses for K.
+    ``strict=False``: where H is not positive definite, NaNs instead of a SolverError.
     """
     xp = ops.xp
     if q.shape[-1] == 1:  # one control: the clipped Newton step is the exact solution
         x = xp.minimum(xp.maximum(-q / H[..., 0], lo), hi)
         free = (x > lo) & (x < hi)
-        return x, free, ops.cholesky(_masked_hessian(ops, H, free))
+        return x, free, ops.cholesky(_masked_hessian(ops, H, free), strict)
     x = xp.minimum(xp.maximum(0.0 * q, lo), hi)
     tol = 100 * ops.eps(q)
 
@@ -50,7 +51,7 @@ def box_qp(ops: Ops, H: Any, q: Any, lo: Any, hi: Any, max_iter: int) -> tuple[A
     def newton_direction(x):
         g = _mv(H, x) + q
         free = ~(((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0)))
-        dx = -ops.cho_solve(ops.cholesky(_masked_hessian(ops, H, free)), g * free)
+        dx = -ops.cho_solve(ops.cholesky(_masked_hessian(ops, H, free), strict), g * free)
         return g, dx
 
     def moving(state):
@@ -81,7 +82,7 @@ def box_qp(ops: Ops, H: Any, q: Any, lo: Any, hi: Any, max_iter: int) -> tuple[A
     x, _, _ = ops.loop(moving, newton_step, (x, dx, g), max_iter)
     g = _mv(H, x) + q
     free = ~(((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0)))
-    return x, free, ops.cholesky(_masked_hessian(ops, H, free))
+    return x, free, ops.cholesky(_masked_hessian(ops, H, free), strict)
 
 
 class Policy(NamedTuple):
@@ -122,8 +123,8 @@ def riccati_sweep(
     the control *deviation*; a box QP per stage decides the free set) or by a
     fixed ``free`` mask (B, T, m) whose False entries are held at zero (the
     backward pass's frozen active set). Neither: unconstrained.
-    ``strict=False`` (with ``free`` or unconstrained): an example whose Q_uu is not positive
-    definite gets NaNs in its policy instead of raising.
+    ``strict=False``: an example whose Q_uu is not positive definite (on its free controls)
+    gets NaNs in its policy instead of raising.
     Returns the :class:`Policy`.
     """
     xp = ops.xp
@@ -149,7 +150,7 @@ def riccati_sweep(
         # controls, and on the free ones Quu K = -Qux and (qu + Quu k) = 0 (the box QP's
         # stationarity there).
         if box is not None:
-            k, free_t, L = box_qp(ops, Quu, qu, s["lo"], s["hi"], qp_max_iter)
+            k, free_t, L = box_qp(ops, Quu, qu, s["lo"], s["hi"], qp_max_iter, strict)
             K = -ops.cho_solve(L, Qux * free_t[..., None])
             V = Qxx + Qxu @ K
             v = qx + _mv(Qxu, k)
