@@ -95,7 +95,8 @@ def main() -> None:
         f"sum_i 1/2 (y_i - p_i)^2 + {A_COS} cos(y_i) + {C_CHAIN}/2 sum_i (y_(i+1) - y_i)^2 (nonconvex, "
         "coupled). Backward time = `loss.backward()` alone (the forward, warm-started at a converged "
         "solution, runs outside the clock), median of 5 runs (3 at n = 4000, 1 for unroll at n = 1000) "
-        "after a warm-up. CG: the default cg_tol (sqrt(eps) = 1.5e-8, relative residual). Dense: the Hessian formed by autodiff (n reverse passes, "
+        "after a warm-up. CG: the default cg_tol (sqrt(eps) = 1.5e-8, relative residual). "
+        "Dense: the Hessian formed by autodiff (n reverse passes, "
         "vectorised) and solved by LU. Unroll: autodiff through damped Newton from a cold start to "
         "convergence (each iteration forms and factorises the Hessian); not run at n = 4000. "
         "Gradient error: relative to the dense gradient.",
