@@ -238,7 +238,8 @@ def test_warm_start_at_the_solution_takes_no_iteration():
 
 def test_nonconvergence_warns_with_count_or_raises_and_never_zeroes_gradients():
     pend = dc.models.pendulum(horizon=10)
-    values = _values(pend, initial_states("pendulum", 3, seed=1))
+    th = torch.tensor([0.1, 3.0, -2.9], dtype=torch.float64)  # near the top, one iteration is far from a minimum
+    values = _values(pend, torch.stack([th.cos(), th.sin(), torch.zeros_like(th)], -1))
     layer = pend.problem.compile(max_iter=1).to_torch()
     leaves = {k: v.clone().requires_grad_() for k, v in values.items()}
     with pytest.warns(dc.NotConvergedWarning, match=r"of 3 examples did not converge \(largest residual"):
@@ -279,6 +280,8 @@ def test_options_are_validated():
         pend.problem.compile(hessian="exact")
     with pytest.raises(dc.BackendError, match="newton_switch must be nonnegative, got -1"):
         pend.problem.compile(newton_switch=-1)
+    with pytest.raises(dc.BackendError, match="ls_expand must be a nonnegative int, got 0.5"):
+        pend.problem.compile(ls_expand=0.5)
 
 
 def test_explain_names_ilqr_its_derivatives_bounds_and_options():

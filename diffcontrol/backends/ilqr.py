@@ -55,6 +55,8 @@ OPTIONS = {
     "ls_decay": (0.5, "step shrink factor of the line search"),
     "ls_max_iter": (10, "step sizes tried per iteration: 1, decay, decay^2, ..."),
     "ls_parallel": (4, "step sizes rolled out at once (one batched rollout) per line-search round"),
+    "ls_expand": (1, "step sizes above the full step tried too, in its round: 1/decay, ..., "
+                     "(1/decay)^ls_expand (at most ls_parallel - 1; 0: none); the round's lowest cost wins"),
     "hessian": ("newton", "'newton': near the solution (scaled residual below newton_switch) the sweep "
                           "uses the Hessian of the Lagrangian, cost Hessian + sum lam d2f, as the exact "
                           "backward does, for quadratic instead of linear convergence, falling back to "
@@ -69,6 +71,8 @@ BACKWARD_MODES = ("implicit", "gauss_newton", "unroll")
 def validate_options(options: dict) -> None:
     if options["hessian"] not in ("newton", "gauss_newton"):
         raise BackendError(f"hessian must be 'newton' or 'gauss_newton', got {options['hessian']!r}")
+    if not isinstance(options["ls_expand"], int) or options["ls_expand"] < 0:
+        raise BackendError(f"ls_expand must be a nonnegative int, got {options['ls_expand']!r}")
     if not options["newton_switch"] >= 0:
         raise BackendError(f"newton_switch must be nonnegative, got {options['newton_switch']!r}")
 
@@ -163,14 +167,18 @@ def _simulate(ops: Ops, model: Any, x0: Any, u: Any) -> Any:
 
 def _line_search(ops: Ops, model: Any, x0: Any, x: Any, u: Any, cost: Any, K: Any, k: Any,
                  box: tuple[Any, Any] | None, active: Any, options: dict) -> tuple[Any, Any, Any, Any]:
-    """Per example, the largest step size alpha in 1, decay, decay^2, ... (``ls_max_iter`` of
-    them) whose rollout of u_t = clip(u_t + alpha k_t + K_t (x'_t - x_t)) lowers the cost;
-    ``ls_parallel`` step sizes are rolled out as one batch per round. Returns the new x, u,
-    cost and which examples moved."""
+    """Per example, a step size alpha in decay^-ls_expand, ..., 1, decay, decay^2, ... (down
+    to decay^(ls_max_iter - 1)) whose rollout of u_t = clip(u_t + alpha k_t + K_t (x'_t - x_t))
+    lowers the cost: ``ls_parallel`` step sizes are rolled out as one batch per round, largest
+    first, and the first round with an acceptable one gives the lowest cost among them.
+    Returns the new x, u, cost and which examples moved."""
     xp = ops.xp
     B = cost.shape[0]
-    copies = min(options["ls_parallel"], options["ls_max_iter"])
-    rounds = -(-options["ls_max_iter"] // copies)
+    # the full step always shares the first round with the longer ones: near the solution
+    # it is the one that wins, and Newton's quadratic convergence needs it
+    expand = min(options["ls_expand"], options["ls_parallel"] - 1)
+    copies = min(options["ls_parallel"], options["ls_max_iter"] + expand)
+    rounds = -(-(options["ls_max_iter"] + expand) // copies)
 
     def tile(a: Any) -> Any:
         return a if copies == 1 else xp.concatenate([a] * copies, 0)
@@ -192,18 +200,23 @@ def _line_search(ops: Ops, model: Any, x0: Any, x: Any, u: Any, cost: Any, K: An
         alpha = options["ls_decay"] ** trial
         cx, cu = rollout(ops, lambda xt, ut, _: model.step(xt, ut), x0s, us, xs, Ks, ks, alpha, lo, hi)
         ccost = model.cost(cx, cu)
+        # where GN's curvature overstates the cost's (a plateau: steps far shorter than the
+        # way to go), a longer step than the full one is cheaper per unit progress; so per
+        # example the round's lowest acceptable cost wins, not the first acceptable step
+        before = accepted
         for j in range(copies):
             rows = slice(j * B, (j + 1) * B)
             exponent = trial[rows, 0]
             bound = xp.where(exponent == 0, cost + slack, cost)
-            take = active & ~accepted & (ccost[rows] < bound) & (exponent < options["ls_max_iter"])
+            take = (active & ~before & (ccost[rows] < bound) & (exponent < options["ls_max_iter"])
+                    & (~accepted | (ccost[rows] < new_cost)))
             new_x = xp.where(take[:, None, None], cx[rows], new_x)
             new_u = xp.where(take[:, None, None], cu[rows], new_u)
             new_cost = xp.where(take, ccost[rows], new_cost)
             accepted = accepted | take
         return first + copies, accepted, new_x, new_u, new_cost
 
-    start = (0.0 * cost[0], xp.zeros_like(active), x, u, cost)
+    start = (0.0 * cost[0] - expand, xp.zeros_like(active), x, u, cost)
     _, accepted, new_x, new_u, new_cost = ops.loop(searching, round_, start, rounds)
     return new_x, new_u, new_cost, accepted
 
