@@ -19,6 +19,7 @@ and the framework carries them on to the Parameters and the weights of every
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,7 @@ class Model:
     """
 
     def __init__(self, program: ILQRProgram, fw: Framework, params: dict[str, Any], like: Any):
+        self._tiled: dict[int, Model] = {}
         self.program, self.fw, self.params, self.like = program, fw, params, like
         p = program.problem
         self._names = {
@@ -86,10 +88,16 @@ class Model:
         j * B + b): the line search rolls several step sizes out at once."""
         if copies == 1:
             return self
+        if copies in self._tiled:  # every iteration's line search asks for the same
+            return self._tiled[copies]
         xp = self.fw.xp
-        params = {k: xp.concatenate([v] * copies, 0) for k, v in self.params.items()}
-        tiled = Model(self.program, self.fw, params, xp.concatenate([self.like] * copies, 0))
-        tiled._constants = self._constants
+        tiled = copy.copy(self)  # same names and constants
+        tiled.params = {k: xp.concatenate([v] * copies, 0) for k, v in self.params.items()}
+        tiled.like = xp.concatenate([self.like] * copies, 0)
+        tiled._quadratic_stage = tiled._quadratic_terminal = None
+        tiled._tiled = {}
+        if self.fw.caches_arrays:  # (not across a jit trace: the arrays would leak its tracers)
+            self._tiled[copies] = tiled
         return tiled
 
     # -- batching ---------------------------------------------------------------------------
