@@ -143,11 +143,11 @@ class Model:
         p, _ = self._params(which)
         if over_time:
             p = {k: self._repeat(v, over_time) for k, v in p.items()}
-        program = self.program
-        env = {id(q): p[q.name] for q in program.parameters if q.name in p}
-        env[id(program.problem.state)] = x
+        problem = self.program.problem
+        env = self.program._env(p)
+        env[id(problem.state)] = x
         if u is not None:
-            env[id(program.problem.control)] = u
+            env[id(problem.control)] = u
         return evaluate_batched([root], env, self.fw, self.like, self._constants)[0]
 
     def _repeat(self, v: Any, T: int) -> Any:
