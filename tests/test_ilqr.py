@@ -267,6 +267,20 @@ def test_newton_tail_reaches_the_gauss_newton_solution_in_fewer_iterations():
     assert bool((newton.iterations <= gn.iterations).all())
 
 
+def test_longer_line_search_steps_reach_the_same_solutions_in_fewer_iterations():
+    """ls_expand=1 (twice the full step also tried, the round's lowest cost wins) changes the
+    path, not the fixed point: on pendulum swing-ups, the solutions of ls_expand=0 (largest
+    acceptable step of 1, 1/2, ...) in fewer iterations, and never more for any example."""
+    pend = dc.models.pendulum(horizon=20)
+    values = _values(pend, initial_states("pendulum", 16))
+    _, u_long, long = pend.problem.compile(ls_expand=1).to_torch()(**values, return_info=True)
+    _, u_full, full = pend.problem.compile(ls_expand=0).to_torch()(**values, return_info=True)
+    assert bool(long.converged.all()) and bool(full.converged.all())
+    assert rel_err(u_long, u_full) < 1e-6  # both stop at tol = sqrt(eps) on the scaled gradient
+    assert int(long.iterations.sum()) < 0.85 * int(full.iterations.sum())
+    assert bool((long.iterations <= full.iterations).all())
+
+
 def test_options_are_validated():
     pend = dc.models.pendulum(horizon=5)
     with pytest.raises(dc.BackendError, match="backward='adjoint' is not offered by 'ilqr'; choose one of "
