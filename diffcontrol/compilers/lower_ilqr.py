@@ -173,19 +173,9 @@ class Model:
 
     def linearize(self, x: Any, u: Any) -> Any:
         """F (B, T, n, N): the dynamics' Jacobians along x (B, T+1, n), u (B, T, m)."""
-        xp = self.fw.xp
-        B, T, m = u.shape
-        n = x.shape[-1]
-        tau = self._tau(x[:, :-1], u).reshape(B * T, n + m)
-
-        def summed(tau: Any) -> Any:
-            # each point's next state depends on its own tau only, so the Jacobian of the sum
-            # over points (n, B * T, N) holds every point's Jacobian: one batched pass, no vmap
-            x_next = self._batched(self.program.problem.transition, "dynamics", tau[:, :n], tau[:, n:], over_time=T)
-            return x_next.sum(0)
-
-        J = self.fw.jacobian(summed)(tau)
-        return xp.moveaxis(J, 0, 1).reshape(B, T, n, n + m)
+        # per point, vmapped: the Jacobian of the points' sum would serve reverse mode only
+        # (JAX's jacobian is forward mode, which would push B * T * N tangents through it)
+        return self._per_stage("dynamics", self.fw.jacobian(self._f, argnums=2), self._tau(x[:, :-1], u))
 
     def quadraticize(self, x: Any, u: Any) -> tuple[Any, Any, Any, Any]:
         """The stage costs' Hessians C (B, T, N, N) and gradients c (B, T, N) along the
