@@ -4,11 +4,12 @@ Forward (the Differentiable MPC paper's Appendix A; Tassa et al. 2014): at the
 current trajectory, linearize the dynamics and quadraticize the costs; one
 Riccati sweep with a projected-Newton box QP per stage (the kernel of the lqr
 backend) gives a feedback policy; a line search on the true cost rolls it out
-for several step sizes at once and keeps, per example, the largest that lowers
-the cost. An example stops once the projected gradient of its total cost with
-respect to the controls is below ``tol`` (or no step lowers its cost). Gauss-Newton
-(the cost's Hessian only) converges linearly; near the solution (``hessian="newton"``,
-the default) the sweep takes the Hessian of the Lagrangian instead, the one the exact
+for several step sizes at once (longer ones than the full step too) and keeps,
+per example, the one with the lowest cost. An example stops once the projected
+gradient of its total cost with respect to the controls is below ``tol`` (or no
+step lowers its cost). Gauss-Newton (the cost's Hessian only) converges
+linearly; near the solution (``hessian="newton"``, the default) the sweep takes
+the Hessian of the Lagrangian on the free controls instead, the one the exact
 backward uses, and the tail converges quadratically.
 
 Backward (``backward="implicit"``): the implicit function theorem at the fixed
@@ -56,12 +57,15 @@ OPTIONS = {
     "ls_max_iter": (10, "step sizes tried per iteration: 1, decay, decay^2, ..."),
     "ls_parallel": (4, "step sizes rolled out at once (one batched rollout) per line-search round"),
     "ls_expand": (1, "step sizes above the full step tried too, in its round: 1/decay, ..., "
-                     "(1/decay)^ls_expand (at most ls_parallel - 1; 0: none); the round's lowest cost wins"),
+                     "(1/decay)^ls_expand (at most ls_parallel - 1; 0: none); the round's lowest cost wins, "
+                     "and per example they grow by 1/decay while the longest keeps winning"),
     "hessian": ("newton", "'newton': near the solution (scaled residual below newton_switch) the sweep "
                           "uses the Hessian of the Lagrangian, cost Hessian + sum lam d2f, as the exact "
-                          "backward does, for quadratic instead of linear convergence, falling back to "
+                          "backward does, on the free controls (those at a bound the gradient pushes "
+                          "against stay), for quadratic instead of linear convergence, falling back to "
                           "Gauss-Newton per example where it is not positive definite or its step "
-                          "fails; 'gauss_newton': the cost Hessian throughout (classic iLQR). "
+                          "fails, until the residual has halved; 'gauss_newton': the cost Hessian "
+                          "throughout (classic iLQR). "
                           "backward='unroll' always iterates Gauss-Newton"),
     "newton_switch": (1e-3, "scaled residual below which hessian='newton' uses the Lagrangian's Hessian"),
 }
@@ -98,7 +102,7 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
     newton = options["hessian"] == "newton" and options["backward"] != "unroll"
 
     def unfinished(state):
-        _, _, _, _, residual, stalled, _, _ = state
+        residual, stalled = state[4], state[5]
         return (~((residual <= tol) | stalled)).any()
 
     def sweep(x, u, approx, near):
@@ -115,7 +119,16 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
         def lagrangian():
             curvature = model.dynamics_curvature(x[:, :-1], u, lam[:, 1:])
             H = C + xp.where(near[:, None, None, None], curvature, 0.0 * curvature)
-            exact = riccati_sweep(ops, H, c, F, CT, cT, box=box, qp_max_iter=options["qp_max_iter"], strict=False)
+            near_box = box
+            if bounded:
+                # Newton on the reduced problem: the controls at a bound that the gradient pushes
+                # against stay there (a zero-width box), so only the free controls' curvature
+                # counts; the full Hessian may well be indefinite along a clamped one
+                g_u = approx[6]
+                clamped = near[:, None, None] & (((u <= lo) & (g_u > 0)) | ((u >= hi) & (g_u < 0)))
+                near_box = tuple(xp.where(clamped, 0.0 * b, b) for b in box)
+            exact = riccati_sweep(ops, H, c, F, CT, cT, box=near_box, qp_max_iter=options["qp_max_iter"],
+                                  strict=False)
             ok = xp.isfinite(exact.K).reshape(B, -1).all(-1) & xp.isfinite(exact.k).reshape(B, -1).all(-1)
             K, k = ops.cond((near & ~ok).any(), gauss_newton, lambda: (exact.K, exact.k))
             return (xp.where(ok[:, None, None, None], exact.K, K), xp.where(ok[:, None, None], exact.k, k),
@@ -127,24 +140,28 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
         return ops.cond(near.any(), lagrangian, plain) if newton else plain()
 
     def iteration(state):
-        x, u, cost, approx, residual, stalled, iterations, newton_ok = state
+        x, u, cost, approx, residual, stalled, iterations, newton_below, stretch = state
         active = ~((residual <= tol) | stalled)
-        K, k, used, indefinite = sweep(x, u, approx, active & newton_ok & (residual <= options["newton_switch"]))
-        x, u, cost, accepted = _line_search(
-            ops, model, x0, x, u, cost, K, k, (lo, hi) if bounded else None, active, options)
+        K, k, used, indefinite = sweep(x, u, approx, active & (residual <= newton_below))
+        x, u, cost, accepted, stretch = _line_search(
+            ops, model, x0, x, u, cost, K, k, (lo, hi) if bounded else None, active, stretch, options)
         # an example whose Lagrangian Hessian is indefinite is not near a strict minimum yet, and
-        # a failed Newton step is retried with Gauss-Newton: both go on with Gauss-Newton only
+        # a failed Newton step is retried with Gauss-Newton: both go on with Gauss-Newton until
+        # their residual has halved (they may have left a saddle region for a strict minimum,
+        # where Newton's tail is quadratic while Gauss-Newton's can crawl at a rate near 1)
         failed = active & ~accepted
+        retry = indefinite | (failed & used)
         return (x, u, cost, *approximate(x, u), stalled | (failed & ~used),
-                iterations + xp.where(accepted, 1, 0), newton_ok & ~(failed & used) & ~indefinite)
+                iterations + xp.where(accepted, 1, 0), xp.where(retry, 0.5 * residual, newton_below), stretch)
 
     u = ops.zeros((B, T, m), x0) if u_init is None else u_init
     u = xp.minimum(xp.maximum(u, lo), hi)
     x = _simulate(ops, model, x0, u)
     cost = model.cost(x, u)
     stalled = xp.zeros_like(cost, dtype=bool)
-    start = (x, u, cost, *approximate(x, u), stalled, xp.where(stalled, 1, 0), ~stalled)
-    x, u, _, (C, _, CT, _, F, lam, g_u), residual, stalled, iterations, _ = ops.loop(
+    switch = options["newton_switch"] if newton else -1.0  # never
+    start = (x, u, cost, *approximate(x, u), stalled, xp.where(stalled, 1, 0), 0.0 * cost + switch, 0.0 * cost)
+    x, u, _, (C, _, CT, _, F, lam, g_u), residual, stalled, iterations, _, _ = ops.loop(
         unfinished, iteration, start, options["max_iter"])
 
     converged = residual <= tol
@@ -166,12 +183,13 @@ def _simulate(ops: Ops, model: Any, x0: Any, u: Any) -> Any:
 
 
 def _line_search(ops: Ops, model: Any, x0: Any, x: Any, u: Any, cost: Any, K: Any, k: Any,
-                 box: tuple[Any, Any] | None, active: Any, options: dict) -> tuple[Any, Any, Any, Any]:
-    """Per example, a step size alpha in decay^-ls_expand, ..., 1, decay, decay^2, ... (down
-    to decay^(ls_max_iter - 1)) whose rollout of u_t = clip(u_t + alpha k_t + K_t (x'_t - x_t))
-    lowers the cost: ``ls_parallel`` step sizes are rolled out as one batch per round, largest
-    first, and the first round with an acceptable one gives the lowest cost among them.
-    Returns the new x, u, cost and which examples moved."""
+                 box: tuple[Any, Any] | None, active: Any, stretch: Any, options: dict) -> tuple:
+    """Per example, a step size alpha whose rollout of u_t = clip(u_t + alpha k_t + K_t (x'_t - x_t))
+    lowers the cost, among 1/decay^(ls_expand + stretch), ..., 1/decay^(1 + stretch) (the
+    longer steps; ``stretch`` (B,) per example), 1, decay, decay^2, ... (down to
+    decay^(ls_max_iter - 1)): ``ls_parallel`` step sizes are rolled out as one batch per
+    round, longest first, and the first round with an acceptable one gives the lowest cost
+    among them. Returns the new x, u, cost, which examples moved, and the next stretch."""
     xp = ops.xp
     B = cost.shape[0]
     # the full step always shares the first round with the longer ones: near the solution
@@ -189,14 +207,16 @@ def _line_search(ops: Ops, model: Any, x0: Any, x: Any, u: Any, cost: Any, K: An
     # a decrease, or, for the full step, no increase beyond roundoff: near the solution the
     # decrease of a Newton step drops below roundoff of the cost before its gradient does
     slack = 10 * ops.eps(cost) * (1 + xp.abs(cost))
-    exponents = xp.concatenate([ops.zeros((B, 1), x0) + j for j in range(copies)], 0)  # (copies * B, 1)
+    offsets = xp.concatenate([ops.zeros((B, 1), x0) + j for j in range(copies)], 0)  # (copies * B, 1)
+    stretches = tile(stretch[:, None])
 
     def searching(state):
         return ~(state[1] | ~active).all()
 
     def round_(state):
-        first, accepted, new_x, new_u, new_cost = state
-        trial = first + exponents  # the step sizes' exponents, copy-major
+        first, accepted, new_x, new_u, new_cost, won = state
+        trial = first + offsets  # the step sizes' exponents, copy-major
+        trial = trial - xp.where(trial < 0, stretches, 0.0 * stretches)  # the longer steps, stretched
         alpha = options["ls_decay"] ** trial
         cx, cu = rollout(ops, lambda xt, ut, _: model.step(xt, ut), x0s, us, xs, Ks, ks, alpha, lo, hi)
         ccost = model.cost(cx, cu)
@@ -213,14 +233,18 @@ def _line_search(ops: Ops, model: Any, x0: Any, x: Any, u: Any, cost: Any, K: An
             new_x = xp.where(take[:, None, None], cx[rows], new_x)
             new_u = xp.where(take[:, None, None], cu[rows], new_u)
             new_cost = xp.where(take, ccost[rows], new_cost)
+            won = xp.where(take, exponent, won)
             accepted = accepted | take
-        return first + copies, accepted, new_x, new_u, new_cost
+        return first + copies, accepted, new_x, new_u, new_cost, won
 
-    start = (0.0 * cost[0] - expand, xp.zeros_like(active), x, u, cost)
-    _, accepted, new_x, new_u, new_cost = ops.loop(searching, round_, start, rounds)
-    return new_x, new_u, new_cost, accepted
-
-
+    start = (0.0 * cost[0] - expand, xp.zeros_like(active), x, u, cost, 0.0 * cost)
+    _, accepted, new_x, new_u, new_cost, won = ops.loop(searching, round_, start, rounds)
+    # the stretch grows while the longest step keeps winning (a plateau) and is gone once a
+    # step no longer than the full one wins
+    longest = accepted & (won == -(expand + stretch)) & (expand > 0)
+    stretch = xp.where(longest, xp.minimum(stretch + 1, 0.0 * stretch + options["ls_max_iter"]),
+                       xp.where(accepted & (won >= 0), 0.0 * stretch, stretch))
+    return new_x, new_u, new_cost, accepted, stretch
 def vjp(data: dict, saved: dict, cotangents: tuple[Any, Any], ops: Ops, needs: Any = DATA_KEYS) -> dict:
     """Cotangents of the KKT conditions' parameter-dependent parts (:data:`DATA_KEYS`) given
     those of (x, u): one LQR solve on the Hessian of the Lagrangian (Gauss-Newton: of the

@@ -34,7 +34,8 @@ def box_qp(ops: Ops, H: Any, q: Any, lo: Any, hi: Any, max_iter: int, strict: bo
     Projected Newton (Bertsekas 1982, as in Tassa et al. 2014's box-DDP) from
     x = clip(0): Newton steps on the free set, Armijo backtracking along the
     projection arc. Returns x, the free mask at x, and the Cholesky factor of
-    the free block (identity on clamped rows), which the caller reuses for K.
+    the free block (identity on clamped rows), which the caller reuses for K. A
+    coordinate with lo == hi is never free (whatever H's curvature along it).
     ``strict=False``: where H is not positive definite, NaNs instead of a SolverError.
     """
     xp = ops.xp
@@ -50,7 +51,7 @@ def box_qp(ops: Ops, H: Any, q: Any, lo: Any, hi: Any, max_iter: int, strict: bo
 
     def newton_direction(x):
         g = _mv(H, x) + q
-        free = ~(((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0)))
+        free = ~(((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0))) & (lo < hi)
         dx = -ops.cho_solve(ops.cholesky(_masked_hessian(ops, H, free), strict), g * free)
         return g, dx
 
@@ -81,7 +82,7 @@ def box_qp(ops: Ops, H: Any, q: Any, lo: Any, hi: Any, max_iter: int, strict: bo
     g, dx = newton_direction(x)
     x, _, _ = ops.loop(moving, newton_step, (x, dx, g), max_iter)
     g = _mv(H, x) + q
-    free = ~(((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0)))
+    free = ~(((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0))) & (lo < hi)
     return x, free, ops.cholesky(_masked_hessian(ops, H, free), strict)
 
 
