@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffcontrol.backends import kkt
+from diffcontrol.backends import condensed, kkt
 from diffcontrol.backends.kkt import Info
 from diffcontrol.backends.ops import Ops
 from diffcontrol.backends.riccati import (
     Policy,
+    _masked_hessian,
     _mv,
     control_gradient,
     costates,
@@ -27,6 +28,7 @@ from diffcontrol.backends.riccati import (
     riccati_sweep,
     rollout,
 )
+from diffcontrol.errors import BackendError
 
 NAME = "lqr"
 
@@ -64,7 +66,21 @@ OPTIONS = {
     "qp_max_iter": (20, "projected-Newton iterations of each stage's box QP"),
     "ls_decay": (0.5, "step shrink factor of the line search"),
     "ls_max_iter": (10, "line-search trials per iteration"),
+    "condense": ("auto", "solve the condensed QP (states eliminated: one dense box QP in the T*m "
+                         "controls, projected Newton) instead of Riccati sweeps: True, False, or "
+                         "'auto' (when T*m <= 64, where the sweeps' per-stage overhead dominates)"),
 }
+#: 'auto' condenses up to this many stacked controls T*m
+CONDENSE_MAX = 64
+
+
+def validate_options(options: dict) -> None:
+    if options["condense"] not in ("auto", True, False):
+        raise BackendError(f"condense must be 'auto', True or False, got {options['condense']!r}")
+
+
+def _condenses(options: dict, T: int, m: int) -> bool:
+    return options["condense"] is True or (options["condense"] == "auto" and T * m <= CONDENSE_MAX)
 BACKWARD_MODES = ("implicit", "unroll")
 
 
@@ -120,28 +136,80 @@ def _simulate(ops: Ops, data: dict, u: Any) -> Any:
     return x
 
 
-def _active_set_method(ops: Ops, data: dict, u: Any, max_iter: int, tol: float) -> tuple[Any, Any, Any, tuple]:
+class _RiccatiSolves:
+    """The active-set method's linear algebra by Riccati sweeps (any horizon)."""
+
+    def __init__(self, ops: Ops, data: dict):
+        self.ops, self.data = ops, data
+
+    def simulate(self, u: Any) -> Any:
+        return _simulate(self.ops, self.data, u)
+
+    def gradient(self, x: Any, u: Any) -> Any:
+        d = self.data
+        return costates(self.ops, d["C"], d["c"], d["F"], d["CT"], d["cT"], x, u)[1]
+
+    def solve_free(self, x: Any, u_ref: Any, free: Any) -> tuple:
+        """The LQ solution with the controls where ``free`` is False held at ``u_ref``: x, u,
+        the total cost's gradient w.r.t. u there, and the factors the backward can reuse."""
+        x_new, u_new, policy = _newton_step(self.ops, self.data, x, u_ref, free)
+        g_u = control_gradient(policy, x_new[:, :-1] - x[:, :-1], u_new - u_ref)
+        return x_new, u_new, g_u, (policy.K, policy.L, policy.Qxu)
+
+    def no_factors(self, u: Any) -> tuple:
+        ops, (B, T, m), n = self.ops, u.shape, self.data["x0"].shape[-1]
+        return (ops.zeros((B, T, m, n), u), ops.zeros((B, T, m, m), u) + ops.eye_like(ops.zeros((m, m), u)),
+                ops.zeros((B, T, n, m), u))
+
+
+class _CondensedSolves:
+    """The active-set method's linear algebra on the condensed QP: one dense Cholesky of the
+    free block of H per iteration (short horizons; see :mod:`~diffcontrol.backends.condensed`)."""
+
+    def __init__(self, ops: Ops, cond: condensed.Condensed):
+        self.ops, self.cond = ops, cond
+
+    def simulate(self, u: Any) -> Any:
+        return condensed.states(self.cond, u)
+
+    def gradient(self, x: Any, u: Any) -> Any:
+        return (_mv(self.cond.H, u.reshape(u.shape[0], -1)) + self.cond.h).reshape(u.shape)
+
+    def solve_free(self, x: Any, u_ref: Any, free: Any) -> tuple:
+        ops, H, h = self.ops, self.cond.H, self.cond.h
+        shape = u_ref.shape
+        mask, u_ref = free.reshape(shape[0], -1), u_ref.reshape(shape[0], -1)
+        L = ops.cholesky(_masked_hessian(ops, H, mask))
+        u_new = u_ref - ops.cho_solve(L, (_mv(H, u_ref) + h) * mask)
+        g_u = _mv(H, u_new) + h
+        u_new = u_new.reshape(shape)
+        return self.simulate(u_new), u_new, g_u.reshape(shape), (None, L, None)
+
+    def no_factors(self, u: Any) -> tuple:
+        return None, self.ops.eye_like(self.cond.H), None
+
+
+def _active_set_method(ops: Ops, data: dict, solves: Any, u: Any, max_iter: int, tol: float) -> tuple:
     """Primal-dual active-set method for the box-constrained LQ problem (Hintermueller, Ito and
-    Kunisch 2002; a semismooth Newton method): each iteration is one Riccati solve with the
-    active controls held at their bounds, then the sets are updated from the primal
-    violations and the multipliers' signs. An example stops once its sets repeat, which is
-    exactly the KKT point. Usually 2-6 iterations; it can cycle on rare problems, and the
-    caller's box-DDP then finishes those examples. The initial sets are the controls that
-    ``u`` (a warm start) holds at a bound the gradient pushes against; examples whose ``u``
-    already meets ``tol`` take no iteration. Returns x, u (clipped), the counts and the last
-    sweep's factors (K, L, Qxu, free, swept): the free sets are those of every settled
-    example, and ``swept`` says whether any sweep ran.
+    Kunisch 2002; a semismooth Newton method): each iteration is one solve with the active
+    controls held at their bounds (``solves``: :class:`_RiccatiSolves` or
+    :class:`_CondensedSolves`), then the sets are updated from the primal violations and the
+    multipliers' signs. An example stops once its sets repeat, which is exactly the KKT
+    point. Usually 2-6 iterations; it can cycle on rare problems, and the caller's box-DDP
+    then finishes those examples. The initial sets are the controls that ``u`` (a warm
+    start) holds at a bound the gradient pushes against; examples whose ``u`` already meets
+    ``tol`` take no iteration. Returns x, u (clipped), the counts and the last solve's
+    factors (K, L, Qxu, free, swept): the free sets are those of every settled example, and
+    ``swept`` says whether any solve ran.
     """
     xp = ops.xp
     lo, hi = data["lo"], data["hi"]
-    B, T, m = u.shape
-    n = data["x0"].shape[-1]
-    x = _simulate(ops, data, u)
-    _, g_u = costates(ops, data["C"], data["c"], data["F"], data["CT"], data["cT"], x, u)
+    B = u.shape[0]
+    x = solves.simulate(u)
+    g_u = solves.gradient(x, u)
     at_lo, at_hi = (u <= lo) & (g_u > 0), (u >= hi) & (g_u < 0)
     done = projected_gradient_residual(ops, data, x, u, g_u) <= tol
-    factors = (ops.zeros((B, T, m, n), u), ops.zeros((B, T, m, m), u) + ops.eye_like(ops.zeros((m, m), u)),
-               ops.zeros((B, T, n, m), u), xp.ones_like(u, dtype=bool), xp.zeros_like(done[0]))
+    factors = (*solves.no_factors(u), xp.ones_like(u, dtype=bool), xp.zeros_like(done[0]))
 
     def unsettled(state):
         return ~state[5].all()
@@ -150,8 +218,7 @@ def _active_set_method(ops: Ops, data: dict, u: Any, max_iter: int, tol: float) 
         x, u, at_lo, at_hi, iterations, done, _ = state
         u_ref = xp.where(at_lo, lo, xp.where(at_hi, hi, u))
         free = ~(at_lo | at_hi)
-        x_new, u_new, policy = _newton_step(ops, data, x, u_ref, free)
-        g_u = control_gradient(policy, x_new[:, :-1] - x[:, :-1], u_new - u_ref)
+        x_new, u_new, g_u, solve_factors = solves.solve_free(x, u_ref, free)
         new_lo = (at_lo & (g_u > 0)) | (free & (u_new < lo))
         new_hi = (at_hi & (g_u < 0)) | (free & (u_new > hi))
         settled = ((new_lo == at_lo) & (new_hi == at_hi)).reshape(B, -1).all(-1)
@@ -159,12 +226,12 @@ def _active_set_method(ops: Ops, data: dict, u: Any, max_iter: int, tol: float) 
         return (xp.where(keep, x, x_new), xp.where(keep, u, u_new),
                 xp.where(keep, at_lo, new_lo), xp.where(keep, at_hi, new_hi),
                 iterations + xp.where(done, 0, 1), done | settled,
-                (policy.K, policy.L, policy.Qxu, free, ~xp.zeros_like(done[0])))
+                (*solve_factors, free, ~xp.zeros_like(done[0])))
 
     start = (x, u, at_lo, at_hi, xp.where(done, 0, 0), done, factors)
     x, u, _, _, iterations, _, factors = ops.loop(unsettled, iteration, start, max_iter)
     u = xp.minimum(xp.maximum(u, lo), hi)
-    return _simulate(ops, data, u), u, iterations, factors
+    return solves.simulate(u), u, iterations, factors
 
 
 def _box_ddp(ops: Ops, data: dict, x: Any, u: Any, iterations: Any, bounded: bool, options: dict,
@@ -234,8 +301,10 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
 
     u = ops.zeros((B, T, m), C) if u_init is None else u_init
     u = xp.minimum(xp.maximum(u, lo), hi)
-    if bounded:
-        x, u, iterations, factors = _active_set_method(ops, data, u, options["max_iter"], tol)
+    cond = condensed.condense(ops, data) if _condenses(options, T, m) else None
+    if cond is not None or bounded:
+        solves = _RiccatiSolves(ops, data) if cond is None else _CondensedSolves(ops, cond)
+        x, u, iterations, factors = _active_set_method(ops, data, solves, u, options["max_iter"], tol)
     else:
         x, u, policy = _newton_step(ops, data, ops.zeros((B, T + 1, x0.shape[-1]), C), u)
         iterations = xp.where(xp.isfinite(u[:, 0, 0]), 1, 1)  # one exact solve
@@ -247,7 +316,8 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
     K, L, Qxu, free_fwd, swept = factors
     # the last sweep's factorisation serves the backward pass unless box-DDP moved the point
     saved = {"x": x, "u": u, "lam": lam, "active_lo": active_lo, "active_hi": active_hi,
-             "K": K, "L": L, "Qxu": Qxu, "free_fwd": free_fwd, "reusable": swept & ~moved}
+             "K": K, "L": L, "Qxu": Qxu, "free_fwd": free_fwd, "condensed": cond,
+             "reusable": swept & ~moved if cond is None else swept}
     return (x, u), Info(converged, iterations, residual, kkt.status_codes(ops, converged, stalled)), saved
 
 
@@ -264,11 +334,17 @@ def vjp(data: dict, saved: dict, cotangents: tuple[Any, Any], ops: Ops, needs: A
     free = ~(saved["active_lo"] | saved["active_hi"])
 
     g_tau = xp.concatenate([gx[:, :T], gu], -1)
-    # same C, F, CT and free set as the forward's last sweep: reuse its factorisation
+    # same C, F, CT and free set as the forward's last sweep (or condensed QP): reuse its factorisation
     reuse = saved["reusable"] & (saved["free_fwd"] == free).all()
-    forward = Policy(saved["K"], None, free, saved["L"], saved["Qxu"])
-    dx, du, dlam, r_u, _ = ops.cond(reuse, lambda: frozen_lqr_adjoint(ops, C, F, CT, free, g_tau, gx[:, T], forward),
-                                    lambda: frozen_lqr_adjoint(ops, C, F, CT, free, g_tau, gx[:, T]))
+    if saved["condensed"] is not None:
+        cond, mask = saved["condensed"], free.reshape(free.shape[0], -1)
+        L = ops.cond(reuse, lambda: saved["L"], lambda: ops.cholesky(_masked_hessian(ops, cond.H, mask)))
+        dx, du, dlam, r_u = condensed.frozen_adjoint(ops, cond, L, C, F, CT, free, g_tau, gx[:, T])
+    else:
+        forward = Policy(saved["K"], None, free, saved["L"], saved["Qxu"])
+        dx, du, dlam, r_u, _ = ops.cond(
+            reuse, lambda: frozen_lqr_adjoint(ops, C, F, CT, free, g_tau, gx[:, T], forward),
+            lambda: frozen_lqr_adjoint(ops, C, F, CT, free, g_tau, gx[:, T]))
 
     tau = xp.concatenate([x[:, :T], u], -1)
     d_tau = xp.concatenate([dx[:, :T], du], -1)

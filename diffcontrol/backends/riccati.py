@@ -55,13 +55,17 @@ def box_qp(ops: Ops, H: Any, q: Any, lo: Any, hi: Any, max_iter: int, strict: bo
         dx = -ops.cho_solve(ops.cholesky(_masked_hessian(ops, H, free), strict), g * free)
         return g, dx
 
+    def unfinished(dx, x):
+        return xp.amax(xp.abs(dx), -1) > tol * (1 + xp.amax(xp.abs(x), -1))
+
     def moving(state):
         x, dx, _ = state
-        return (xp.amax(xp.abs(dx), -1) > tol * (1 + xp.amax(xp.abs(x), -1))).any()
+        return unfinished(dx, x).any()
 
     def newton_step(state):
         x, dx, g = state
         f0 = objective(x)
+        searching = unfinished(dx, x)
 
         def untried(ls):
             return ~ls[2].all()
@@ -73,9 +77,10 @@ def box_qp(ops: Ops, H: Any, q: Any, lo: Any, hi: Any, max_iter: int, strict: bo
             new = xp.where((ok & ~accepted)[..., None], cand, new)
             return step * 0.5, new, accepted | ok
 
-        start = (ops.full_like(f0, 1.0), x, xp.zeros_like(f0, dtype=bool))
+        # the finished problems take no step (their Armijo test would only see roundoff)
+        start = (ops.full_like(f0, 1.0), x, ~searching)
         _, new, accepted = ops.loop(untried, backtrack, start, 20)
-        x = xp.where(accepted[..., None], new, x)
+        x = xp.where((accepted & searching)[..., None], new, x)
         g, dx = newton_direction(x)
         return x, dx, g
 
