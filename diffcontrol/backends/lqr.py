@@ -22,6 +22,7 @@ from diffcontrol.backends.riccati import (
     Policy,
     _masked_hessian,
     _mv,
+    affine_rollout,
     control_gradient,
     costates,
     frozen_lqr_adjoint,
@@ -122,18 +123,16 @@ def _newton_step(ops: Ops, data: dict, x: Any, u: Any, free: Any = None) -> tupl
     cT_dev = _mv(data["CT"], x[:, -1]) + data["cT"]
     defect = _mv(data["F"], tau) + data["f"] - x[:, 1:]
     policy = riccati_sweep(ops, data["C"], c_dev, data["F"], data["CT"], cT_dev, f=defect, free=free)
-    x, u = rollout(ops, _affine_step(ops), data["x0"], u, x, policy.K, policy.k, 1.0,
-                   stages={"F": data["F"], "f": data["f"]})
+    x, u = affine_rollout(ops, data["F"], data["f"], data["x0"], u, x, policy.K, policy.k)
     return x, u, policy
 
 
 def _simulate(ops: Ops, data: dict, u: Any) -> Any:
+    """x (B, T+1, n) under the open-loop controls u (B, T, m)."""
     B, T, m = u.shape
     n = data["x0"].shape[-1]
-    zero_K = ops.zeros((B, T, m, n), u)
-    x, _ = rollout(ops, _affine_step(ops), data["x0"], u, ops.zeros((B, T, n), u), zero_K, 0.0 * u, 0.0,
-                   stages={"F": data["F"], "f": data["f"]})
-    return x
+    return affine_rollout(ops, data["F"], data["f"], data["x0"], u, ops.zeros((B, T, n), u),
+                          ops.zeros((B, T, m, n), u), 0.0 * u)[0]
 
 
 class _RiccatiSolves:

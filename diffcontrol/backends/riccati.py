@@ -242,6 +242,26 @@ def rollout(
     return xp.concatenate([x0[:, None], xs], 1), us
 
 
+def affine_rollout(ops: Ops, F: Any, f: Any, x0: Any, u_ref: Any, x_ref: Any, K: Any, k: Any) -> tuple[Any, Any]:
+    """:func:`rollout` for affine dynamics x_{t+1} = F_t [x_t; u_t] + f_t (``f`` None: 0) and
+    no bounds, as the closed loop x_{t+1} = (A_t + B_t K_t) x_t + b_t: the loop's matrices
+    are formed for all t at once, so each stage is one product (the scan is overhead-bound).
+    ``x_ref`` (B, T or T+1, n). Returns x (B, T+1, n) and u (B, T, m)."""
+    xp = ops.xp
+    T, n = u_ref.shape[1], x0.shape[-1]
+    A, Bu = F[..., :n], F[..., n:]
+    offset = u_ref + k - _mv(K, x_ref[:, :T])  # u_t = offset_t + K_t x_t
+    b = _mv(Bu, offset) if f is None else _mv(Bu, offset) + f
+
+    def stage(x: Any, s: dict) -> tuple:
+        x_next = _mv(s["A"], x) + s["b"]
+        return x_next, (x_next,)
+
+    _, (xs,) = ops.scan(stage, x0, {"A": A + Bu @ K, "b": b})
+    x = xp.concatenate([x0[:, None], xs], 1)
+    return x, offset + _mv(K, x[:, :T])
+
+
 def costates(ops: Ops, C: Any, c: Any, F: Any, CT: Any, cT: Any, x: Any, u: Any) -> tuple[Any, Any]:
     """The adjoint recursion of an LQ problem at (x, u): :func:`adjoint` with the cost
     gradients C_t tau_t + c_t and CT x_T + cT."""
@@ -299,10 +319,7 @@ def frozen_lqr_adjoint(
     zeros_x = ops.zeros(g_T.shape[:1] + (n,), C)
     zeros_u = ops.zeros(free.shape, C)
 
-    def step(x: Any, u: Any, s: dict) -> Any:
-        return _mv(s["F"], ops.xp.concatenate([x, u], -1))
-
     zeros_ref = ops.zeros(g_tau.shape[:2] + (n,), C)
-    dx, du = rollout(ops, step, zeros_x, zeros_u, zeros_ref, policy.K, policy.k, 1.0, stages={"F": F})
+    dx, du = affine_rollout(ops, F, None, zeros_x, zeros_u, zeros_ref, policy.K, policy.k)
     dlam, r_u = costates(ops, C, g_tau, F, CT, g_T, dx, du)
     return dx, du, dlam, r_u, fell_back
