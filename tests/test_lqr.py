@@ -38,12 +38,18 @@ def _box_active_set(v, T, lo, hi):
     return active, U, dual
 
 
+@pytest.fixture(params=[False, True], ids=["riccati", "condensed"])
+def condense(request):
+    """Both of the backend's paths: Riccati sweeps, and the condensed dense QP of short horizons."""
+    return request.param
+
+
 # ---- unconstrained: exact to 1e-8 -------------------------------------------------------
 
 
 @pytest.mark.parametrize("n,m,T", [(3, 2, 5), (4, 4, 12), (6, 1, 3)])
-def test_unconstrained_solution_and_gradients_match_dense_kkt(n, m, T):
-    layer = lq_problem(n, m, T).problem.compile().to_torch()
+def test_unconstrained_solution_and_gradients_match_dense_kkt(n, m, T, condense):
+    layer = lq_problem(n, m, T).problem.compile(condense=condense).to_torch()
     v = lq_values(n, m, None, seed=n + m + T)
     wx, wu = _loss_weights(T, n, m)
     x, u, g = _grads(lambda p: layer(**p), v, wx, wu)
@@ -53,9 +59,9 @@ def test_unconstrained_solution_and_gradients_match_dense_kkt(n, m, T):
         assert rel_err(g[k], G[k]) < 1e-8, k
 
 
-def test_unconstrained_gradients_match_finite_differences():
+def test_unconstrained_gradients_match_finite_differences(condense):
     n, m, T = 3, 2, 4
-    layer = lq_problem(n, m, T).problem.compile().to_torch()
+    layer = lq_problem(n, m, T).problem.compile(condense=condense).to_torch()
     v = {k: t.requires_grad_(True) for k, t in lq_values(n, m, None, seed=3).items()}
     wx, wu = _loss_weights(T, n, m)
 
@@ -70,9 +76,9 @@ def test_unconstrained_gradients_match_finite_differences():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_box_solution_matches_cvxpy_clarabel(seed):
+def test_box_solution_matches_cvxpy_clarabel(seed, condense):
     n, m, T, lo, hi = 4, 3, 8, -0.6, 0.4
-    layer = lq_problem(n, m, T, lo, hi).problem.compile().to_torch()
+    layer = lq_problem(n, m, T, lo, hi).problem.compile(condense=condense).to_torch()
     v = lq_values(n, m, None, seed=seed, scale_x0=2.0)
     x, u, info = layer(**v, return_info=True)
     X, U, dual = cvxpy_box_solve(v, T, lo, hi)
@@ -83,9 +89,9 @@ def test_box_solution_matches_cvxpy_clarabel(seed):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_box_gradients_match_reduced_kkt_with_active_set_fixed(seed):
+def test_box_gradients_match_reduced_kkt_with_active_set_fixed(seed, condense):
     n, m, T, lo, hi = 4, 3, 8, -0.6, 0.4
-    layer = lq_problem(n, m, T, lo, hi).problem.compile().to_torch()
+    layer = lq_problem(n, m, T, lo, hi).problem.compile(condense=condense).to_torch()
     v = lq_values(n, m, None, seed=seed, scale_x0=2.0)
     active, _, _ = _box_active_set(v, T, lo, hi)
     assert 0 < len(active) < T * m
@@ -96,7 +102,7 @@ def test_box_gradients_match_reduced_kkt_with_active_set_fixed(seed):
         assert rel_err(g[k], G[k]) < 1e-5, k
 
 
-def test_box_gradients_match_finite_differences_including_parameter_bounds():
+def test_box_gradients_match_finite_differences_including_parameter_bounds(condense):
     n, m, T = 3, 2, 6
     x, u = dc.State(n), dc.Control(m)
     A, B, x0 = dc.Parameter((n, n), name="A"), dc.Parameter((n, m), name="B"), dc.Parameter(n, name="x0")
@@ -104,7 +110,7 @@ def test_box_gradients_match_finite_differences_including_parameter_bounds():
     prob = dc.ControlProblem(dynamics=x.next == A @ x + B @ u, cost=dc.sum_squares(x) + 0.1 * dc.sum_squares(u),
                              terminal_cost=dc.sum_squares(x), horizon=T, initial_state=x0,
                              constraints=[lo <= u, u <= hi])
-    layer = prob.compile().to_torch()
+    layer = prob.compile(condense=condense).to_torch()
     g = torch.Generator().manual_seed(1)
     vals = {"A": torch.eye(n, dtype=torch.float64) + 0.2 * torch.randn(n, n, generator=g, dtype=torch.float64),
             "B": torch.randn(n, m, generator=g, dtype=torch.float64),
@@ -128,9 +134,9 @@ def test_box_gradients_match_finite_differences_including_parameter_bounds():
 # ---- batching, dtypes, modes ------------------------------------------------------------
 
 
-def test_batched_equals_stack_of_unbatched_with_broadcasting():
+def test_batched_equals_stack_of_unbatched_with_broadcasting(condense):
     n, m, T, batch = 3, 2, 6, 4
-    layer = lq_problem(n, m, T, -0.5, 0.5).problem.compile().to_torch()
+    layer = lq_problem(n, m, T, -0.5, 0.5).problem.compile(condense=condense).to_torch()
     v = lq_values(n, m, None, seed=11)
     v["x0"] = lq_values(n, m, batch, seed=12, scale_x0=2.0)["x0"]  # only x0 is batched
     v["A"] = lq_values(n, m, batch, seed=13)["A"]                  # and A
@@ -146,9 +152,9 @@ def test_batched_equals_stack_of_unbatched_with_broadcasting():
 
 
 @pytest.mark.parametrize("bounds", [(None, None), (-0.5, 0.5)])
-def test_float32_agrees_with_float64(bounds):
+def test_float32_agrees_with_float64(bounds, condense):
     n, m, T = 4, 2, 10
-    layer = lq_problem(n, m, T, *bounds).problem.compile().to_torch()
+    layer = lq_problem(n, m, T, *bounds).problem.compile(condense=condense).to_torch()
     v64 = lq_values(n, m, 8, seed=21)
     v32 = {k: t.float() for k, t in v64.items()}
     wx, wu = _loss_weights(T, n, m, 8)
@@ -160,21 +166,21 @@ def test_float32_agrees_with_float64(bounds):
         assert rel_err(g32[k], g64[k]) < 1e-3, k
 
 
-def test_unroll_agrees_with_implicit():
+def test_unroll_agrees_with_implicit(condense):
     n, m, T, lo, hi = 3, 2, 6, -0.5, 0.5
     prob = lq_problem(n, m, T, lo, hi).problem
     v = lq_values(n, m, 3, seed=4, scale_x0=2.0)
     wx, wu = _loss_weights(T, n, m, 3)
-    _, u_i, g_i = _grads(lambda p: prob.compile().to_torch()(**p), v, wx, wu)
-    _, u_u, g_u = _grads(lambda p: prob.compile(backward="unroll").to_torch()(**p), v, wx, wu)
+    _, u_i, g_i = _grads(lambda p: prob.compile(condense=condense).to_torch()(**p), v, wx, wu)
+    _, u_u, g_u = _grads(lambda p: prob.compile(backward="unroll", condense=condense).to_torch()(**p), v, wx, wu)
     assert rel_err(u_u, u_i) < 1e-10
     for k in NAMES:
         assert rel_err(g_u[k], g_i[k]) < 1e-6, k
 
 
-def test_warm_start_reaches_the_same_solution_in_fewer_iterations():
+def test_warm_start_reaches_the_same_solution_in_fewer_iterations(condense):
     n, m, T = 4, 3, 8
-    layer = lq_problem(n, m, T, -0.6, 0.4).problem.compile().to_torch()
+    layer = lq_problem(n, m, T, -0.6, 0.4).problem.compile(condense=condense).to_torch()
     v = lq_values(n, m, 5, seed=2, scale_x0=2.0)
     x, u, cold = layer(**v, return_info=True)
     x2, u2, warm = layer(**v, u_init=u, return_info=True)
@@ -182,23 +188,23 @@ def test_warm_start_reaches_the_same_solution_in_fewer_iterations():
     assert int(cold.iterations.sum()) > 5 and (warm.iterations == 0).all()
 
 
-def test_nonconvergence_warns_and_raises_on_request():
+def test_nonconvergence_warns_and_raises_on_request(condense):
     n, m, T = 4, 3, 8
     prob = lq_problem(n, m, T, -0.6, 0.4).problem
     v = lq_values(n, m, 5, seed=2, scale_x0=2.0)
     with pytest.warns(dc.NotConvergedWarning, match=r"of 5 examples did not converge"):
-        _, _, info = prob.compile(max_iter=1).to_torch()(**v, return_info=True)
+        _, _, info = prob.compile(max_iter=1, condense=condense).to_torch()(**v, return_info=True)
     assert not bool(info.converged.all())
     with pytest.raises(dc.SolverError, match="did not converge"):
-        prob.compile(max_iter=1, on_nonconvergence="raise").to_torch()(**v)
+        prob.compile(max_iter=1, on_nonconvergence="raise", condense=condense).to_torch()(**v)
 
 
-def test_gradients_flow_for_unconverged_examples_too():
+def test_gradients_flow_for_unconverged_examples_too(condense):
     """Never silently zero a gradient (mpc.pytorch's issue #46): unconverged examples keep theirs."""
     prob = lq_problem(4, 3, 8, -0.6, 0.4).problem
     v = {k: t.requires_grad_(True) for k, t in lq_values(4, 3, 5, seed=2, scale_x0=2.0).items()}
     with pytest.warns(dc.NotConvergedWarning):
-        x, u, info = prob.compile(max_iter=1).to_torch()(**v, return_info=True)
+        x, u, info = prob.compile(max_iter=1, condense=condense).to_torch()(**v, return_info=True)
     wx, wu = _loss_weights(8, 4, 3, 5)
     ((wx * x).sum() + (wu * u).sum()).backward()
     bad = ~info.converged
@@ -208,12 +214,12 @@ def test_gradients_flow_for_unconverged_examples_too():
         assert torch.isfinite(g).all() and (g.abs().sum(-1) > 0).all(), k
 
 
-def test_non_positive_definite_control_cost_raises():
+def test_non_positive_definite_control_cost_raises(condense):
     x, u = dc.State(2), dc.Control(1)
     R = dc.Parameter(name="R")
     prob = dc.ControlProblem(dynamics=x.next == x + u, cost=dc.sum_squares(x) + R * dc.sum_squares(u),
                              horizon=3, initial_state=[1.0, 0.0])
-    layer = prob.compile().to_torch()
+    layer = prob.compile(condense=condense).to_torch()
     with pytest.raises(dc.SolverError, match="positive definite"):
         layer(R=torch.tensor(-5.0, dtype=torch.float64))
 
@@ -237,3 +243,12 @@ def test_autodiff_fallback_for_jacobians_agrees_with_the_symbolic_path():
         ((wx * xs).sum() + (wu * us).sum()).backward()
         grads.append((xs.detach(), inputs["A"].grad))
     assert rel_err(grads[1][0], grads[0][0]) < 1e-12 and rel_err(grads[1][1], grads[0][1]) < 1e-12
+
+
+def test_condense_option_is_validated_and_auto_condenses_short_horizons():
+    with pytest.raises(dc.BackendError, match="condense must be 'auto', True or False, got 'yes'"):
+        lq_problem(3, 2, 5).problem.compile(condense="yes")
+    from diffcontrol.backends.lqr import _condenses
+
+    options = {"condense": "auto"}
+    assert _condenses(options, 5, 3) and _condenses(options, 16, 4) and not _condenses(options, 50, 4)

@@ -185,7 +185,7 @@ class _CondensedSolves:
         return self.simulate(u_new), u_new, g_u.reshape(shape), (None, L, None)
 
     def no_factors(self, u: Any) -> tuple:
-        return None, self.ops.eye_like(self.cond.H), None
+        return None, 0.0 * self.cond.H + self.ops.eye_like(self.cond.H), None
 
 
 def _active_set_method(ops: Ops, data: dict, solves: Any, u: Any, max_iter: int, tol: float) -> tuple:

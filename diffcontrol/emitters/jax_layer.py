@@ -116,7 +116,7 @@ def _implicit(program: Any, backend: Any, run: Any) -> Any:
     """The solve as a ``jax.custom_vjp`` of (values, init, like): forward = the backend's solve,
     backward = its VJP pulled back through the program's ``implicit_inputs``.
 
-    The residuals are the solution's arrays. The other entries of the backend's saved
+    The residuals are the solution's arrays (and tuples of arrays). The other entries of the backend's saved
     state are either static (strings, options) or objects of the IR data (the ilqr Model,
     the ift_cg Objective) that close over the parameters; those are rebuilt in the backward
     from the parameters, never carried as residuals.
@@ -126,7 +126,8 @@ def _implicit(program: Any, backend: Any, run: Any) -> Any:
     def split(saved: dict, data: dict) -> dict:
         arrays = {}
         for k, v in saved.items():
-            if isinstance(v, jax.Array):
+            leaves = jax.tree_util.tree_leaves(v)
+            if leaves and all(isinstance(leaf, jax.Array) for leaf in leaves):  # an array or a tuple of them
                 arrays[k] = v
             else:
                 owner = next((dk for dk, dv in data.items() if dv is v), None)
