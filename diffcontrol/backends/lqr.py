@@ -181,8 +181,8 @@ class _CondensedSolves:
         L = ops.cholesky(_masked_hessian(ops, H, mask))
         u_new = u_ref - ops.cho_solve(L, (_mv(H, u_ref) + h) * mask)
         g_u = _mv(H, u_new) + h
-        u_new = u_new.reshape(shape)
-        return self.simulate(u_new), u_new, g_u.reshape(shape), (None, L, None)
+        # the states are not needed inside the loop (the method simulates once at its end)
+        return x, u_new.reshape(shape), g_u.reshape(shape), (None, L, None)
 
     def no_factors(self, u: Any) -> tuple:
         return None, 0.0 * self.cond.H + self.ops.eye_like(self.cond.H), None

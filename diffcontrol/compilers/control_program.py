@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from diffcontrol.compilers.analysis import BoxBound
-from diffcontrol.compilers.evaluate import Framework, evaluate
+from diffcontrol.compilers.evaluate import Framework, evaluate, evaluate_batched
 from diffcontrol.dsl.function import FunctionCall
 from diffcontrol.dsl.leaves import Parameter
 from diffcontrol.dsl.problems import ControlProblem
@@ -40,23 +40,34 @@ class ControlProgram:
         return self.problem.horizon
 
     def _evaluate_pieces(self, fw: Framework, params: dict[str, Any], like: Any, pieces: list) -> dict[str, Any]:
-        """Evaluate each (keys, expressions, piece) for the batch (vectorised over B); pieces
-        that depend on no parameter (nor dc.Function) are computed once per dtype and device.
-        "lo" and "hi" get the T axis: (B, T, m)."""
+        """Evaluate each (keys, expressions, piece[, batched]) for the batch (vectorised over B:
+        by the framework's vmap, or, for a ``batched`` piece, by the piece itself on the
+        batched parameters, each (B, ...) or (1, ...)); pieces that depend on no parameter (nor
+        dc.Function) are computed once per dtype and device. "lo" and "hi" get the T axis:
+        (B, T, m)."""
         xp = fw.xp
         B, T = like.shape[0], self.T
         out: dict[str, Any] = {}
-        for keys, exprs, piece in pieces:
+        for keys, exprs, piece, *batched in pieces:
             names = {p.name for p in nodes_of_type(exprs, Parameter)}
             if names or nodes_of_type(exprs, FunctionCall):  # a dc.Function's weights may change
                 sub = {k: v for k, v in params.items() if k in names}
-                values = fw.vmap(lambda p, ref, piece=piece: piece(fw, p, ref))(sub, like)
+                if batched and batched[0]:  # (no vmap: its overhead is most of a small problem's call)
+                    values = [xp.broadcast_to(v, (B,) + tuple(v.shape[1:])) for v in piece(fw, sub, like)]
+                else:
+                    values = fw.vmap(lambda p, ref, piece=piece: piece(fw, p, ref))(sub, like)
             else:
                 cache_key = (fw.name, keys, str(like.dtype), str(getattr(like, "device", "")))
+
+                def one_example(piece=piece, batched=batched):
+                    if batched and batched[0]:
+                        return [v[0] for v in piece(fw, {}, like[:1])]
+                    return piece(fw, {}, like[0])
+
                 if not fw.caches_arrays:  # arrays made while tracing (jax.jit) must not outlive the trace
-                    constants = piece(fw, {}, like[0])
+                    constants = one_example()
                 elif cache_key not in self._constants:
-                    constants = self._constants[cache_key] = piece(fw, {}, like[0])
+                    constants = self._constants[cache_key] = one_example()
                 else:
                     constants = self._constants[cache_key]
                 values = [xp.broadcast_to(v, (B,) + tuple(v.shape)) for v in constants]
@@ -69,7 +80,7 @@ class ControlProgram:
     def _bound_pieces(self) -> list:
         """The pieces of :meth:`_evaluate_pieces` for x0 and the control box."""
         return [
-            (("x0",), [self.problem.initial_state], self._initial_state),
+            (("x0",), [self.problem.initial_state], self._initial_state, True),
             (("lo", "hi"), [b.bound for b in self.bounds], self._bounds),
         ]
 
@@ -81,8 +92,9 @@ class ControlProgram:
             env[id(self.problem.control)] = tau[self.n:]
         return env
 
-    def _initial_state(self, fw: Framework, p: dict, ref: Any) -> tuple:
-        return (evaluate([self.problem.initial_state], self._env(p), fw, ref)[0],)
+    def _initial_state(self, fw: Framework, p: dict, like: Any) -> tuple:
+        """x0 (b, n) for batched parameters ``p`` (b = B, or 1 when none is batched)."""
+        return (evaluate_batched([self.problem.initial_state], self._env(p), fw, like)[0],)
 
     def _bounds(self, fw: Framework, p: dict, ref: Any) -> tuple[Any, Any]:
         """(lo, hi) of shape (m,), infinite where a control is unbounded."""

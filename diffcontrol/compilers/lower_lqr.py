@@ -17,7 +17,7 @@ import numpy as np
 
 from diffcontrol.compilers.analysis import ProblemForm
 from diffcontrol.compilers.control_program import ControlProgram, check_bounds
-from diffcontrol.compilers.evaluate import Framework, evaluate
+from diffcontrol.compilers.evaluate import Framework, evaluate, evaluate_batched
 from diffcontrol.compilers.linearize import jacobian_expression
 from diffcontrol.dsl.expression import Expression
 from diffcontrol.dsl.problems import ControlProblem
@@ -50,21 +50,29 @@ class LQRProgram(ControlProgram):
         prob = self.problem
         terminal = [prob.terminal_cost] if prob.terminal_cost is not None else []
         return [
-            (("F", "f"), [prob.transition], self._dynamics),
+            (("F", "f"), [prob.transition], *((self._dynamics, False) if self.jacobians is None
+                                               else (self._affine_dynamics, True))),
             (("C", "c"), [prob.cost], self._stage_cost),
             (("CT", "cT"), terminal, self._terminal_cost),
             *self._bound_pieces(),
         ]
 
+    def _affine_dynamics(self, fw: Framework, p: dict, like: Any) -> tuple:
+        """F (b, n, N) and f (b, n) from the symbolic Jacobians, for batched parameters ``p``."""
+        env = self._env(p)
+        zero = fw.constant(np.zeros((1, self.n + self.m)), like)
+        env[id(self.problem.state)], env[id(self.problem.control)] = zero[:, :self.n], zero[:, self.n:]
+        Fx, Fu, f = evaluate_batched([*self.jacobians, self.problem.transition], env, fw, like)
+        Fx, Fu = (fw.xp.broadcast_to(a, (max(Fx.shape[0], Fu.shape[0]),) + tuple(a.shape[1:])) for a in (Fx, Fu))
+        return fw.xp.concatenate([Fx, Fu], -1), f
+
     def _dynamics(self, fw: Framework, p: dict, ref: Any) -> tuple:
+        """F (n, N) and f (n,) for one example, by the framework's autodiff (no symbolic Jacobian)."""
         def g(tau):
             return evaluate([self.problem.transition], self._env(p, tau), fw, ref)[0]
 
         zero = fw.constant(np.zeros(self.n + self.m), ref)
-        if self.jacobians is None:
-            return fw.jacobian(g)(zero), g(zero)
-        Fx, Fu, f = evaluate([*self.jacobians, self.problem.transition], self._env(p, zero), fw, ref)
-        return fw.xp.concatenate([Fx, Fu], -1), f
+        return fw.jacobian(g)(zero), g(zero)
 
     def _stage_cost(self, fw: Framework, p: dict, ref: Any) -> tuple:
         def g(tau):
