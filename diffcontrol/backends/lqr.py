@@ -67,10 +67,12 @@ OPTIONS = {
     "qp_max_iter": (20, "projected-Newton iterations of each stage's box QP"),
     "ls_decay": (0.5, "step shrink factor of the line search"),
     "ls_max_iter": (10, "line-search trials per iteration"),
-    "condense": ("auto", "solve the condensed QP (states eliminated: one dense box QP in the T*m "
-                         "controls, projected Newton) instead of Riccati sweeps: True, False, or "
-                         "'auto' (when T*m <= 64, where the sweeps' per-stage overhead dominates)"),
+    "condense": ("auto", "solve in condensed form (states eliminated: a dense QP in the T*m "
+                         "controls, each active-set iteration one dense Cholesky) instead of by "
+                         "Riccati sweeps: True, False, or 'auto' (when T*m <= 64, where the "
+                         "sweeps' per-stage overhead dominates)"),
 }
+BACKWARD_MODES = ("implicit", "unroll")
 #: 'auto' condenses up to this many stacked controls T*m
 CONDENSE_MAX = 64
 
@@ -82,7 +84,6 @@ def validate_options(options: dict) -> None:
 
 def _condenses(options: dict, T: int, m: int) -> bool:
     return options["condense"] is True or (options["condense"] == "auto" and T * m <= CONDENSE_MAX)
-BACKWARD_MODES = ("implicit", "unroll")
 
 
 def _affine_step(ops: Ops):
