@@ -23,6 +23,8 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from diffcontrol.compilers.analysis import ProblemForm
 from diffcontrol.compilers.control_program import ControlProgram, check_bounds
 from diffcontrol.compilers.evaluate import Framework, constant_arrays, evaluate, evaluate_batched
@@ -224,13 +226,22 @@ class Model:
     def dynamics_curvature(self, x: Any, u: Any, lam_next: Any) -> Any:
         """sum_i lam_{t+1,i} d2 f_i / d tau2 (B, T, N, N): the dynamics' share of the
         Hessian of the Lagrangian, x (B, T, n) and u (B, T, m) the stages' points."""
-        fw = self.fw
+        # Hessian-vector products of the points' sum (its Hessian is block diagonal): with
+        # the j-th unit vector at every point, one product gives every point's column j, so
+        # N products instead of a per-point nested Jacobian under vmap
+        xp = self.fw.xp
+        B, T, n = x.shape
+        N = n + u.shape[-1]
+        lam = lam_next.reshape(B * T, n)
 
-        def weighted(p: dict, ref: Any, tau: Any, lam: Any) -> Any:
-            return (self._f(p, ref, tau) * lam).sum()
+        def weighted(tau: Any) -> Any:
+            f = self._batched(self.program.problem.transition, "dynamics", tau[:, :n], tau[:, n:], over_time=T)
+            return (f * lam).sum(-1)
 
-        hess = fw.hessian(weighted, argnums=2)
-        return self._per_stage("dynamics", hess, self._tau(x, u), lam_next)
+        hvp = self.fw.hvp_operator(weighted, self._tau(x, u).reshape(B * T, N))
+        eye = self.fw.constant(np.eye(N), self.like)
+        columns = [hvp(xp.broadcast_to(eye[j], (B * T, N))) for j in range(N)]
+        return xp.stack(columns, -1).reshape(B, T, N, N)
 
     def lagrangian_gradient(self, x: Any, u: Any, lam_next: Any) -> tuple[Any, Any]:
         """(grad_tau of l_t + lam_{t+1}^T f_t (B, T, N), f_t (B, T, n)) at the stages' points

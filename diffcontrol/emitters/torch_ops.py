@@ -149,7 +149,10 @@ class TorchFramework:
             (g,) = torch.autograd.grad(value(y).sum(), [y], create_graph=True)
 
         def apply(v: torch.Tensor) -> torch.Tensor:
+            if not g.requires_grad:  # the gradient does not depend on y: a zero Hessian
+                return torch.zeros_like(y)
             with torch.enable_grad():
-                return torch.autograd.grad(g, [y], v, retain_graph=True)[0]
+                (hv,) = torch.autograd.grad(g, [y], v, retain_graph=True, allow_unused=True)
+            return torch.zeros_like(y) if hv is None else hv
 
         return apply
