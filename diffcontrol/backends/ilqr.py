@@ -245,6 +245,8 @@ def _line_search(ops: Ops, model: Any, x0: Any, x: Any, u: Any, cost: Any, K: An
     stretch = xp.where(longest, xp.minimum(stretch + 1, 0.0 * stretch + options["ls_max_iter"]),
                        xp.where(accepted & (won >= 0), 0.0 * stretch, stretch))
     return new_x, new_u, new_cost, accepted, stretch
+
+
 def vjp(data: dict, saved: dict, cotangents: tuple[Any, Any], ops: Ops, needs: Any = DATA_KEYS) -> dict:
     """Cotangents of the KKT conditions' parameter-dependent parts (:data:`DATA_KEYS`) given
     those of (x, u): one LQR solve on the Hessian of the Lagrangian (Gauss-Newton: of the
