@@ -10,7 +10,7 @@ equation and the authors' code). The paper finds about half the runs converge to
 model; the others imitate well with a different model (the data do not identify (A, B)
 uniquely from everywhere).
 
-    python examples/lqr_imitation.py            # 3000 iterations x 8 seeds x 2 losses (~20 min on 2 cores)
+    python examples/lqr_imitation.py            # 3000 iterations x 8 seeds x 2 losses (~3 min on 2 cores)
     python examples/lqr_imitation.py --quick    # 150 iterations x 8 seeds, controls only (< 1 min)
 """
 
