@@ -173,17 +173,20 @@ class _CondensedSolves:
         return condensed.states(self.cond, u)
 
     def gradient(self, x: Any, u: Any) -> Any:
-        return (_mv(self.cond.H, u.reshape(u.shape[0], -1)) + self.cond.h).reshape(u.shape)
+        return self._gradient(u.reshape(u.shape[0], -1)).reshape(u.shape)
+
+    def _gradient(self, u: Any) -> Any:
+        """H u + h (B, T m) for stacked controls u (B, T m)."""
+        return _mv(self.cond.H, u) + self.cond.h
 
     def solve_free(self, x: Any, u_ref: Any, free: Any) -> tuple:
-        ops, H, h = self.ops, self.cond.H, self.cond.h
+        ops = self.ops
         shape = u_ref.shape
         mask, u_ref = free.reshape(shape[0], -1), u_ref.reshape(shape[0], -1)
-        L = ops.cholesky(_masked_hessian(ops, H, mask))
-        u_new = u_ref - ops.cho_solve(L, (_mv(H, u_ref) + h) * mask)
-        g_u = _mv(H, u_new) + h
+        L = ops.cholesky(_masked_hessian(ops, self.cond.H, mask))
+        u_new = u_ref - ops.cho_solve(L, self._gradient(u_ref) * mask)
         # the states are not needed inside the loop (the method simulates once at its end)
-        return x, u_new.reshape(shape), g_u.reshape(shape), (None, L, None)
+        return x, u_new.reshape(shape), self._gradient(u_new).reshape(shape), (None, L, None)
 
     def no_factors(self, u: Any) -> tuple:
         return None, 0.0 * self.cond.H + self.ops.eye_like(self.cond.H), None

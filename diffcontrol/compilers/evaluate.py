@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+from diffcontrol.dsl.atoms import broadcast_batch
 from diffcontrol.dsl.expression import Expression
 from diffcontrol.dsl.function import FunctionCall
 from diffcontrol.dsl.leaves import Constant, Leaf
@@ -85,16 +86,15 @@ def constant_arrays(roots: Iterable[Expression], fw: Framework, like: Any) -> di
 def _call(node: FunctionCall, args: list[Any], fw: Framework) -> Any:
     """A dc.Function on batched arguments: called directly for a batch of one, else vmapped
     over the batch (arguments shared by the batch broadcast to it)."""
-    b = max(a.shape[0] for a in args)
-    if b == 1:
+    if max(a.shape[0] for a in args) == 1:
         return node.check_shape(node.function.fn(*[a[0] for a in args]))[None]
-    args = [a if a.shape[0] == b else fw.xp.broadcast_to(a, (b,) + tuple(a.shape[1:])) for a in args]
-    return node.check_shape(fw.vmap(node.function.fn)(*args), batched=True)
+    return node.check_shape(fw.vmap(node.function.fn)(*broadcast_batch(fw.xp, args)), batched=True)
 
 
 # Expressions are immutable, so each root keeps its post-order: solvers evaluate the same
-# expressions thousands of times per call. (Constants are not cached as arrays: one made
-# inside a torch.func transform must not escape it.)
+# expressions thousands of times per call. (The evaluator caches no arrays itself: one made
+# inside a torch.func transform must not escape it; callers pass :func:`constant_arrays`
+# made outside any transform.)
 
 
 def _plan(roots: list[Expression]) -> list[Expression]:

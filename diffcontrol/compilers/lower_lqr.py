@@ -19,6 +19,7 @@ from diffcontrol.compilers.analysis import ProblemForm
 from diffcontrol.compilers.control_program import ControlProgram, check_bounds
 from diffcontrol.compilers.evaluate import Framework, evaluate, evaluate_batched
 from diffcontrol.compilers.linearize import jacobian_expression
+from diffcontrol.dsl.atoms import broadcast_batch
 from diffcontrol.dsl.expression import Expression
 from diffcontrol.dsl.problems import ControlProblem
 
@@ -63,8 +64,7 @@ class LQRProgram(ControlProgram):
         zero = fw.constant(np.zeros((1, self.n + self.m)), like)
         env[id(self.problem.state)], env[id(self.problem.control)] = zero[:, :self.n], zero[:, self.n:]
         Fx, Fu, f = evaluate_batched([*self.jacobians, self.problem.transition], env, fw, like)
-        Fx, Fu = (fw.xp.broadcast_to(a, (max(Fx.shape[0], Fu.shape[0]),) + tuple(a.shape[1:])) for a in (Fx, Fu))
-        return fw.xp.concatenate([Fx, Fu], -1), f
+        return fw.xp.concatenate(broadcast_batch(fw.xp, [Fx, Fu]), -1), f
 
     def _dynamics(self, fw: Framework, p: dict, ref: Any) -> tuple:
         """F (n, N) and f (n,) for one example, by the framework's autodiff (no symbolic Jacobian)."""

@@ -116,10 +116,10 @@ def _implicit(program: Any, backend: Any, run: Any) -> Any:
     """The solve as a ``jax.custom_vjp`` of (values, init, like): forward = the backend's solve,
     backward = its VJP pulled back through the program's ``implicit_inputs``.
 
-    The residuals are the solution's arrays (and tuples of arrays). The other entries of the backend's saved
-    state are either static (strings, options) or objects of the IR data (the ilqr Model,
-    the ift_cg Objective) that close over the parameters; those are rebuilt in the backward
-    from the parameters, never carried as residuals.
+    The residuals are the solution's arrays (and tuples of arrays). The other entries of
+    the backend's saved state are either static (strings, options) or objects of the IR
+    data (the ilqr Model, the ift_cg Objective) that close over the parameters; those are
+    rebuilt in the backward from the parameters, never carried as residuals.
     """
     static: dict = {}  # filled by the forward (at trace time under jit), read by the backward
 
