@@ -28,6 +28,7 @@ from diffcontrol.backends.riccati import (
     frozen_lqr_adjoint,
     riccati_sweep,
     rollout,
+    sweep_costates,
 )
 from diffcontrol.errors import BackendError
 
@@ -154,12 +155,14 @@ class _RiccatiSolves:
         the total cost's gradient w.r.t. u there, and the factors the backward can reuse."""
         x_new, u_new, policy = _newton_step(self.ops, self.data, x, u_ref, free)
         g_u = control_gradient(policy, x_new[:, :-1] - x[:, :-1], u_new - u_ref)
-        return x_new, u_new, g_u, (policy.K, policy.L, policy.Qxu)
+        return x_new, u_new, g_u, policy.factorisation()
 
-    def no_factors(self, u: Any) -> tuple:
-        ops, (B, T, m), n = self.ops, u.shape, self.data["x0"].shape[-1]
-        return (ops.zeros((B, T, m, n), u), ops.zeros((B, T, m, m), u) + ops.eye_like(ops.zeros((m, m), u)),
-                ops.zeros((B, T, n, m), u))
+    def no_factors(self, u: Any) -> Policy:
+        """Placeholders with the structure of :meth:`solve_free`'s factors."""
+        ops, xp, (B, T, m), n = self.ops, self.ops.xp, u.shape, self.data["x0"].shape[-1]
+        zeros_mn, eye_m = ops.zeros((B, T, m, n), u), ops.zeros((B, T, m, m), u) + ops.eye_like(ops.zeros((m, m), u))
+        return Policy(K=zeros_mn, k=None, free=xp.ones_like(u, dtype=bool), L=eye_m, Wx=zeros_mn, Q_ux=zeros_mn,
+                      Q_uu=eye_m, V=ops.zeros((B, T, n, n), u))
 
 
 class _CondensedSolves:
@@ -186,10 +189,10 @@ class _CondensedSolves:
         L = ops.cholesky(_masked_hessian(ops, self.cond.H, mask))
         u_new = u_ref - ops.cho_solve(L, self._gradient(u_ref) * mask)
         # the states are not needed inside the loop (the method simulates once at its end)
-        return x, u_new.reshape(shape), self._gradient(u_new).reshape(shape), (None, L, None)
+        return x, u_new.reshape(shape), self._gradient(u_new).reshape(shape), L
 
-    def no_factors(self, u: Any) -> tuple:
-        return None, 0.0 * self.cond.H + self.ops.eye_like(self.cond.H), None
+    def no_factors(self, u: Any) -> Any:
+        return 0.0 * self.cond.H + self.ops.eye_like(self.cond.H)
 
 
 def _active_set_method(ops: Ops, data: dict, solves: Any, u: Any, max_iter: int, tol: float) -> tuple:
@@ -202,8 +205,8 @@ def _active_set_method(ops: Ops, data: dict, solves: Any, u: Any, max_iter: int,
     then finishes those examples. The initial sets are the controls that ``u`` (a warm
     start) holds at a bound the gradient pushes against; examples whose ``u`` already meets
     ``tol`` take no iteration. Returns x, u (clipped), the counts and the last solve's
-    factors (K, L, Qxu, free, swept): the free sets are those of every settled example, and
-    ``swept`` says whether any solve ran.
+    (factors, free, swept): the factors of ``solves`` and the free sets of every settled
+    example, and ``swept``, whether any solve ran.
     """
     xp = ops.xp
     lo, hi = data["lo"], data["hi"]
@@ -212,7 +215,7 @@ def _active_set_method(ops: Ops, data: dict, solves: Any, u: Any, max_iter: int,
     g_u = solves.gradient(x, u)
     at_lo, at_hi = (u <= lo) & (g_u > 0), (u >= hi) & (g_u < 0)
     done = projected_gradient_residual(ops, data, x, u, g_u) <= tol
-    factors = (*solves.no_factors(u), xp.ones_like(u, dtype=bool), xp.zeros_like(done[0]))
+    factors = (solves.no_factors(u), xp.ones_like(u, dtype=bool), xp.zeros_like(done[0]))
 
     def unsettled(state):
         return ~state[5].all()
@@ -229,7 +232,7 @@ def _active_set_method(ops: Ops, data: dict, solves: Any, u: Any, max_iter: int,
         return (xp.where(keep, x, x_new), xp.where(keep, u, u_new),
                 xp.where(keep, at_lo, new_lo), xp.where(keep, at_hi, new_hi),
                 iterations + xp.where(done, 0, 1), done | settled,
-                (*solve_factors, free, ~xp.zeros_like(done[0])))
+                (solve_factors, free, ~xp.zeros_like(done[0])))
 
     start = (x, u, at_lo, at_hi, xp.where(done, 0, 0), done, factors)
     x, u, _, _, iterations, _, factors = ops.loop(unsettled, iteration, start, max_iter)
@@ -238,17 +241,18 @@ def _active_set_method(ops: Ops, data: dict, solves: Any, u: Any, max_iter: int,
 
 
 def _box_ddp(ops: Ops, data: dict, x: Any, u: Any, iterations: Any, bounded: bool, options: dict,
-             tol: float) -> tuple:
+             tol: float, costates_at_start: tuple | None = None) -> tuple:
     """Box-DDP (projected Newton per stage, a line search on the exact cost) from (x, u) for
-    the examples whose residual is above ``tol``, until each reaches it or stalls. Returns
+    the examples whose residual is above ``tol``, until each reaches it or stalls.
+    ``costates_at_start``: (lam, g_u) at (x, u) when the caller has them. Returns
     x, u, lam, g_u, residual, iterations, stalled and whether any step was taken."""
     xp = ops.xp
     C, c, F, f, CT, cT, x0, lo, hi = (data[k] for k in DATA_KEYS)
     step = _affine_step(ops)
     slack = 10 * ops.eps(C)
 
-    def optimality(x, u):
-        lam, g_u = costates(ops, C, c, F, CT, cT, x, u)
+    def optimality(x, u, known=None):
+        lam, g_u = costates(ops, C, c, F, CT, cT, x, u) if known is None else known
         return lam, g_u, projected_gradient_residual(ops, data, x, u, g_u)
 
     def unfinished(state):
@@ -281,8 +285,8 @@ def _box_ddp(ops: Ops, data: dict, x: Any, u: Any, iterations: Any, bounded: boo
         return (x, u, cost, *optimality(x, u), stalled | (active & ~accepted),
                 iterations + xp.where(accepted, 1, 0), ~xp.zeros_like(accepted[0]))
 
-    start = (x, u, total_cost(ops, data, x, u), *optimality(x, u), xp.zeros_like(x0[:, 0], dtype=bool),
-             iterations, xp.zeros_like(x0[0, 0], dtype=bool))
+    start = (x, u, total_cost(ops, data, x, u), *optimality(x, u, costates_at_start),
+             xp.zeros_like(x0[:, 0], dtype=bool), iterations, xp.zeros_like(x0[0, 0], dtype=bool))
     x, u, _, lam, g_u, residual, stalled, iterations, moved = ops.loop(unfinished, iteration, start,
                                                                         options["max_iter"])
     return x, u, lam, g_u, residual, iterations, stalled, moved
@@ -305,21 +309,25 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
     u = ops.zeros((B, T, m), C) if u_init is None else u_init
     u = xp.minimum(xp.maximum(u, lo), hi)
     cond = condensed.condense(ops, data) if _condenses(options, T, m) else None
+    known = None
     if cond is not None or bounded:
         solves = _RiccatiSolves(ops, data) if cond is None else _CondensedSolves(ops, cond)
         x, u, iterations, factors = _active_set_method(ops, data, solves, u, options["max_iter"], tol)
-    else:
-        x, u, policy = _newton_step(ops, data, ops.zeros((B, T + 1, x0.shape[-1]), C), u)
-        iterations = xp.where(xp.isfinite(u[:, 0, 0]), 1, 1)  # one exact solve
-        factors = (policy.K, policy.L, policy.Qxu, xp.ones_like(u, dtype=bool), ~xp.zeros_like(lo[0, 0, 0], dtype=bool))
-    x, u, lam, g_u, residual, iterations, stalled, moved = _box_ddp(ops, data, x, u, iterations, bounded, options, tol)
+    else:  # one exact solve; its sweep also gives the costates and the gradient for the check
+        x, u_new, policy = _newton_step(ops, data, ops.zeros((B, T + 1, x0.shape[-1]), C), u)
+        known = sweep_costates(ops, policy, x[:, :-1], u_new - u, _mv(data["CT"], x[:, -1]) + data["cT"])
+        u = u_new
+        iterations = xp.where(xp.isfinite(u[:, 0, 0]), 1, 1)
+        factors = (policy.factorisation(), xp.ones_like(u, dtype=bool), ~xp.zeros_like(lo[0, 0, 0], dtype=bool))
+    x, u, lam, g_u, residual, iterations, stalled, moved = _box_ddp(ops, data, x, u, iterations, bounded, options,
+                                                                    tol, known)
 
     converged = residual <= tol
     active_lo, active_hi = kkt.active_bounds(u, lo, hi, g_u)
-    K, L, Qxu, free_fwd, swept = factors
-    # the last sweep's factorisation serves the backward pass unless box-DDP moved the point
+    solve_factors, free_fwd, swept = factors
+    # the last solve's factorisation serves the backward pass unless box-DDP moved the point
     saved = {"x": x, "u": u, "lam": lam, "active_lo": active_lo, "active_hi": active_hi,
-             "K": K, "L": L, "Qxu": Qxu, "free_fwd": free_fwd, "condensed": cond,
+             "factors": solve_factors, "free_fwd": free_fwd, "condensed": cond,
              "reusable": swept & ~moved if cond is None else swept}
     return (x, u), Info(converged, iterations, residual, kkt.status_codes(ops, converged, stalled)), saved
 
@@ -341,10 +349,10 @@ def vjp(data: dict, saved: dict, cotangents: tuple[Any, Any], ops: Ops, needs: A
     reuse = saved["reusable"] & (saved["free_fwd"] == free).all()
     if saved["condensed"] is not None:
         cond, mask = saved["condensed"], free.reshape(free.shape[0], -1)
-        L = ops.cond(reuse, lambda: saved["L"], lambda: ops.cholesky(_masked_hessian(ops, cond.H, mask)))
+        L = ops.cond(reuse, lambda: saved["factors"], lambda: ops.cholesky(_masked_hessian(ops, cond.H, mask)))
         dx, du, dlam, r_u = condensed.frozen_adjoint(ops, cond, L, C, F, CT, free, g_tau, gx[:, T])
     else:
-        forward = Policy(saved["K"], None, free, saved["L"], saved["Qxu"])
+        forward = saved["factors"]._replace(free=free)
         dx, du, dlam, r_u, _ = ops.cond(
             reuse, lambda: frozen_lqr_adjoint(ops, C, F, CT, free, g_tau, gx[:, T], forward),
             lambda: frozen_lqr_adjoint(ops, C, F, CT, free, g_tau, gx[:, T]))

@@ -57,6 +57,10 @@ class Ops(Protocol):
     def cho_solve(self, L: Any, b: Any) -> Any:
         """Solve (L L^T) x = b for a batch of vectors b (..., m) or matrices b (..., m, k)."""
 
+    def tri_solve(self, L: Any, b: Any, transpose: bool = False) -> Any:
+        """Solve L z = b (L^T z = b with ``transpose``), L (..., m, m) lower triangular, for a
+        batch of vectors b (..., m) or matrices b (..., m, k)."""
+
     def eye_like(self, A: Any) -> Any:
         """The identity of A's last two dimensions, A's dtype and device."""
 

@@ -93,18 +93,28 @@ def box_qp(ops: Ops, H: Any, q: Any, lo: Any, hi: Any, max_iter: int, strict: bo
 
 class Policy(NamedTuple):
     """du_t = K_t dx_t + k_t: K (B, T, m, n), k (B, T, m), the free mask (B, T, m) or None
-    (unconstrained). Without a box, also the factors that let :func:`resweep` reuse the
-    sweep for new linear terms: the Cholesky factors L (B, T, m, m) of the free blocks and
-    Qxu (B, T, n, m)."""
+    (unconstrained). Without a box, also the sweep's factorisation, which lets
+    :func:`resweep` redo the sweep for new linear terms: L (B, T, m, m), the Cholesky factors
+    of the free blocks of Q_uu (identity on the clamped controls), and Wx = L^{-1} Q_ux
+    (B, T, m, n) on the free rows; and what gives the costates and the control gradient at
+    the rolled-out point without another pass (:func:`sweep_costates`): the Q-function's
+    control block q_u (B, T, m), Q_ux (B, T, m, n), Q_uu (B, T, m, m) and the value function
+    V (B, T, n, n), v (B, T, n) of each stage."""
 
     K: Any
     k: Any
     free: Any
     L: Any = None
-    Qxu: Any = None
-    q_u: Any = None   # (B, T, m): with Q_ux, Q_uu the control block of the Q-function, whose
-    Q_ux: Any = None  # gradient at a rolled-out point is the gradient of the total cost
-    Q_uu: Any = None  # w.r.t. u_t (the envelope theorem), with no costate pass
+    Wx: Any = None
+    q_u: Any = None
+    Q_ux: Any = None
+    Q_uu: Any = None
+    V: Any = None
+    v: Any = None
+
+    def factorisation(self) -> Policy:
+        """The parts that depend on C, F, CT and the free set only (k, q_u and v dropped)."""
+        return self._replace(k=None, q_u=None, v=None)
 
 
 def riccati_sweep(
@@ -134,71 +144,75 @@ def riccati_sweep(
     Returns the :class:`Policy`.
     """
     xp = ops.xp
-    n = CT.shape[-1]
-    stages = {"C": C, "c": c, "F": F}
-    if f is not None:
-        stages["f"] = f
+    B, T, n, N = F.shape
+    # The value function is carried as P = [V v] (B, n, n+1), and each stage's Q-function as
+    # Z = [Q_x. q_. Q_u.] (rows x, u; columns x, 1, u) = [C_x c C_u] + F^T P [[A f B], [0 1 0]]:
+    # two products per stage give the quadratic and the linear terms (the defects f included),
+    # and the blocks the stage needs are contiguous column ranges of Z.
+    f = ops.zeros((B, T, n), C) if f is None else f
+    F_aug = xp.concatenate([
+        xp.concatenate([F[..., :n], f[..., None], F[..., n:]], -1),
+        xp.broadcast_to(ops.eye_like(ops.zeros((N + 1, N + 1), C))[n:n + 1], (B, T, 1, N + 1))], -2)
+    C_ext = xp.concatenate([C[..., :n], c[..., None], C[..., n:]], -1)
+    stages = {"C_ext": C_ext, "F": F, "F_aug": F_aug}
     if box is not None:
         stages["lo"], stages["hi"] = box
     if free is not None:
         stages["free"] = free
 
-    def stage(carry: tuple, s: dict) -> tuple:
-        V, v = carry
-        Ft = s["F"]
-        FtT = Ft.mT
-        Q = s["C"] + FtT @ V @ Ft
-        q = s["c"] + _mv(FtT, v + _mv(V, s["f"]) if "f" in s else v)
-        Qxx, Qxu, Qux, Quu = Q[:, :n, :n], Q[:, :n, n:], Q[:, n:, :n], Q[:, n:, n:]
-        qx, qu = q[:, :n], q[:, n:]
+    def stage(P: Any, s: dict) -> tuple:
+        Z = s["C_ext"] + s["F"].mT @ (P @ s["F_aug"])
+        Zx, Zu = Z[:, :n], Z[:, n:]
+        rhs, Quu = Zu[..., :n + 1], Zu[..., n + 1:]  # [Q_ux q_u], Q_uu
         # The value function: V = Qxx + Qxu K, v = qx + Qxu k. The general form's K^T terms,
         # K^T (Qux + Quu K) and K^T (qu + Quu k), vanish: K's rows are zero on the clamped
         # controls, and on the free ones Quu K = -Qux and (qu + Quu k) = 0 (the box QP's
-        # stationarity there).
+        # stationarity there). With W = L^{-1} [Q_ux q_u] on the free rows, V = Qxx - W_x^T W_x
+        # (symmetric by construction) and K = -L^{-T} W_x.
         if box is not None:
-            k, free_t, L = box_qp(ops, Quu, qu, s["lo"], s["hi"], qp_max_iter, strict)
-            K = -ops.cho_solve(L, Qux * free_t[..., None])
-            V = Qxx + Qxu @ K
-            v = qx + _mv(Qxu, k)
-            out = (K, k, free_t)
-        else:  # k and K from one solve
-            rhs = xp.concatenate([Qux, qu[..., None]], -1)
-            H = Quu
-            if free is not None:
-                H = _masked_hessian(ops, Quu, s["free"])
-                rhs = rhs * s["free"][..., None]
-            L = ops.cholesky(H, strict)
-            Kk = -ops.cho_solve(L, rhs)
-            K, k = Kk[..., :n], Kk[..., n]
-            V = Qxx + Qxu @ K
-            v = qx + _mv(Qxu, k)
-            out = (K, k, L, Qxu, qu, Qux, Quu)
-        return (0.5 * (V + V.mT), v), out
+            k, free_t, L = box_qp(ops, Quu, Zu[..., n], s["lo"], s["hi"], qp_max_iter, strict)
+            Wx = ops.tri_solve(L, rhs[..., :n] * free_t[..., None])
+            v = Zx[..., n] + _mv(Zx[..., n + 1:], k)  # k is not zero on the clamped controls
+            P = xp.concatenate([Zx[..., :n] - Wx.mT @ Wx, v[..., None]], -1)
+            return P, (-ops.tri_solve(L, Wx, transpose=True), k, free_t)
+        H = Quu
+        if free is not None:
+            H = _masked_hessian(ops, Quu, s["free"])
+            rhs = rhs * s["free"][..., None]
+        L = ops.cholesky(H, strict)
+        W = ops.tri_solve(L, rhs)
+        P = Zx[..., :n + 1] - W[..., :n].mT @ W
+        return P, (L, W, Zu, P)
 
-    _, out = ops.scan(stage, (CT, cT), stages, reverse=True)
+    _, out = ops.scan(stage, xp.concatenate([CT, cT[..., None]], -1), stages, reverse=True)
     if box is not None:
         return Policy(*out)
-    K, k, *factors = out
-    return Policy(K, k, free, *factors)
+    L, W, Zu, P = out
+    # K and k for all t at once (after the loop: its stages are overhead-bound)
+    Kk = -ops.tri_solve(L, W, transpose=True)
+    return Policy(Kk[..., :n], Kk[..., n], free, L, W[..., :n], Zu[..., n], Zu[..., :n], Zu[..., n + 1:],
+                  P[..., :n], P[..., n])
 
 
 def resweep(ops: Ops, policy: Policy, c: Any, F: Any, cT: Any) -> Policy:
     """The sweep of :func:`riccati_sweep` for new linear terms ``c``, ``cT`` and the same
-    C, F, CT and free set, reusing its factorisations: only k changes (the Differentiable
-    MPC paper's "reusing the factorizations from the forward pass")."""
+    C, F, CT and free set, reusing its factorisation (``policy`` needs K, L, Wx, and for
+    :func:`sweep_costates` Q_ux, Q_uu, V): only k, q_u and v change (the Differentiable MPC
+    paper's "reusing the factorizations from the forward pass")."""
     n = cT.shape[-1]
-    stages = {"c": c, "F": F, "L": policy.L, "Qxu": policy.Qxu}
+    stages = {"c": c, "F": F, "L": policy.L, "Wx": policy.Wx}
     if policy.free is not None:
         stages["free"] = policy.free
 
     def stage(v: Any, s: dict) -> tuple:
         q = s["c"] + _mv(s["F"].mT, v)
-        qu = q[:, n:] * s["free"] if "free" in s else q[:, n:]
-        k = -ops.cho_solve(s["L"], qu)
-        return q[:, :n] + _mv(s["Qxu"], k), (k,)
+        qu = q[:, n:]
+        w = ops.tri_solve(s["L"], qu * s["free"] if "free" in s else qu)
+        v = q[:, :n] - _mv(s["Wx"].mT, w)
+        return v, (w, qu, v)
 
-    _, (k,) = ops.scan(stage, cT, stages, reverse=True)
-    return Policy(policy.K, k, policy.free, policy.L, policy.Qxu)
+    _, (w, q_u, v) = ops.scan(stage, cT, stages, reverse=True)
+    return policy._replace(k=-ops.tri_solve(policy.L, w, transpose=True), q_u=q_u, v=v)
 
 
 def control_gradient(policy: Policy, dx: Any, du: Any) -> Any:
@@ -206,6 +220,17 @@ def control_gradient(policy: Policy, dx: Any, du: Any) -> Any:
     Q-function: q_u + Q_ux dx + Q_uu du with (dx, du) (B, T, n), (B, T, m) the deviations
     from the sweep's reference."""
     return policy.q_u + _mv(policy.Q_ux, dx) + _mv(policy.Q_uu, du)
+
+
+def sweep_costates(ops: Ops, policy: Policy, dx: Any, du: Any, lam_T: Any) -> tuple[Any, Any]:
+    """:func:`costates` at the point reached by rolling out ``policy`` (deviations (dx, du)
+    (B, T, n), (B, T, m) from the sweep's reference), from the sweep instead of another pass
+    over time: lam_t = V_t dx_t + v_t, the gradient of the cost-to-go (the free controls
+    after t are optimal there, the others fixed), and the control gradient by
+    :func:`control_gradient`. ``lam_T`` (B, n): the terminal cost's gradient.
+    Returns lam (B, T+1, n) and g_u (B, T, m)."""
+    lam = _mv(policy.V, dx) + policy.v
+    return ops.xp.concatenate([lam, lam_T[:, None]], 1), control_gradient(policy, dx, du)
 
 
 def rollout(
@@ -321,5 +346,5 @@ def frozen_lqr_adjoint(
 
     zeros_ref = ops.zeros(g_tau.shape[:2] + (n,), C)
     dx, du = affine_rollout(ops, F, None, zeros_x, zeros_u, zeros_ref, policy.K, policy.k)
-    dlam, r_u = costates(ops, C, g_tau, F, CT, g_T, dx, du)
+    dlam, r_u = sweep_costates(ops, policy, dx[:, :-1], du, _mv(CT, dx[:, -1]) + g_T)
     return dx, du, dlam, r_u, fell_back

@@ -139,6 +139,13 @@ class JaxOps:
         return x[..., 0] if vector else x
 
     @staticmethod
+    def tri_solve(L, b, transpose: bool = False):
+        vector = b.ndim == L.ndim - 1
+        rhs = b[..., None] if vector else b
+        z = lax.linalg.triangular_solve(L, rhs, left_side=True, lower=True, transpose_a=transpose)
+        return z[..., 0] if vector else z
+
+    @staticmethod
     def eye_like(A):
         return jnp.eye(A.shape[-1], dtype=A.dtype)
 

@@ -102,6 +102,13 @@ class TorchOps:
         return torch.cholesky_solve(b, L)
 
     @staticmethod
+    def tri_solve(L: torch.Tensor, b: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+        A = L.mT if transpose else L
+        if b.ndim == L.ndim - 1:
+            return torch.linalg.solve_triangular(A, b[..., None], upper=transpose)[..., 0]
+        return torch.linalg.solve_triangular(A, b, upper=transpose)
+
+    @staticmethod
     def eye_like(A: torch.Tensor) -> torch.Tensor:
         return torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
 
