@@ -130,13 +130,9 @@ class JaxOps:
                 raise cholesky_failure(not bool(np.isfinite(np.asarray(A)).all()))
         return L
 
-    @staticmethod
-    def cho_solve(L, b):
-        vector = b.ndim == L.ndim - 1
-        rhs = b[..., None] if vector else b
-        z = lax.linalg.triangular_solve(L, rhs, left_side=True, lower=True)
-        x = lax.linalg.triangular_solve(L, z, left_side=True, lower=True, transpose_a=True)
-        return x[..., 0] if vector else x
+    @classmethod
+    def cho_solve(cls, L, b):
+        return cls.tri_solve(L, cls.tri_solve(L, b), transpose=True)
 
     @staticmethod
     def tri_solve(L, b, transpose: bool = False):
