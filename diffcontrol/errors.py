@@ -53,9 +53,12 @@ class Status(enum.Enum):
     @property
     def code(self) -> int:
         """The integer by which an array of statuses (a JAX layer's ``info.status``) names it."""
-        return list(Status).index(self)
+        return _STATUSES.index(self)
 
     @staticmethod
     def from_code(code: int) -> Status:
         """The status an integer code names: ``[dc.Status.from_code(c) for c in info.status]``."""
-        return list(Status)[int(code)]
+        return _STATUSES[int(code)]
+
+
+_STATUSES = tuple(Status)  # in declaration order: the codes

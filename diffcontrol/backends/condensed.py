@@ -37,35 +37,35 @@ def condense(ops: Ops, data: dict) -> Condensed:
     xp = ops.xp
     C, c, F, f, CT, cT, x0 = (data[k] for k in ("C", "c", "F", "f", "CT", "cT", "x0"))
     B, T, n, N = F.shape
-    m = N - n
-    eye_T = ops.eye_like(ops.zeros((T, T), C))
-    # B_t placed in the columns of u_t: (B, T, n, T m)
-    placed = (F[..., n:][:, :, :, None, :] * eye_T[None, :, None, :, None]).reshape(B, T, n, T * m)
+    m, M = N - n, T * (N - n)
+    # x_t = S_t u + s_t is carried as one matrix [S_t s_t] (B, n, M+1), an affine function of
+    # [u; 1]: each stage is then one product, A_t [S_t s_t] + [B_t placed in u_t's columns, f_t].
+    placed = (F[..., n:][:, :, :, None, :] * ops.eye_like(ops.zeros((T, T), C))[None, :, None, :, None])
+    drive = xp.concatenate([placed.reshape(B, T, n, M), f[..., None]], -1)
 
-    def stage(carry: tuple, st: dict) -> tuple:
-        S, s = carry  # d x_t / d u (B, n, T m) and x_t at u = 0 (B, n)
-        A = st["F"][:, :, :n]
-        S_next = A @ S + st["placed"]
-        s_next = _mv(A, s) + st["f"]
-        return (S_next, s_next), (S_next, s_next)
+    def stage(S: Any, st: dict) -> tuple:
+        S = st["A"] @ S + st["drive"]
+        return S, (S,)
 
-    S0 = ops.zeros((B, n, T * m), C)
-    _, (S, s) = ops.scan(stage, (S0, x0), {"F": F, "f": f, "placed": placed})
-    S = xp.concatenate([S0[:, None], S], 1)                        # (B, T+1, n, T m)
-    s = xp.concatenate([x0[:, None], s], 1)                        # (B, T+1, n)
-    select_u = ops.eye_like(ops.zeros((T * m, T * m), C)).reshape(T, m, T * m)
-    D = xp.concatenate([S[:, :T], xp.broadcast_to(select_u, (B, T, m, T * m))], -2)  # (B, T, N, T m)
-    CD = C @ D
-    H = D.reshape(B, T * N, T * m).mT @ CD.reshape(B, T * N, T * m) + S[:, T].mT @ CT @ S[:, T]
-    tau0 = xp.concatenate([s[:, :T], ops.zeros((B, T, m), C)], -1)
-    h = linear_term(D.reshape(B, T * N, T * m), S[:, T], _mv(C, tau0) + c, _mv(CT, s[:, T]) + cT)
-    return Condensed(S.reshape(B, (T + 1) * n, T * m), s.reshape(B, (T + 1) * n),
-                     D.reshape(B, T * N, T * m), 0.5 * (H + H.mT), h)
+    S0 = xp.concatenate([ops.zeros((B, n, M), C), x0[..., None]], -1)
+    _, (S,) = ops.scan(stage, S0, {"A": F[..., :n], "drive": drive})
+    S = xp.concatenate([S0[:, None], S], 1)                                    # (B, T+1, n, M+1)
+    # tau_t = [x_t; u_t] = [D_t d_t] [u; 1]: (B, T, N, M+1)
+    select_u = ops.eye_like(ops.zeros((M + 1, M + 1), C))[:M].reshape(T, m, M + 1)
+    Dd = xp.concatenate([S[:, :T], xp.broadcast_to(select_u, (B, T, m, M + 1))], -2)
+    Dd_flat, S_T = Dd.reshape(B, T * N, M + 1), S[:, T]
+    # the total cost is 1/2 [u; 1]^T G [u; 1] + g^T [u; 1] + const
+    G = Dd_flat.mT @ (C @ Dd).reshape(B, T * N, M + 1) + S_T.mT @ (CT @ S_T)
+    g = linear_term(Dd_flat, S_T, c, cT)
+    H, h = G[:, :M, :M], G[:, :M, M] + g[:, :M]
+    return Condensed(S[..., :M].reshape(B, (T + 1) * n, M), S[..., M].reshape(B, (T + 1) * n),
+                     Dd_flat[..., :M], 0.5 * (H + H.mT), h)
 
 
 def linear_term(D: Any, S_T: Any, g_tau: Any, g_T: Any) -> Any:
     """The gradient w.r.t. u (B, T m) of sum_t g_tau_t^T tau_t + g_T^T x_T along x = s + S u:
-    ``D`` (B, T N, T m), ``S_T`` (B, n, T m), ``g_tau`` (B, T, N), ``g_T`` (B, n)."""
+    ``D`` (B, T N, T m), ``S_T`` (B, n, T m), ``g_tau`` (B, T, N), ``g_T`` (B, n). (With the
+    columns of s appended to D and S_T, the last entry is the terms' value at u = 0.)"""
     B = g_tau.shape[0]
     return _mv(D.mT, g_tau.reshape(B, -1)) + _mv(S_T.mT, g_T)
 
@@ -77,13 +77,17 @@ def states(cond: Condensed, u: Any) -> Any:
 
 
 def frozen_adjoint(ops: Ops, cond: Condensed, L: Any, C: Any, F: Any, CT: Any, free: Any, g_tau: Any,
-                   g_T: Any) -> tuple[Any, Any, Any, Any]:
+                   g_T: Any, forward: tuple | None = None) -> tuple[Any, Any, Any, Any, Any]:
     """:func:`~diffcontrol.backends.riccati.frozen_lqr_adjoint` in condensed form: the LQ
     problem with linear terms ``g_tau`` (B, T, N), ``g_T`` (B, n), x_0 = 0, no defects and the
     controls where ``free`` (B, T, m) is False held at zero, solved with ``L``, the Cholesky
     factor of H restricted to the free controls (identity on the others).
-    Returns dx (B, T+1, n), du (B, T, m), the costates dlam (B, T+1, n) and the reduced
-    gradient r_u (B, T, m)."""
+    ``forward``: (x, u, c, cT), the forward solution and the problem's linear terms, whose
+    costates then come from the same recursion.
+    Returns dx (B, T+1, n), du (B, T, m), the costates dlam (B, T+1, n), the reduced
+    gradient r_u (B, T, m), and the forward's costates lam (B, T+1, n) (None without
+    ``forward``)."""
+    xp = ops.xp
     B, T, m = free.shape
     n = CT.shape[-1]
     mask = free.reshape(B, -1)
@@ -91,5 +95,10 @@ def frozen_adjoint(ops: Ops, cond: Condensed, L: Any, C: Any, F: Any, CT: Any, f
     du = -ops.cho_solve(L, lin * mask)  # zero on the frozen controls: L is the identity there
     dx = _mv(cond.S, du).reshape(B, T + 1, n)
     du = du.reshape(B, T, m)
-    dlam, r_u = costates(ops, C, g_tau, F, CT, g_T, dx, du)
-    return dx, du, dlam, r_u
+    if forward is None:
+        dlam, r_u = costates(ops, C, g_tau, F, CT, g_T, dx, du)
+        return dx, du, dlam, r_u, None
+    x, u, c, cT = forward
+    both = [xp.stack(pair, -1) for pair in ((dx, x), (du, u), (g_tau, c), (g_T, cT))]
+    lams, r_u = costates(ops, C, both[2], F, CT, both[3], both[0], both[1])
+    return dx, du, lams[..., 0], r_u[..., 0], lams[..., 1]

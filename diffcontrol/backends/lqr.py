@@ -108,10 +108,7 @@ def total_cost(ops: Ops, data: dict, x: Any, u: Any) -> Any:
 def projected_gradient_residual(ops: Ops, data: dict, x: Any, u: Any, g_u: Any) -> Any:
     """The scaled KKT residual (B,) of :func:`~diffcontrol.backends.kkt.projected_gradient_residual`,
     scaled by the terms of the LQ problem's control gradient."""
-    n = x.shape[-1]
-    tau = ops.xp.concatenate([x[:, :-1], u], -1)
-    terms = [_mv(data["C"], tau)[..., n:], data["c"][..., n:]]
-    return kkt.projected_gradient_residual(ops, u, data["lo"], data["hi"], g_u, terms)
+    return kkt.projected_gradient_residual(ops, u, data["lo"], data["hi"], g_u, _control_terms(ops, data, x, u))
 
 
 def _newton_step(ops: Ops, data: dict, x: Any, u: Any, free: Any = None) -> tuple[Any, Any, Policy]:
@@ -138,24 +135,29 @@ def _simulate(ops: Ops, data: dict, u: Any) -> Any:
 
 
 class _RiccatiSolves:
-    """The active-set method's linear algebra by Riccati sweeps (any horizon)."""
+    """The active-set method's linear algebra by Riccati sweeps (any horizon). Each solve is
+    a Newton step from one fixed reference, the warm start's trajectory ``x_ref``, so that its
+    result depends on the free set and the fixed controls only."""
 
     def __init__(self, ops: Ops, data: dict):
         self.ops, self.data = ops, data
 
-    def simulate(self, u: Any) -> Any:
-        return _simulate(self.ops, self.data, u)
+    def shared(self, u: Any) -> dict:
+        """What the solves read, per example: the data and the reference trajectory."""
+        return {**self.data, "x_ref": _simulate(self.ops, self.data, u)}
 
-    def gradient(self, x: Any, u: Any) -> Any:
-        d = self.data
-        return costates(self.ops, d["C"], d["c"], d["F"], d["CT"], d["cT"], x, u)[1]
+    def gradient(self, shared: dict, u: Any) -> Any:
+        """The total cost's gradient w.r.t. u at the controls u (and their states)."""
+        d = shared
+        return costates(self.ops, d["C"], d["c"], d["F"], d["CT"], d["cT"], d["x_ref"], u)[1]
 
-    def solve_free(self, x: Any, u_ref: Any, free: Any) -> tuple:
-        """The LQ solution with the controls where ``free`` is False held at ``u_ref``: x, u,
-        the total cost's gradient w.r.t. u there, and the factors the backward can reuse."""
-        x_new, u_new, policy = _newton_step(self.ops, self.data, x, u_ref, free)
-        g_u = control_gradient(policy, x_new[:, :-1] - x[:, :-1], u_new - u_ref)
-        return x_new, u_new, g_u, policy.factorisation()
+    def solve_free(self, shared: dict, u_fix: Any, free: Any) -> tuple:
+        """The LQ solution with the controls where ``free`` is False held at ``u_fix``: u, the
+        total cost's gradient w.r.t. u there, and the factors the backward can reuse."""
+        x_ref = shared["x_ref"]
+        x_new, u_new, policy = _newton_step(self.ops, shared, x_ref, u_fix, free)
+        g_u = control_gradient(policy, x_new[:, :-1] - x_ref[:, :-1], u_new - u_fix)
+        return u_new, g_u, policy.factorisation()
 
     def no_factors(self, u: Any) -> Policy:
         """Placeholders with the structure of :meth:`solve_free`'s factors."""
@@ -163,6 +165,13 @@ class _RiccatiSolves:
         zeros_mn, eye_m = ops.zeros((B, T, m, n), u), ops.zeros((B, T, m, m), u) + ops.eye_like(ops.zeros((m, m), u))
         return Policy(K=zeros_mn, k=None, free=xp.ones_like(u, dtype=bool), L=eye_m, Wx=zeros_mn, Q_ux=zeros_mn,
                       Q_uu=eye_m, V=ops.zeros((B, T, n, n), u))
+
+    def finish(self, u: Any) -> tuple:
+        """x, the costates and the gradient w.r.t. u at the controls u, and the residual's terms."""
+        d = self.data
+        x = _simulate(self.ops, d, u)
+        lam, g_u = costates(self.ops, d["C"], d["c"], d["F"], d["CT"], d["cT"], x, u)
+        return x, lam, g_u, _control_terms(self.ops, d, x, u)
 
 
 class _CondensedSolves:
@@ -172,87 +181,102 @@ class _CondensedSolves:
     def __init__(self, ops: Ops, cond: condensed.Condensed):
         self.ops, self.cond = ops, cond
 
-    def simulate(self, u: Any) -> Any:
-        return condensed.states(self.cond, u)
+    def shared(self, u: Any) -> dict:
+        return {"H": self.cond.H, "h": self.cond.h}
 
-    def gradient(self, x: Any, u: Any) -> Any:
-        return self._gradient(u.reshape(u.shape[0], -1)).reshape(u.shape)
+    def gradient(self, shared: dict, u: Any) -> Any:
+        return _condensed_gradient(shared, u.reshape(u.shape[0], -1)).reshape(u.shape)
 
-    def _gradient(self, u: Any) -> Any:
-        """H u + h (B, T m) for stacked controls u (B, T m)."""
-        return _mv(self.cond.H, u) + self.cond.h
-
-    def solve_free(self, x: Any, u_ref: Any, free: Any) -> tuple:
+    def solve_free(self, shared: dict, u_fix: Any, free: Any) -> tuple:
         ops = self.ops
-        shape = u_ref.shape
-        mask, u_ref = free.reshape(shape[0], -1), u_ref.reshape(shape[0], -1)
-        L = ops.cholesky(_masked_hessian(ops, self.cond.H, mask))
-        u_new = u_ref - ops.cho_solve(L, self._gradient(u_ref) * mask)
-        # the states are not needed inside the loop (the method simulates once at its end)
-        return x, u_new.reshape(shape), self._gradient(u_new).reshape(shape), L
+        shape = u_fix.shape
+        mask, u_fix = free.reshape(shape[0], -1), u_fix.reshape(shape[0], -1)
+        L = ops.cholesky(_masked_hessian(ops, shared["H"], mask))
+        u_new = u_fix - ops.cho_solve(L, _condensed_gradient(shared, u_fix) * mask)
+        # the states are not needed inside the loop (the caller finds them once at its end)
+        return u_new.reshape(shape), _condensed_gradient(shared, u_new).reshape(shape), L
 
     def no_factors(self, u: Any) -> Any:
         return 0.0 * self.cond.H + self.ops.eye_like(self.cond.H)
 
+    def finish(self, u: Any) -> tuple:
+        """x, no costates (the VJP computes them with its own), the gradient w.r.t. u and the
+        residual's terms at the controls u."""
+        B = u.shape[0]
+        Hu = _mv(self.cond.H, u.reshape(B, -1))
+        return condensed.states(self.cond, u), None, (Hu + self.cond.h).reshape(u.shape), [Hu, self.cond.h]
 
-def _active_set_method(ops: Ops, data: dict, solves: Any, u: Any, max_iter: int, tol: float) -> tuple:
+
+def _condensed_gradient(shared: dict, u: Any) -> Any:
+    """H u + h (B, T m) for stacked controls u (B, T m)."""
+    return _mv(shared["H"], u) + shared["h"]
+
+
+def _active_set_method(ops: Ops, data: dict, solves: Any, u: Any, max_iter: int, tol: float,
+                       warm: bool) -> tuple:
     """Primal-dual active-set method for the box-constrained LQ problem (Hintermueller, Ito and
     Kunisch 2002; a semismooth Newton method): each iteration is one solve with the active
     controls held at their bounds (``solves``: :class:`_RiccatiSolves` or
     :class:`_CondensedSolves`), then the sets are updated from the primal violations and the
     multipliers' signs. An example stops once its sets repeat, which is exactly the KKT
     point. Usually 2-6 iterations; it can cycle on rare problems, and the caller's box-DDP
-    then finishes those examples. The initial sets are the controls that ``u`` (a warm
-    start) holds at a bound the gradient pushes against; examples whose ``u`` already meets
-    ``tol`` take no iteration. Returns x, u (clipped), the counts and the last solve's
-    (factors, free, swept): the factors of ``solves`` and the free sets of every settled
-    example, and ``swept``, whether any solve ran.
+    then finishes those examples. Each solve depends on the sets only, so an example whose
+    sets repeat would repeat its solve (what :meth:`Ops.batch_loop` asks of its body).
+    ``warm``: ``u`` is a warm start; the initial sets are then the controls it holds at a
+    bound the gradient pushes against, and the examples where it already meets ``tol`` take
+    no iteration (without one, the first iteration is the unconstrained solve).
+    Returns u (clipped to the box), the iterations, and each example's factors of its last
+    solve with the free set they were made for.
     """
     xp = ops.xp
     lo, hi = data["lo"], data["hi"]
-    B = u.shape[0]
-    x = solves.simulate(u)
-    g_u = solves.gradient(x, u)
-    at_lo, at_hi = (u <= lo) & (g_u > 0), (u >= hi) & (g_u < 0)
-    done = projected_gradient_residual(ops, data, x, u, g_u) <= tol
-    factors = (solves.no_factors(u), xp.ones_like(u, dtype=bool), xp.zeros_like(done[0]))
+    shared = {**solves.shared(u), "lo": lo, "hi": hi, "u_ref": u}
+    if warm:
+        g_u = solves.gradient(shared, u)
+        at_lo, at_hi = (u <= lo) & (g_u > 0), (u >= hi) & (g_u < 0)
+        # (scaled by the gradient alone, which is stricter than the final check)
+        settled = kkt.projected_gradient_residual(ops, u, lo, hi, g_u, []) <= tol
+    else:
+        at_lo = at_hi = xp.zeros_like(u, dtype=bool)
+        settled = xp.zeros_like(u[:, 0, 0], dtype=bool)
 
-    def unsettled(state):
-        return ~state[5].all()
-
-    def iteration(state):
-        x, u, at_lo, at_hi, iterations, done, _ = state
-        u_ref = xp.where(at_lo, lo, xp.where(at_hi, hi, u))
+    def iteration(state, shared):
+        at_lo, at_hi, _ = state
+        lo, hi = shared["lo"], shared["hi"]
         free = ~(at_lo | at_hi)
-        x_new, u_new, g_u, solve_factors = solves.solve_free(x, u_ref, free)
+        u_fix = xp.where(at_lo, lo, xp.where(at_hi, hi, shared["u_ref"]))
+        u_new, g_u, factors = solves.solve_free(shared, u_fix, free)
         new_lo = (at_lo & (g_u > 0)) | (free & (u_new < lo))
         new_hi = (at_hi & (g_u < 0)) | (free & (u_new > hi))
-        settled = ((new_lo == at_lo) & (new_hi == at_hi)).reshape(B, -1).all(-1)
-        keep = done[:, None, None]
-        return (xp.where(keep, x, x_new), xp.where(keep, u, u_new),
-                xp.where(keep, at_lo, new_lo), xp.where(keep, at_hi, new_hi),
-                iterations + xp.where(done, 0, 1), done | settled,
-                (solve_factors, free, ~xp.zeros_like(done[0])))
+        same = ((new_lo == at_lo) & (new_hi == at_hi)).reshape(at_lo.shape[0], -1).all(-1)
+        return (new_lo, new_hi, (u_new, factors, free)), same
 
-    start = (x, u, at_lo, at_hi, xp.where(done, 0, 0), done, factors)
-    x, u, _, _, iterations, _, factors = ops.loop(unsettled, iteration, start, max_iter)
-    u = xp.minimum(xp.maximum(u, lo), hi)
-    return solves.simulate(u), u, iterations, factors
+    start = (at_lo, at_hi, (u, solves.no_factors(u), xp.ones_like(u, dtype=bool)))
+    (_, _, (u, factors, free)), iterations, _ = ops.batch_loop(iteration, start, shared, settled, max_iter)
+    return xp.minimum(xp.maximum(u, lo), hi), iterations, (factors, free)
 
 
-def _box_ddp(ops: Ops, data: dict, x: Any, u: Any, iterations: Any, bounded: bool, options: dict,
-             tol: float, costates_at_start: tuple | None = None) -> tuple:
+def _control_terms(ops: Ops, data: dict, x: Any, u: Any) -> list:
+    """The terms of the LQ problem's control gradient, C_u. tau and c_u: the scale of its
+    projected-gradient residual."""
+    n = x.shape[-1]
+    tau = ops.xp.concatenate([x[:, :-1], u], -1)
+    return [_mv(data["C"], tau)[..., n:], data["c"][..., n:]]
+
+
+def _box_ddp(ops: Ops, data: dict, x: Any, u: Any, lam: Any, g_u: Any, residual: Any, iterations: Any,
+             bounded: bool, options: dict, tol: float) -> tuple:
     """Box-DDP (projected Newton per stage, a line search on the exact cost) from (x, u) for
-    the examples whose residual is above ``tol``, until each reaches it or stalls.
-    ``costates_at_start``: (lam, g_u) at (x, u) when the caller has them. Returns
+    the examples whose ``residual`` is above ``tol``, until each reaches it or stalls. ``lam``,
+    ``g_u``: the costates (None: not known yet) and the control gradient at (x, u). Returns
     x, u, lam, g_u, residual, iterations, stalled and whether any step was taken."""
     xp = ops.xp
     C, c, F, f, CT, cT, x0, lo, hi = (data[k] for k in DATA_KEYS)
     step = _affine_step(ops)
     slack = 10 * ops.eps(C)
 
-    def optimality(x, u, known=None):
-        lam, g_u = costates(ops, C, c, F, CT, cT, x, u) if known is None else known
+    def optimality(x, u):
+        lam, g_u = costates(ops, C, c, F, CT, cT, x, u)
         return lam, g_u, projected_gradient_residual(ops, data, x, u, g_u)
 
     def unfinished(state):
@@ -285,8 +309,9 @@ def _box_ddp(ops: Ops, data: dict, x: Any, u: Any, iterations: Any, bounded: boo
         return (x, u, cost, *optimality(x, u), stalled | (active & ~accepted),
                 iterations + xp.where(accepted, 1, 0), ~xp.zeros_like(accepted[0]))
 
-    start = (x, u, total_cost(ops, data, x, u), *optimality(x, u, costates_at_start),
-             xp.zeros_like(x0[:, 0], dtype=bool), iterations, xp.zeros_like(x0[0, 0], dtype=bool))
+    lam = costates(ops, C, c, F, CT, cT, x, u)[0] if lam is None else lam
+    start = (x, u, total_cost(ops, data, x, u), lam, g_u, residual, xp.zeros_like(x0[:, 0], dtype=bool),
+             iterations, xp.zeros_like(x0[0, 0], dtype=bool))
     x, u, _, lam, g_u, residual, stalled, iterations, moved = ops.loop(unfinished, iteration, start,
                                                                         options["max_iter"])
     return x, u, lam, g_u, residual, iterations, stalled, moved
@@ -309,26 +334,32 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
     u = ops.zeros((B, T, m), C) if u_init is None else u_init
     u = xp.minimum(xp.maximum(u, lo), hi)
     cond = condensed.condense(ops, data) if _condenses(options, T, m) else None
-    known = None
     if cond is not None or bounded:
         solves = _RiccatiSolves(ops, data) if cond is None else _CondensedSolves(ops, cond)
-        x, u, iterations, factors = _active_set_method(ops, data, solves, u, options["max_iter"], tol)
+        u, iterations, (solve_factors, free_fwd) = _active_set_method(ops, data, solves, u, options["max_iter"], tol,
+                                                                      warm=u_init is not None)
+        x, lam, g_u, terms = solves.finish(u)
+        solved = iterations > 0  # the examples whose factors come from a solve
     else:  # one exact solve; its sweep also gives the costates and the gradient for the check
         x, u_new, policy = _newton_step(ops, data, ops.zeros((B, T + 1, x0.shape[-1]), C), u)
-        known = sweep_costates(ops, policy, x[:, :-1], u_new - u, _mv(data["CT"], x[:, -1]) + data["cT"])
+        lam, g_u = sweep_costates(ops, policy, x[:, :-1], u_new - u, _mv(data["CT"], x[:, -1]) + data["cT"])
         u = u_new
+        terms = _control_terms(ops, data, x, u)
         iterations = xp.where(xp.isfinite(u[:, 0, 0]), 1, 1)
-        factors = (policy.factorisation(), xp.ones_like(u, dtype=bool), ~xp.zeros_like(lo[0, 0, 0], dtype=bool))
-    x, u, lam, g_u, residual, iterations, stalled, moved = _box_ddp(ops, data, x, u, iterations, bounded, options,
-                                                                    tol, known)
+        solve_factors, free_fwd, solved = policy.factorisation(), xp.ones_like(u, dtype=bool), iterations > 0
+    residual = kkt.projected_gradient_residual(ops, u, lo, hi, g_u, terms)
+    stalled, moved = xp.zeros_like(solved), xp.zeros_like(solved[0])
+    if ops.known_any(residual > tol) is not False:  # box-DDP finishes what the solves left
+        x, u, lam, g_u, residual, iterations, stalled, moved = _box_ddp(ops, data, x, u, lam, g_u, residual,
+                                                                        iterations, bounded, options, tol)
 
     converged = residual <= tol
     active_lo, active_hi = kkt.active_bounds(u, lo, hi, g_u)
-    solve_factors, free_fwd, swept = factors
-    # the last solve's factorisation serves the backward pass unless box-DDP moved the point
+    # the last solve's factorisation serves the backward pass where the free set is the same
+    # (and, for the sweeps, unless box-DDP moved the point); lam None: the VJP finds the costates
     saved = {"x": x, "u": u, "lam": lam, "active_lo": active_lo, "active_hi": active_hi,
              "factors": solve_factors, "free_fwd": free_fwd, "condensed": cond,
-             "reusable": swept & ~moved if cond is None else swept}
+             "reusable": solved.all() & ~moved if cond is None else solved.all()}
     return (x, u), Info(converged, iterations, residual, kkt.status_codes(ops, converged, stalled)), saved
 
 
@@ -350,7 +381,11 @@ def vjp(data: dict, saved: dict, cotangents: tuple[Any, Any], ops: Ops, needs: A
     if saved["condensed"] is not None:
         cond, mask = saved["condensed"], free.reshape(free.shape[0], -1)
         L = ops.cond(reuse, lambda: saved["factors"], lambda: ops.cholesky(_masked_hessian(ops, cond.H, mask)))
-        dx, du, dlam, r_u = condensed.frozen_adjoint(ops, cond, L, C, F, CT, free, g_tau, gx[:, T])
+        # the condensed forward leaves its costates to here: one recursion gives both
+        forward = (x, u, data["c"], data["cT"]) if lam is None and "F" in needs else None
+        dx, du, dlam, r_u, lam_fwd = condensed.frozen_adjoint(ops, cond, L, C, F, CT, free, g_tau, gx[:, T],
+                                                              forward)
+        lam = lam if forward is None else lam_fwd
     else:
         forward = saved["factors"]._replace(free=free)
         dx, du, dlam, r_u, _ = ops.cond(

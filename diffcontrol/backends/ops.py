@@ -36,6 +36,18 @@ class Ops(Protocol):
         a pytree of arrays whose shapes and dtypes ``body`` keeps, ``cond`` a scalar bool array.
         (A Python loop for torch, ``lax.while_loop`` for JAX, so solves trace under jit.)"""
 
+    def batch_loop(self, body: Any, state: Any, shared: Any, settled: Any, max_iter: int) -> tuple[Any, Any, Any]:
+        """A loop whose examples finish at different iterations: ``state, ok = body(state,
+        shared)`` advances every example of ``state`` (a pytree of batch-first arrays (B, ...))
+        given ``shared`` (likewise, read-only); an example stops, its state kept, from the
+        call that reports it ``ok`` (B,) on, or from the start where ``settled`` (B,) says
+        so. Runs until every example has stopped or after ``max_iter`` calls. ``body`` must be
+        idempotent on a stopped example (a further call gives the same state and ok again):
+        an implementation may keep computing it. Returns the state, the calls each example
+        took (B,) int, and which stopped (B,) bool. (torch: the examples still running are
+        gathered into a smaller batch once at least half of a large batch has stopped, so the
+        body then sees fewer rows; JAX: one ``loop`` over the whole batch.)"""
+
     def scan(self, step: Any, carry: Any, stages: dict, reverse: bool = False) -> tuple[Any, tuple]:
         """The loop over time: ``carry, y_t = step(carry, stage_t)`` for t = 0..T-1 (T-1..0 with
         ``reverse``), ``stage_t`` the slice ``[:, t]`` of every array of ``stages`` (each

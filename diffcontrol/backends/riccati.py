@@ -289,8 +289,11 @@ def affine_rollout(ops: Ops, F: Any, f: Any, x0: Any, u_ref: Any, x_ref: Any, K:
 
 def costates(ops: Ops, C: Any, c: Any, F: Any, CT: Any, cT: Any, x: Any, u: Any) -> tuple[Any, Any]:
     """The adjoint recursion of an LQ problem at (x, u): :func:`adjoint` with the cost
-    gradients C_t tau_t + c_t and CT x_T + cT."""
-    tau = ops.xp.concatenate([x[:, :-1], u], -1)
+    gradients C_t tau_t + c_t and CT x_T + cT. With a trailing axis of k on c (B, T, N, k),
+    cT (B, n, k), x (B, T+1, n, k) and u (B, T, m, k): k trajectories in one recursion."""
+    tau = ops.xp.concatenate([x[:, :-1], u], -2 if u.ndim == 4 else -1)
+    if u.ndim == 4:
+        return adjoint(ops, C @ tau + c, F, CT @ x[:, -1] + cT)
     return adjoint(ops, _mv(C, tau) + c, F, _mv(CT, x[:, -1]) + cT)
 
 
@@ -299,14 +302,16 @@ def adjoint(ops: Ops, grad_tau: Any, F: Any, grad_T: Any) -> tuple[Any, Any]:
     given the stage costs' gradients ``grad_tau`` (B, T, N) and the terminal cost's
     ``grad_T`` (B, n) along a trajectory, and the dynamics' Jacobians F (B, T, n, N) there:
     lam_T = grad_T, g_t = grad_tau_t + F_t^T lam_{t+1}, lam_t = g_t[:n].
+    A trailing axis of k on grad_tau (B, T, N, k) and grad_T (B, n, k) runs k at once.
 
     Returns lam (B, T+1, n) and g_u (B, T, m), the gradient of the total cost
-    with respect to each control through the dynamics.
+    with respect to each control through the dynamics (with the trailing k where given).
     """
-    n = grad_T.shape[-1]
+    n = F.shape[-2]
+    several = grad_T.ndim == 3
 
     def stage(lam: Any, s: dict) -> tuple:
-        g = s["grad_tau"] + _mv(s["F"].mT, lam)
+        g = s["grad_tau"] + (s["F"].mT @ lam if several else _mv(s["F"].mT, lam))
         return g[:, :n], (g[:, :n], g[:, n:])
 
     _, (lams, g_u) = ops.scan(stage, grad_T, {"grad_tau": grad_tau, "F": F}, reverse=True)

@@ -24,7 +24,8 @@ class ControlProgram:
     problem: ControlProblem
     bounds: tuple[BoxBound, ...]
     parameters: tuple[Parameter, ...]
-    # parameter-free data per (keys, dtype, device): a pure cache, never per-call state
+    # parameter-free data per (keys, dtype, device) and each piece's dependencies: a pure
+    # cache, never per-call state
     _constants: dict = field(default_factory=dict, compare=False, repr=False, kw_only=True)
 
     @property
@@ -49,8 +50,8 @@ class ControlProgram:
         B, T = like.shape[0], self.T
         out: dict[str, Any] = {}
         for keys, exprs, piece, *batched in pieces:
-            names = {p.name for p in nodes_of_type(exprs, Parameter)}
-            if names or nodes_of_type(exprs, FunctionCall):  # a dc.Function's weights may change
+            names, opaque = self._dependencies(keys, exprs)
+            if names or opaque:  # a dc.Function's weights may change
                 sub = {k: v for k, v in params.items() if k in names}
                 if batched and batched[0]:  # (no vmap: its overhead is most of a small problem's call)
                     values = [xp.broadcast_to(v, (B,) + tuple(v.shape[1:])) for v in piece(fw, sub, like)]
@@ -76,6 +77,15 @@ class ControlProgram:
             if k in out:
                 out[k] = xp.broadcast_to(out[k][:, None], (B, T) + tuple(out[k].shape[1:]))
         return out
+
+    def _dependencies(self, keys: tuple, exprs: list) -> tuple[set, bool]:
+        """The names of the parameters ``exprs`` use and whether they call a dc.Function (the
+        expressions are fixed, so the walk is done once per piece)."""
+        cache_key = ("dependencies", keys)
+        if cache_key not in self._constants:
+            self._constants[cache_key] = ({p.name for p in nodes_of_type(exprs, Parameter)},
+                                          bool(nodes_of_type(exprs, FunctionCall)))
+        return self._constants[cache_key]
 
     def _bound_pieces(self) -> list:
         """The pieces of :meth:`_evaluate_pieces` for x0 and the control box."""

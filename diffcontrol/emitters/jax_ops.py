@@ -45,6 +45,21 @@ class JaxOps:
 
         return lax.while_loop(go_on, step, (0, state))[1]
 
+    @classmethod
+    def batch_loop(cls, body, state, shared, settled, max_iter: int):
+        def running(carry):
+            return ~carry[1].all()
+
+        def step(carry):
+            state, done, iterations = carry
+            new, ok = body(state, shared)
+            keep = jax.tree_util.tree_map(
+                lambda n, o: jnp.where(done.reshape(done.shape + (1,) * (n.ndim - 1)), o, n), new, state)
+            return keep, done | ok, iterations + jnp.where(done, 0, 1)
+
+        state, done, iterations = cls.loop(running, step, (state, settled, jnp.zeros(settled.shape, int)), max_iter)
+        return state, iterations, done
+
     @staticmethod
     def scan(step, carry, stages: dict, reverse: bool = False):
         time_major = {k: jnp.moveaxis(a, 1, 0) for k, a in stages.items()}

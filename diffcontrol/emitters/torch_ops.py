@@ -9,6 +9,33 @@ import torch
 
 from diffcontrol.backends.ops import cholesky_failure
 
+#: running batches smaller than this are not compacted (the body's ops cost their overhead)
+_COMPACT_MIN_ROWS = 16
+
+
+def _tree_map(fn, tree, *others):
+    """fn over the tensors of nested tuples / NamedTuples / dicts (None stays None)."""
+    if tree is None:
+        return None
+    if isinstance(tree, dict):
+        return {k: _tree_map(fn, v, *(o[k] for o in others)) for k, v in tree.items()}
+    if isinstance(tree, tuple):
+        items = [_tree_map(fn, *parts) for parts in zip(tree, *others)]
+        return type(tree)(*items) if hasattr(tree, "_fields") else tuple(items)
+    return fn(tree, *others)
+
+
+def _rows(tree, index):
+    """The rows ``index`` (a bool mask or indices) of every batch-first tensor in ``tree``."""
+    return _tree_map(lambda a: a[index], tree)
+
+
+def _put_rows(tree, rows, values):
+    """``tree`` with its rows ``rows`` (indices) replaced by ``values`` (out of place)."""
+    if rows.numel() == 0:
+        return tree
+    return _tree_map(lambda a, v: a.index_copy(0, rows, v), tree, values)
+
 
 class TorchOps:
     """Array operations for the framework-neutral backends, on torch tensors."""
@@ -23,6 +50,43 @@ class TorchOps:
                 break
             state = body(state)
         return state
+
+    @staticmethod
+    def batch_loop(body, state, shared, settled, max_iter: int):
+        rows = None  # the examples in the running batch, None while it is the whole batch
+        iterations = torch.zeros(settled.shape, dtype=torch.long, device=settled.device)
+        out, done = state, settled
+
+        def compact(keep):
+            nonlocal rows, state, shared, done
+            rows = (torch.arange(settled.shape[0], device=settled.device) if rows is None else rows)[keep]
+            state, shared, done = _rows(state, keep), _rows(shared, keep), done[keep]
+
+        if bool(done.any()):  # the examples settled at the start take no call
+            compact(~done)
+        for _ in range(max_iter):
+            if done.numel() == 0:
+                break
+            state, ok = body(state, shared)
+            if rows is None:
+                iterations += (~done).long()
+            else:
+                iterations[rows] += (~done).long()
+            done = done | ok
+            stopped = int(done.sum())
+            if stopped == done.numel():
+                break
+            # Gathering costs about one elementwise op per array; it pays once the stopped rows
+            # are half of a batch large enough that the body's work grows with its rows.
+            if done.numel() >= _COMPACT_MIN_ROWS and 2 * stopped >= done.numel():
+                out = _put_rows(out, torch.arange(settled.shape[0], device=settled.device)[done]
+                                if rows is None else rows[done], _rows(state, done))
+                compact(~done)
+        if rows is None:
+            return state, iterations, done
+        finished = settled.clone()
+        finished[rows] = done
+        return _put_rows(out, rows, state), iterations, finished
 
     @staticmethod
     def scan(step, carry, stages: dict, reverse: bool = False):
