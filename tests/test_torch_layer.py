@@ -84,6 +84,21 @@ def test_info_shapes_batched_and_unbatched(lq, values):
     assert info.converged.shape == (3,) and info.iterations.shape == (3,) and len(info.status) == 3
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_outputs_are_ordinary_tensors(lq, values, grad):
+    """The lqr solve runs in inference mode; what the layer returns must still serve autograd
+    and in-place ops (an inference tensor would refuse both)."""
+    layer = lq.problem.compile().to_torch()
+    A = values["A"].clone().requires_grad_(grad)
+    xs, us, info = layer(**dict(values, A=A), return_info=True)
+    assert not xs.is_inference() and not us.is_inference() and not info.residual.is_inference()
+    scale = torch.ones((), dtype=xs.dtype, requires_grad=True)
+    loss = (scale * xs * info.residual).sum() + (scale * us * info.converged).sum()
+    loss.backward()  # saves xs, us and the info tensors for backward
+    assert scale.grad is not None and (A.grad is not None) == grad
+    xs.mul_(2.0)
+
+
 def test_problem_without_parameters():
     x, u = dc.State(2), dc.Control(1)
     prob = dc.ControlProblem(dynamics=x.next == np.array([[1.0, 0.1], [0.0, 1.0]]) @ x + np.array([0.0, 0.1]) * u,

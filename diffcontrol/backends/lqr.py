@@ -33,6 +33,9 @@ from diffcontrol.backends.riccati import (
 from diffcontrol.errors import BackendError
 
 NAME = "lqr"
+#: the solve is tensor operations only (no autodiff inside): the torch layer runs it in
+#: inference mode
+TENSOR_OPS_ONLY = True
 
 #: The IR's arrays, batch-first: C (B,T,N,N), c (B,T,N), F (B,T,n,N), f (B,T,n),
 #: CT (B,n,n), cT (B,n), x0 (B,n), lo / hi (B,T,m) (infinite where unbounded).
@@ -246,9 +249,11 @@ def _active_set_method(ops: Ops, data: dict, solves: Any, u: Any, max_iter: int,
         free = ~(at_lo | at_hi)
         u_fix = xp.where(at_lo, lo, xp.where(at_hi, hi, shared["u_ref"]))
         u_new, g_u, factors = solves.solve_free(shared, u_fix, free)
-        new_lo = (at_lo & (g_u > 0)) | (free & (u_new < lo))
-        new_hi = (at_hi & (g_u < 0)) | (free & (u_new > hi))
-        same = ((new_lo == at_lo) & (new_hi == at_hi)).reshape(at_lo.shape[0], -1).all(-1)
+        # a free control that leaves the box is clamped; a clamped one stays while its
+        # multiplier (the gradient) pushes against the bound
+        new_lo = xp.where(free, u_new < lo, at_lo & (g_u > 0))
+        new_hi = xp.where(free, u_new > hi, at_hi & (g_u < 0))
+        same = ~((new_lo ^ at_lo) | (new_hi ^ at_hi)).reshape(at_lo.shape[0], -1).any(-1)
         return (new_lo, new_hi, (u_new, factors, free)), same
 
     start = (at_lo, at_hi, (u, solves.no_factors(u), xp.ones_like(u, dtype=bool)))

@@ -23,9 +23,7 @@ def _mv(A: Any, x: Any) -> Any:
 def _masked_hessian(ops: Ops, H: Any, free: Any) -> Any:
     """H restricted to the free coordinates, with the identity on the clamped ones,
     so one Cholesky serves every batch element whatever its free set."""
-    both = free[..., :, None] & free[..., None, :]
-    eye = ops.eye_like(H)
-    return ops.xp.where(both, H, 0.0 * H) + eye * (~free)[..., None, :]
+    return ops.xp.where(free[..., :, None] & free[..., None, :], H, ops.eye_like(H))
 
 
 def box_qp(ops: Ops, H: Any, q: Any, lo: Any, hi: Any, max_iter: int, strict: bool = True) -> tuple[Any, Any, Any]:
