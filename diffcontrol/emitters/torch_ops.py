@@ -10,7 +10,7 @@ import torch
 from diffcontrol.backends.ops import cholesky_failure
 
 #: running batches smaller than this are not compacted (the body's ops cost their overhead)
-_COMPACT_MIN_ROWS = 16
+_COMPACT_MIN_ROWS = 64
 
 
 def _tree_map(fn, tree, *others):
