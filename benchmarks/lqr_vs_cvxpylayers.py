@@ -1,7 +1,8 @@
 """diffcontrol's lqr backend vs cvxpylayers on the same LQ problems, in one process.
 
 Problems: the Differentiable MPC paper's LQR imitation size (n=3, m=3, T=5,
-box [-1, 1]) and a larger one (n=12, m=4, T=50), unconstrained and boxed.
+box [-1, 1]; also without the box) and a larger one (n=12, m=4, T=50),
+unconstrained and boxed.
 Batch 1, 32, 128; forward and forward+backward; medians of repeated runs after
 a warm-up; the speed ratio; and each method's gradient error against a dense
 reduced-KKT reference (the active set taken from cvxpy + Clarabel).
@@ -106,7 +107,9 @@ def main():
     torch.set_num_threads(1)
     problems = [("n=3, m=3, T=5, box [-1, 1]", 3, 3, 5, 1.0)]
     if not args.quick:
-        problems += [("n=12, m=4, T=50, unconstrained", 12, 4, 50, None),
+        # the small problem without the box: what a plain batched Riccati solve can do
+        problems += [("n=3, m=3, T=5, unconstrained", 3, 3, 5, None),
+                     ("n=12, m=4, T=50, unconstrained", 12, 4, 50, None),
                      ("n=12, m=4, T=50, box [-1, 1]", 12, 4, 50, 1.0)]
     batches = [1, 32] if args.quick else [1, 32, 128]
     rows = []

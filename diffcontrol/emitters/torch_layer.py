@@ -68,13 +68,11 @@ class TorchLayer(torch.nn.Module):
         with torch.inference_mode() if pure else torch.no_grad():
             outputs, info, saved = backend.solve(data, options, TorchOps, u_init)
         if pure:
-            outputs = tuple(o.clone() for o in outputs)
             info = type(info)(*(v.clone() for v in (info.converged, info.iterations, info.residual, info.status)))
-        if not torch.is_grad_enabled():
-            return outputs, info
-        inputs = program.implicit_inputs(TorchFramework, values, data, saved)
+        inputs = program.implicit_inputs(TorchFramework, values, data, saved) if torch.is_grad_enabled() else {}
         if not any(isinstance(v, torch.Tensor) and v.requires_grad for v in inputs.values()):
-            return outputs, info
+            return tuple(o.clone() for o in outputs) if pure else outputs, info
+        # (its forward returns clones of the outputs)
         flat = _ImplicitSolve.apply(backend, saved, tuple(inputs), *inputs.values())
         return flat, info
 
