@@ -117,13 +117,16 @@ def projected_gradient_residual(ops: Ops, data: dict, x: Any, u: Any, g_u: Any) 
 def _newton_step(ops: Ops, data: dict, x: Any, u: Any, free: Any = None) -> tuple[Any, Any, Policy]:
     """The exact minimiser of the LQ problem with the controls where ``free`` is False held at
     their values in ``u`` (None: all free). (x, u) is the reference; it need not satisfy the
-    dynamics (its defects enter the sweep). Also returns the sweep's policy, whose
-    factorisation the backward pass can reuse."""
+    dynamics (its defects enter the sweep); x and u None: the zero reference. Also returns the
+    sweep's policy, whose factorisation the backward pass can reuse."""
     xp = ops.xp
-    tau = xp.concatenate([x[:, :-1], u], -1)
-    c_dev = _mv(data["C"], tau) + data["c"]          # cost gradient about the reference
-    cT_dev = _mv(data["CT"], x[:, -1]) + data["cT"]
-    defect = _mv(data["F"], tau) + data["f"] - x[:, 1:]
+    if x is None:  # about zero the cost gradient and the defects are the data's own terms
+        c_dev, cT_dev, defect = data["c"], data["cT"], data["f"]
+    else:
+        tau = xp.concatenate([x[:, :-1], u], -1)
+        c_dev = _mv(data["C"], tau) + data["c"]          # cost gradient about the reference
+        cT_dev = _mv(data["CT"], x[:, -1]) + data["cT"]
+        defect = _mv(data["F"], tau) + data["f"] - x[:, 1:]
     policy = riccati_sweep(ops, data["C"], c_dev, data["F"], data["CT"], cT_dev, f=defect, free=free)
     x, u = affine_rollout(ops, data["F"], data["f"], data["x0"], u, x, policy.K, policy.k)
     return x, u, policy
@@ -346,7 +349,8 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
         x, lam, g_u, terms = solves.finish(u)
         solved = iterations > 0  # the examples whose factors come from a solve
     else:  # one exact solve; its sweep also gives the costates and the gradient for the check
-        x, u_new, policy = _newton_step(ops, data, ops.zeros((B, T + 1, x0.shape[-1]), C), u)
+        ref = (None, None) if u_init is None else (ops.zeros((B, T + 1, x0.shape[-1]), C), u)
+        x, u_new, policy = _newton_step(ops, data, *ref)
         lam, g_u = sweep_costates(ops, policy, x[:, :-1], u_new - u, _mv(data["CT"], x[:, -1]) + data["cT"])
         u = u_new
         terms = _control_terms(ops, data, x, u)

@@ -73,6 +73,10 @@ class Ops(Protocol):
         """Solve L z = b (L^T z = b with ``transpose``), L (..., m, m) lower triangular, for a
         batch of vectors b (..., m) or matrices b (..., m, k)."""
 
+    def matmul_add(self, C: Any, A: Any, B: Any, alpha: float = 1.0) -> Any:
+        """C + alpha A @ B for batches of matrices A (..., p, q), B (..., q, r), C (..., p, r)
+        (one fused call in torch: a Riccati stage is a few of these on small matrices)."""
+
     def eye_like(self, A: Any) -> Any:
         """The identity of A's last two dimensions, A's dtype and device."""
 

@@ -20,6 +20,13 @@ def _mv(A: Any, x: Any) -> Any:
     return (A @ x[..., None])[..., 0]
 
 
+def _vm(x: Any, A: Any) -> Any:
+    """Batched vector-matrix product x^T A: (..., p), (..., p, q) -> (..., q). As a product
+    and a sum, not a matmul of A's transpose: for the small matrices of a stage that is about
+    twice as fast in torch (the transposed operand costs the matmul a copy)."""
+    return (x[..., :, None] * A).sum(-2)
+
+
 def _masked_hessian(ops: Ops, H: Any, free: Any) -> Any:
     """H restricted to the free coordinates, with the identity on the clamped ones,
     so one Cholesky serves every batch element whatever its free set."""
@@ -159,7 +166,7 @@ def riccati_sweep(
         stages["free"] = free
 
     def stage(P: Any, s: dict) -> tuple:
-        Z = s["C_ext"] + s["F"].mT @ (P @ s["F_aug"])
+        Z = ops.matmul_add(s["C_ext"], s["F"].mT, P @ s["F_aug"])
         Zx, Zu = Z[:, :n], Z[:, n:]
         rhs, Quu = Zu[..., :n + 1], Zu[..., n + 1:]  # [Q_ux q_u], Q_uu
         # The value function: V = Qxx + Qxu K, v = qx + Qxu k. The general form's K^T terms,
@@ -179,7 +186,7 @@ def riccati_sweep(
             rhs = rhs * s["free"][..., None]
         L = ops.cholesky(H, strict)
         W = ops.tri_solve(L, rhs)
-        P = Zx[..., :n + 1] - W[..., :n].mT @ W
+        P = ops.matmul_add(Zx[..., :n + 1], W[..., :n].mT, W, alpha=-1.0)
         return P, (L, W, Zu, P)
 
     _, out = ops.scan(stage, xp.concatenate([CT, cT[..., None]], -1), stages, reverse=True)
@@ -203,10 +210,10 @@ def resweep(ops: Ops, policy: Policy, c: Any, F: Any, cT: Any) -> Policy:
         stages["free"] = policy.free
 
     def stage(v: Any, s: dict) -> tuple:
-        q = s["c"] + _mv(s["F"].mT, v)
+        q = s["c"] + _vm(v, s["F"])
         qu = q[:, n:]
         w = ops.tri_solve(s["L"], qu * s["free"] if "free" in s else qu)
-        v = q[:, :n] - _mv(s["Wx"].mT, w)
+        v = q[:, :n] - _vm(w, s["Wx"])
         return v, (w, qu, v)
 
     _, (w, q_u, v) = ops.scan(stage, cT, stages, reverse=True)
@@ -269,15 +276,17 @@ def affine_rollout(ops: Ops, F: Any, f: Any, x0: Any, u_ref: Any, x_ref: Any, K:
     """:func:`rollout` for affine dynamics x_{t+1} = F_t [x_t; u_t] + f_t (``f`` None: 0) and
     no bounds, as the closed loop x_{t+1} = (A_t + B_t K_t) x_t + b_t: the loop's matrices
     are formed for all t at once, so each stage is one product (the scan is overhead-bound).
-    ``x_ref`` (B, T or T+1, n). Returns x (B, T+1, n) and u (B, T, m)."""
+    ``x_ref`` (B, T or T+1, n); ``u_ref`` and ``x_ref`` None: the zero reference.
+    Returns x (B, T+1, n) and u (B, T, m)."""
     xp = ops.xp
-    T, n = u_ref.shape[1], x0.shape[-1]
+    T, n = k.shape[1], x0.shape[-1]
     A, Bu = F[..., :n], F[..., n:]
-    offset = u_ref + k - _mv(K, x_ref[:, :T])  # u_t = offset_t + K_t x_t
+    # u_t = offset_t + K_t x_t
+    offset = k if u_ref is None else u_ref + k - _mv(K, x_ref[:, :T])
     b = _mv(Bu, offset) if f is None else _mv(Bu, offset) + f
 
     def stage(x: Any, s: dict) -> tuple:
-        x_next = _mv(s["A"], x) + s["b"]
+        x_next = ops.matmul_add(s["b"][..., None], s["A"], x[..., None])[..., 0]
         return x_next, (x_next,)
 
     _, (xs,) = ops.scan(stage, x0, {"A": A + Bu @ K, "b": b})
@@ -309,7 +318,7 @@ def adjoint(ops: Ops, grad_tau: Any, F: Any, grad_T: Any) -> tuple[Any, Any]:
     several = grad_T.ndim == 3
 
     def stage(lam: Any, s: dict) -> tuple:
-        g = s["grad_tau"] + (s["F"].mT @ lam if several else _mv(s["F"].mT, lam))
+        g = s["grad_tau"] + (s["F"].mT @ lam if several else _vm(lam, s["F"]))
         return g[:, :n], (g[:, :n], g[:, n:])
 
     _, (lams, g_u) = ops.scan(stage, grad_T, {"grad_tau": grad_tau, "F": F}, reverse=True)
@@ -344,10 +353,6 @@ def frozen_lqr_adjoint(
         policy = ops.cond(fell_back.any(), lambda: riccati_sweep(ops, C, g_tau, F, CT, g_T, free=free),
                           lambda: first)
     n = CT.shape[-1]
-    zeros_x = ops.zeros(g_T.shape[:1] + (n,), C)
-    zeros_u = ops.zeros(free.shape, C)
-
-    zeros_ref = ops.zeros(g_tau.shape[:2] + (n,), C)
-    dx, du = affine_rollout(ops, F, None, zeros_x, zeros_u, zeros_ref, policy.K, policy.k)
+    dx, du = affine_rollout(ops, F, None, ops.zeros(g_T.shape[:1] + (n,), C), None, None, policy.K, policy.k)
     dlam, r_u = sweep_costates(ops, policy, dx[:, :-1], du, _mv(CT, dx[:, -1]) + g_T)
     return dx, du, dlam, r_u, fell_back

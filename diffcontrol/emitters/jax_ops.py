@@ -157,6 +157,10 @@ class JaxOps:
         return z[..., 0] if vector else z
 
     @staticmethod
+    def matmul_add(C, A, B, alpha: float = 1.0):
+        return C + alpha * (A @ B)  # XLA fuses it
+
+    @staticmethod
     def eye_like(A):
         return jnp.eye(A.shape[-1], dtype=A.dtype)
 

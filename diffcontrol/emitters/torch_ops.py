@@ -173,6 +173,12 @@ class TorchOps:
         return torch.linalg.solve_triangular(A, b, upper=transpose)
 
     @staticmethod
+    def matmul_add(C: torch.Tensor, A: torch.Tensor, B: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+        if C.ndim == A.ndim == B.ndim == 3 and C.shape[0] == A.shape[0] == B.shape[0]:
+            return torch.baddbmm(C, A, B, alpha=alpha)
+        return C + alpha * (A @ B) if alpha != 1.0 else C + A @ B
+
+    @staticmethod
     def eye_like(A: torch.Tensor) -> torch.Tensor:
         return torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
 
