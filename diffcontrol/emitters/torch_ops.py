@@ -55,7 +55,7 @@ class TorchOps:
     def batch_loop(body, state, shared, settled, max_iter: int):
         rows = None  # the examples in the running batch, None while it is the whole batch
         iterations = torch.zeros(settled.shape, dtype=torch.long, device=settled.device)
-        out, done = state, settled
+        out, done, finished = state, settled, settled.clone()  # finished: of the whole batch
 
         def compact(keep):
             nonlocal rows, state, shared, done
@@ -79,12 +79,12 @@ class TorchOps:
             # Gathering costs about one elementwise op per array; it pays once the stopped rows
             # are half of a batch large enough that the body's work grows with its rows.
             if done.numel() >= _COMPACT_MIN_ROWS and 2 * stopped >= done.numel():
-                out = _put_rows(out, torch.arange(settled.shape[0], device=settled.device)[done]
-                                if rows is None else rows[done], _rows(state, done))
+                leaving = torch.arange(settled.shape[0], device=settled.device)[done] if rows is None else rows[done]
+                out = _put_rows(out, leaving, _rows(state, done))
+                finished[leaving] = True
                 compact(~done)
         if rows is None:
             return state, iterations, done
-        finished = settled.clone()
         finished[rows] = done
         return _put_rows(out, rows, state), iterations, finished
 
