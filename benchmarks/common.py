@@ -25,6 +25,16 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def repeats_within(fn: Callable[[], object], budget: float, least: int, most: int) -> int:
+    """How many calls of ``fn`` fit in ``budget`` seconds (timed after a warm-up call), clamped
+    to [least, most]: millisecond calls then get enough runs that a burst of load on a shared
+    machine moves their median little."""
+    fn()
+    start = time.perf_counter()
+    fn()
+    return max(least, min(most, int(budget / max(time.perf_counter() - start, 1e-9))))
+
+
 def write_results(out: str, lines: list[str]) -> None:
     """Write a results page (markdown lines) to ``out``, creating its folder."""
     Path(out).parent.mkdir(parents=True, exist_ok=True)

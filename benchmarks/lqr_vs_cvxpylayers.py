@@ -28,7 +28,7 @@ import diffcontrol as dc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import timed, write_results  # noqa: E402
+from common import repeats_within, timed, write_results  # noqa: E402
 from zoo import cvxpy_box_solve, dense_kkt_solve, rel_err  # noqa: E402  (the independent reference)
 
 
@@ -118,11 +118,15 @@ def main():
         for batch in batches:
             A, B, x0 = inputs(n, m, batch, seed=batch)
             big = n * T * batch > 12 * 50 * 32
-            reps_ours, reps_cvx = (3, 1) if args.quick else (15, 1 if big else 3)
+            reps_cvx = 1 if args.quick or big else 3
             row = {"problem": label, "batch": batch}
-            for name, layer, reps in (("ours", ours, reps_ours), ("cvx", theirs, reps_cvx)):
-                row[f"{name}_fwd"] = timed(lambda layer=layer, A=A, B=B, x0=x0: run_case(layer, A, B, x0, False), reps)
-                row[f"{name}_fb"] = timed(lambda layer=layer, A=A, B=B, x0=x0: run_case(layer, A, B, x0, True), reps)
+            for name, layer in (("ours", ours), ("cvx", theirs)):
+                for key, backward in (("fwd", False), ("fb", True)):
+                    def call(layer=layer, A=A, B=B, x0=x0, backward=backward):
+                        return run_case(layer, A, B, x0, backward)
+
+                    reps = (3 if args.quick else repeats_within(call, 1.0, 15, 300)) if name == "ours" else reps_cvx
+                    row[f"{name}_{key}"] = timed(call, reps)
             k = min(batch, 4)
             ref = reference_x0_grad(A[:k], B[:k], x0[:k], T, box)
             row["ours_err"] = rel_err(run_case(ours, A[:k], B[:k], x0[:k], True)[2].grad, ref)
@@ -146,8 +150,9 @@ def write_markdown(rows, args):
         f"{getattr(cvxpylayers, '__version__', '?')}, diffcp {diffcp.__version__}, cvxpy {cp.__version__}; "
         "float64, 1 torch thread, cvxpylayers with one job (`n_jobs_forward = n_jobs_backward = 1`). "
         "cvxpylayers runs with its defaults (for these problems the same results and times as forcing diffcp's "
-        "`solve_method='SCS'`). Medians of repeated runs after one warm-up (ours: 15 runs; cvxpylayers: 3, 1 at the "
-        "largest sizes). Forward: no gradient requested (cvxpylayers then skips its derivative setup). "
+        "`solve_method='SCS'`). Medians of repeated runs after one warm-up (ours: as many runs as fit in 1 s, "
+        "15 to 300; cvxpylayers: 3, 1 at the largest sizes). Forward: no gradient requested (cvxpylayers then "
+        "skips its derivative setup). "
         "Gradient error: relative error of d(sum x + sum u)/d x0 on the first <= 4 examples against a dense "
         "reduced-KKT solve whose active set comes from cvxpy + Clarabel at tolerance 1e-12.",
         "",
