@@ -169,7 +169,7 @@ class _RiccatiSolves:
         """Placeholders with the structure of :meth:`solve_free`'s factors."""
         ops, xp, (B, T, m), n = self.ops, self.ops.xp, u.shape, self.data["x0"].shape[-1]
         zeros_mn, eye_m = ops.zeros((B, T, m, n), u), ops.zeros((B, T, m, m), u) + ops.eye_like(ops.zeros((m, m), u))
-        return Policy(K=zeros_mn, k=None, free=xp.ones_like(u, dtype=bool), L=eye_m, Wx=zeros_mn, Q_ux=zeros_mn,
+        return Policy(K=zeros_mn, k=None, free=xp.ones_like(u, dtype=bool), L=eye_m, Q_ux=zeros_mn,
                       Q_uu=eye_m, V=ops.zeros((B, T, n, n), u))
 
     def finish(self, u: Any) -> tuple:

@@ -100,17 +100,15 @@ class Policy(NamedTuple):
     """du_t = K_t dx_t + k_t: K (B, T, m, n), k (B, T, m), the free mask (B, T, m) or None
     (unconstrained). Without a box, also the sweep's factorisation, which lets
     :func:`resweep` redo the sweep for new linear terms: L (B, T, m, m), the Cholesky factors
-    of the free blocks of Q_uu (identity on the clamped controls), and Wx = L^{-1} Q_ux
-    (B, T, m, n) on the free rows; and what gives the costates and the control gradient at
-    the rolled-out point without another pass (:func:`sweep_costates`): the Q-function's
-    control block q_u (B, T, m), Q_ux (B, T, m, n), Q_uu (B, T, m, m) and the value function
-    V (B, T, n, n), v (B, T, n) of each stage."""
+    of the free blocks of Q_uu (identity on the clamped controls); and what gives the
+    costates and the control gradient at the rolled-out point without another pass
+    (:func:`sweep_costates`): the Q-function's control block q_u (B, T, m), Q_ux (B, T, m, n),
+    Q_uu (B, T, m, m) and the value function V (B, T, n, n), v (B, T, n) of each stage."""
 
     K: Any
     k: Any
     free: Any
     L: Any = None
-    Wx: Any = None
     q_u: Any = None
     Q_ux: Any = None
     Q_uu: Any = None
@@ -195,29 +193,37 @@ def riccati_sweep(
     L, W, Zu, P = out
     # K and k for all t at once (after the loop: its stages are overhead-bound)
     Kk = -ops.tri_solve(L, W, transpose=True)
-    return Policy(Kk[..., :n], Kk[..., n], free, L, W[..., :n], Zu[..., n], Zu[..., :n], Zu[..., n + 1:],
-                  P[..., :n], P[..., n])
+    return Policy(Kk[..., :n], Kk[..., n], free, L, Zu[..., n], Zu[..., :n], Zu[..., n + 1:], P[..., :n], P[..., n])
 
 
-def resweep(ops: Ops, policy: Policy, c: Any, F: Any, cT: Any) -> Policy:
+def resweep(ops: Ops, policy: Policy, c: Any, F: Any, cT: Any, closed: Any = None) -> Policy:
     """The sweep of :func:`riccati_sweep` for new linear terms ``c``, ``cT`` and the same
-    C, F, CT and free set, reusing its factorisation (``policy`` needs K, L, Wx, and for
+    C, F, CT and free set, reusing its factorisation (``policy`` needs K and L, and for
     :func:`sweep_costates` Q_ux, Q_uu, V): only k, q_u and v change (the Differentiable MPC
-    paper's "reusing the factorizations from the forward pass")."""
+    paper's "reusing the factorizations from the forward pass"). With the gains fixed, the
+    value gradient follows the closed loop's adjoint, v_t = c_x + K^T c_u + (A + B K)^T v_{t+1}
+    (v_t = q_x + K^T q_u, as K^T is zero on the clamped controls), one product per stage;
+    q_u and k = -Q_uu^{-1} q_u (on the free controls) then for all t at once. ``closed``:
+    the closed-loop matrices A_t + B_t K_t (B, T, n, n) when the caller has them."""
+    xp = ops.xp
     n = cT.shape[-1]
-    stages = {"c": c, "F": F, "L": policy.L, "Wx": policy.Wx}
-    if policy.free is not None:
-        stages["free"] = policy.free
+    K = policy.K
+    closed = closed_loop(F, K) if closed is None else closed
 
     def stage(v: Any, s: dict) -> tuple:
-        q = s["c"] + _vm(v, s["F"])
-        qu = q[:, n:]
-        w = ops.tri_solve(s["L"], qu * s["free"] if "free" in s else qu)
-        v = q[:, :n] - _vm(w, s["Wx"])
-        return v, (w, qu, v)
+        v = ops.matmul_add(s["c"][..., None], s["closed"].mT, v[..., None])[..., 0]
+        return v, (v,)
 
-    _, (w, q_u, v) = ops.scan(stage, cT, stages, reverse=True)
-    return policy._replace(k=-ops.tri_solve(policy.L, w, transpose=True), q_u=q_u, v=v)
+    _, (v,) = ops.scan(stage, cT, {"c": c[..., :n] + _vm(c[..., n:], K), "closed": closed}, reverse=True)
+    q_u = c[..., n:] + _vm(xp.concatenate([v[:, 1:], cT[:, None]], 1), F[..., n:])  # c_u + B^T v_{t+1}
+    k = -ops.cho_solve(policy.L, q_u if policy.free is None else q_u * policy.free)
+    return policy._replace(k=k, q_u=q_u, v=v)
+
+
+def closed_loop(F: Any, K: Any) -> Any:
+    """A_t + B_t K_t (B, T, n, n), the closed loop of the gains K (B, T, m, n) on F (B, T, n, N)."""
+    n = K.shape[-1]
+    return F[..., :n] + F[..., n:] @ K
 
 
 def control_gradient(policy: Policy, dx: Any, du: Any) -> Any:
@@ -272,15 +278,17 @@ def rollout(
     return xp.concatenate([x0[:, None], xs], 1), us
 
 
-def affine_rollout(ops: Ops, F: Any, f: Any, x0: Any, u_ref: Any, x_ref: Any, K: Any, k: Any) -> tuple[Any, Any]:
+def affine_rollout(ops: Ops, F: Any, f: Any, x0: Any, u_ref: Any, x_ref: Any, K: Any, k: Any,
+                   closed: Any = None) -> tuple[Any, Any]:
     """:func:`rollout` for affine dynamics x_{t+1} = F_t [x_t; u_t] + f_t (``f`` None: 0) and
     no bounds, as the closed loop x_{t+1} = (A_t + B_t K_t) x_t + b_t: the loop's matrices
     are formed for all t at once, so each stage is one product (the scan is overhead-bound).
-    ``x_ref`` (B, T or T+1, n); ``u_ref`` and ``x_ref`` None: the zero reference.
+    ``x_ref`` (B, T or T+1, n); ``u_ref`` and ``x_ref`` None: the zero reference. ``closed``:
+    the closed-loop matrices (:func:`closed_loop`) when the caller has them.
     Returns x (B, T+1, n) and u (B, T, m)."""
     xp = ops.xp
     T, n = k.shape[1], x0.shape[-1]
-    A, Bu = F[..., :n], F[..., n:]
+    Bu = F[..., n:]
     # u_t = offset_t + K_t x_t
     offset = k if u_ref is None else u_ref + k - _mv(K, x_ref[:, :T])
     b = _mv(Bu, offset) if f is None else _mv(Bu, offset) + f
@@ -289,7 +297,7 @@ def affine_rollout(ops: Ops, F: Any, f: Any, x0: Any, u_ref: Any, x_ref: Any, K:
         x_next = ops.matmul_add(s["b"][..., None], s["A"], x[..., None])[..., 0]
         return x_next, (x_next,)
 
-    _, (xs,) = ops.scan(stage, x0, {"A": A + Bu @ K, "b": b})
+    _, (xs,) = ops.scan(stage, x0, {"A": closed_loop(F, K) if closed is None else closed, "b": b})
     x = xp.concatenate([x0[:, None], xs], 1)
     return x, offset + _mv(K, x[:, :T])
 
@@ -340,9 +348,10 @@ def frozen_lqr_adjoint(
     the solution, its costates, the reduced gradient r_u (the multipliers of the frozen
     controls), and which examples used ``fallback_C`` (None without one).
     """
-    fell_back = None
-    if policy is not None:
-        policy = resweep(ops, policy, g_tau, F, g_T)
+    fell_back, closed = None, None
+    if policy is not None:  # the forward's gains: the closed loop serves the sweep and the rollout
+        closed = closed_loop(F, policy.K)
+        policy = resweep(ops, policy, g_tau, F, g_T, closed)
     elif fallback_C is None:
         policy = riccati_sweep(ops, C, g_tau, F, CT, g_T, free=free)
     else:
@@ -353,6 +362,7 @@ def frozen_lqr_adjoint(
         policy = ops.cond(fell_back.any(), lambda: riccati_sweep(ops, C, g_tau, F, CT, g_T, free=free),
                           lambda: first)
     n = CT.shape[-1]
-    dx, du = affine_rollout(ops, F, None, ops.zeros(g_T.shape[:1] + (n,), C), None, None, policy.K, policy.k)
+    dx, du = affine_rollout(ops, F, None, ops.zeros(g_T.shape[:1] + (n,), C), None, None, policy.K, policy.k,
+                            closed)
     dlam, r_u = sweep_costates(ops, policy, dx[:, :-1], du, _mv(CT, dx[:, -1]) + g_T)
     return dx, du, dlam, r_u, fell_back
