@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from diffcontrol.backends.ops import Ops
-from diffcontrol.backends.riccati import _mv, costates
+from diffcontrol.backends.riccati import _mv, _vm, costates
 
 
 class Condensed(NamedTuple):
@@ -67,7 +67,7 @@ def linear_term(D: Any, S_T: Any, g_tau: Any, g_T: Any) -> Any:
     ``D`` (B, T N, T m), ``S_T`` (B, n, T m), ``g_tau`` (B, T, N), ``g_T`` (B, n). (With the
     columns of s appended to D and S_T, the last entry is the terms' value at u = 0.)"""
     B = g_tau.shape[0]
-    return _mv(D.mT, g_tau.reshape(B, -1)) + _mv(S_T.mT, g_T)
+    return _vm(g_tau.reshape(B, -1), D) + _vm(g_T, S_T)
 
 
 def states(cond: Condensed, u: Any) -> Any:
