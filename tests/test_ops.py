@@ -12,6 +12,8 @@ from zoo import lq_problem, lq_values, rel_err
 from diffcontrol.emitters import torch_ops
 from diffcontrol.emitters.torch_ops import TorchOps
 
+_real_rows = torch_ops._rows  # the gather, which the tests count
+
 
 def _countdown(xp):
     """A loop body whose example b stops at call targets[b]: state (count (B,), trail (B, 2))."""
@@ -50,8 +52,6 @@ def test_torch_batch_loop_stops_each_example_at_its_own_call(batch, monkeypatch)
     # is gathered again once half of it has stopped
     assert (len(gathers) > 2) == (batch >= torch_ops._COMPACT_MIN_ROWS)
 
-
-_real_rows = torch_ops._rows
 
 
 def test_jax_batch_loop_agrees_with_torch():
