@@ -72,7 +72,7 @@ class TorchLayer(torch.nn.Module):
         inputs = program.implicit_inputs(TorchFramework, values, data, saved) if torch.is_grad_enabled() else {}
         if not any(isinstance(v, torch.Tensor) and v.requires_grad for v in inputs.values()):
             return tuple(o.clone() for o in outputs) if pure else outputs, info
-        # (its forward returns clones of the outputs)
+        # no clone here: _ImplicitSolve's forward already returns clones of the outputs
         flat = _ImplicitSolve.apply(backend, saved, tuple(inputs), *inputs.values())
         return flat, info
 
