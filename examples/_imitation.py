@@ -13,9 +13,10 @@ p = -2 w^2 tau_g (plus a constant). As in the paper, w and tau_g are learned in 
 steps each (learning both at once is unstable, the paper says); w through its logarithm.
 
 Every learner starts from the truth perturbed (physical parameters and w by a factor
-exp(0.4 N(0, 1)), tau_g by 0.2 N(0, 1)), the same perturbation for every method that learns
-the same thing. As in the paper, each method's score is its test imitation loss (mean squared
-control error on held-out initial states) at its best validation imitation loss.
+exp(s N(0, 1)), tau_g by s/2 N(0, 1), with the task's spread s, ``Task.start_spread``), the
+same perturbation for every method that learns the same thing. As in the paper, each
+method's score is its test imitation loss (mean squared control error on held-out initial
+states) at its best validation imitation loss, averaged over trials.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ class Task:
     """An imitation task: the model, its compiled layer, the expert's physical parameters, the
     transition in torch for sysid, x = step(x, u, physical) (an independent transcription of the
     model's dynamics), the sampler of initial states, x0 = sample_x0(n, generator) (n, nx), and
-    the names of tau = [x; u]'s entries (for the tables)."""
+    the names of tau = [x; u]'s entries (for the tables) and the spread of the learners' start,
+    ``start_spread`` (the standard deviation of its perturbation of log physical and log w;
+    tau_g's is half of it)."""
 
     name: str
     model: dc.models.ModelProblem
@@ -49,6 +52,7 @@ class Task:
     step: Callable
     sample_x0: Callable
     tau_labels: tuple[str, ...]
+    start_spread: float = 0.4
 
     def expert_cost(self) -> dict[str, torch.Tensor]:
         return {k: torch.as_tensor(self.model.default_values[k], dtype=torch.float64) for k in ("q", "p")}
@@ -80,17 +84,18 @@ def _perturbed(values: torch.Tensor, scale: float, gen: torch.Generator) -> torc
     return (values + scale * torch.randn(values.shape, generator=gen, dtype=torch.float64)).requires_grad_()
 
 
-def start_physical(physical: dict[str, float], seed: int) -> dict[str, torch.Tensor]:
-    """The logarithms of the physical parameters, perturbed (the start of sysid, mpc.dx, mpc.cost.dx)."""
+def start_physical(physical: dict[str, float], seed: int, spread: float = 0.4) -> dict[str, torch.Tensor]:
+    """The logarithms of the physical parameters, each perturbed by ``spread`` N(0, 1) (the
+    start of sysid, mpc.dx, mpc.cost.dx)."""
     gen = torch.Generator().manual_seed(seed)
-    return {k: _perturbed(torch.tensor(math.log(v), dtype=torch.float64), 0.4, gen) for k, v in physical.items()}
+    return {k: _perturbed(torch.tensor(math.log(v), dtype=torch.float64), spread, gen) for k, v in physical.items()}
 
 
 def start_cost(task: Task, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """log w and tau_g, perturbed (the start of mpc.cost and mpc.cost.dx)."""
+    """log w and tau_g, perturbed by the task's spread and half of it (the start of mpc.cost and mpc.cost.dx)."""
     gen = torch.Generator().manual_seed(seed + 7919)  # a stream of its own: the physical start is unchanged
     w, goal = weights_of(task.expert_cost())
-    return _perturbed(w.log(), 0.4, gen), _perturbed(goal, 0.2, gen)
+    return _perturbed(w.log(), task.start_spread, gen), _perturbed(goal, task.start_spread / 2, gen)
 
 
 def imitation_loss(layer: Callable, data: dict, values: dict) -> float:
@@ -123,7 +128,7 @@ def train_mpc(task: Task, method: str, data: dict, steps: int, batch: int, seed:
     warm-started from its previous solution. Returns the selected step's ``test`` and
     ``valid`` losses, ``step`` and learned ``values``."""
     learn_dx, learn_cost = method in ("mpc.dx", "mpc.cost.dx"), method in ("mpc.cost", "mpc.cost.dx")
-    log_physical = start_physical(task.physical, seed) if learn_dx else None
+    log_physical = start_physical(task.physical, seed, task.start_spread) if learn_dx else None
     log_w, goal = start_cost(task, seed) if learn_cost else (None, None)
     optimizers = {}
     if learn_dx:
@@ -163,7 +168,8 @@ def train_sysid(task: Task, data: dict, steps: int, seed: int, lr: float = 3e-2,
     """sysid: the physical parameters fitted to the training set's transitions (RMSprop on
     their logarithms, from mpc.dx's start), selected by the validation imitation loss of the
     MPC they make."""
-    history = fit_transitions(task.step, task.physical, data["train"], steps, seed, lr, log_every=eval_every)
+    history = fit_transitions(task.step, task.physical, data["train"], steps, seed, lr, log_every=eval_every,
+                              spread=task.start_spread)
     selection = _Selection()
     for step, physical in history:
         current = {**physical, **task.expert_cost()}
@@ -173,12 +179,12 @@ def train_sysid(task: Task, data: dict, steps: int, seed: int, lr: float = 3e-2,
 
 
 def fit_transitions(step_fn: Callable, physical: dict[str, float], train: dict, steps: int, seed: int,
-                    lr: float = 3e-2, log_every: int | None = None) -> list[tuple[int, dict]]:
+                    lr: float = 3e-2, log_every: int | None = None, spread: float = 0.4) -> list[tuple[int, dict]]:
     """Regress the physical parameters on the transitions (x_t, u_t) -> x_(t+1) of ``train``
     (mean squared next-state error; RMSprop, decay 0.5, on their logarithms from
-    ``start_physical``'s perturbation of ``physical``). Returns (steps taken, parameters) after
+    ``start_physical``'s perturbation of ``physical`` by ``spread``). Returns (steps taken, parameters) after
     the first step, every ``log_every``-th and the last."""
-    logs = start_physical(physical, seed)
+    logs = start_physical(physical, seed, spread)
     opt = torch.optim.RMSprop(list(logs.values()), lr=lr, alpha=0.5)
     history = []
     for step in progress(range(steps), "sysid"):
@@ -232,12 +238,15 @@ def train_nn(data: dict, steps: int, seed: int, lr: float = 1e-3, eval_every: in
 
 def run(task: Task, sizes: tuple[int, ...], steps: int, nn_steps: int, valid: int = 32, test: int = 64,
         eval_every: int = 10, batch: int = 16, seed: int = 0) -> dict:
-    """Every method at every training-set size, each scored on the validation set every
-    ``eval_every`` steps; returns results[size][method] (``train_*``'s dicts)."""
-    held_out = {"valid": expert_data(task, valid, seed=10_000), "test": expert_data(task, test, seed=20_000)}
+    """One trial: every method at every training-set size, each scored on the validation set
+    every ``eval_every`` steps; returns results[size][method] (``train_*``'s dicts). ``seed``
+    draws the learners' starts and every data set (seed 0: the held-out sets of seeds 10000
+    and 20000, the training sets of seed ``size``)."""
+    held_out = {"valid": expert_data(task, valid, seed=10_000 + seed),
+                "test": expert_data(task, test, seed=20_000 + seed)}
     results = {}
     for size in sizes:
-        data = {**held_out, "train": expert_data(task, size, seed=size)}
+        data = {**held_out, "train": expert_data(task, size, seed=size + 1000 * seed)}
         results[size] = {"nn": train_nn(data, nn_steps, seed),
                          "sysid": train_sysid(task, data, steps, seed, eval_every=eval_every)}
         for method in METHODS[2:]:
@@ -249,14 +258,15 @@ QUICK = dict(sizes=(8, 32), steps=30, valid=16, test=32, eval_every=30)  # score
 FULL = dict(sizes=(8, 32, 128), steps=200, valid=32, test=64, eval_every=10)
 
 
-def experiment(make_task: Callable[[int], Task], quick: bool, out: Path) -> tuple[Task, dict]:
+def experiment(make_task: Callable[[int], Task], quick: bool, out: Path, trials: int = 1) -> tuple[Task, list[dict]]:
     """The whole experiment as both scripts run it: ``make_task(horizon)`` (horizon 10 quick,
-    20 full), its explain(), every method at every size (``run``; the LSTM takes ten cheap
-    steps per MPC step) and the ``report``. Returns the task and ``run``'s results."""
+    20 full), its explain(), ``trials`` trials of every method at every size (``run`` with
+    seeds 0, 1, ...; the LSTM takes ten cheap steps per MPC step) and the ``report``. Returns
+    the task and each trial's ``run`` results."""
     settings, horizon = (QUICK, 10) if quick else (FULL, 20)
     task = make_task(horizon)
     print(task.model.problem.explain(), "\n")
-    results = run(task, **settings, nn_steps=10 * settings["steps"])
+    results = [run(task, **settings, nn_steps=10 * settings["steps"], seed=seed) for seed in range(trials)]
     report(task, results, out, f"horizon {horizon}, {settings['steps']} training steps")
     return task, results
 
@@ -269,26 +279,41 @@ def _learned_row(task: Task, learner: str, values: dict) -> list[str]:
             fmt(f"{float(v):.3f}" for v in w), fmt(f"{float(v):.3f}" for v in goal)]
 
 
-def report(task: Task, results: dict, out: Path, setup: str) -> None:
-    """Write ``<task>_imitation.md`` (test imitation loss per method and data size), its figure
-    and ``<task>_imitation_learned.md`` (what each learner of the largest data set learned)."""
-    sizes = sorted(results)
+def report(task: Task, trials: list[dict], out: Path, setup: str) -> None:
+    """Write ``<task>_imitation.md`` (test imitation loss per method and data size, the mean
+    over ``trials``, as the paper reports), its figure (the mean, and the trials' range),
+    ``<task>_imitation_trials.md`` (every trial's losses, where there are several) and
+    ``<task>_imitation_learned.md`` (what each learner of the first trial's largest data set
+    learned)."""
+    sizes = sorted(trials[0])
+    losses = {m: torch.tensor([[trial[s][m]["test"] for s in sizes] for trial in trials]) for m in METHODS}
     tau = f"({', '.join(task.tau_labels)})"
     truth = {**task.expert_physical(), **task.expert_cost()}
+    title = task.name.capitalize()
     write_table(out / f"{task.name}_imitation_learned.md",
                 ["learner", ", ".join(task.physical), f"w {tau}", f"tau_g {tau}"],
                 [_learned_row(task, "expert", truth)]
-                + [_learned_row(task, m, results[sizes[-1]][m]["values"]) for m in METHODS[1:]],
-                f"{task.name.capitalize()} imitation: what the learners trained on {sizes[-1]} trajectories learned "
-                "(at their best validation loss); the cost is ||w o (tau - tau_g)||^2")
+                + [_learned_row(task, m, trials[0][sizes[-1]][m]["values"]) for m in METHODS[1:]],
+                f"{title} imitation: what the learners trained on {sizes[-1]} trajectories learned "
+                "(at their best validation loss; trial 1); the cost is ||w o (tau - tau_g)||^2")
+    over = f"the mean over {len(trials)} trials" if len(trials) > 1 else "one trial"
     write_table(out / f"{task.name}_imitation.md", ["expert trajectories", *COLUMNS.values()],
-                [[size, *(f"{results[size][m]['test']:.3e}" for m in METHODS)] for size in sizes],
-                f"{task.name.capitalize()} imitation: test imitation loss at the best validation loss, {setup}")
+                [[size, *(f"{float(losses[m][:, i].mean()):.3e}" for m in METHODS)] for i, size in enumerate(sizes)],
+                f"{title} imitation: test imitation loss at the best validation loss, {over}, {setup}")
+    if len(trials) > 1:
+        write_table(out / f"{task.name}_imitation_trials.md", ["trial", "expert trajectories", *COLUMNS.values()],
+                    [[t + 1, size, *(f"{float(losses[m][t, i]):.3e}" for m in METHODS)]
+                     for t in range(len(trials)) for i, size in enumerate(sizes)],
+                    f"{title} imitation: every trial's test imitation loss at its best validation loss, {setup}")
     plt = pyplot()
     if plt:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for method in METHODS:
-            ax.loglog(sizes, [results[s][method]["test"] for s in sizes], "o-", label=COLUMNS[method])
-        ax.set(xlabel="expert trajectories", ylabel="test imitation loss", title=f"{task.name} imitation")
+            line, = ax.loglog(sizes, losses[method].mean(0), "o-", label=COLUMNS[method])
+            if len(trials) > 1:
+                ax.fill_between(sizes, losses[method].min(0).values, losses[method].max(0).values,
+                                color=line.get_color(), alpha=0.15)
+        ax.set(xlabel="expert trajectories", ylabel="test imitation loss",
+               title=f"{task.name} imitation ({over})")
         ax.legend()
         save_figure(fig, out / f"{task.name}_imitation.png")
