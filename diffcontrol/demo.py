@@ -41,12 +41,11 @@ def expert_data(model: dc.models.ModelProblem, layer, n: int, seed: int, **true_
 
 
 def train_mpc_dx(layer, train: dict, test: dict, iterations: int, batch: int, seed: int, lr: float = 3e-2,
-                 log_every: int = 10, progress: bool = False, spread: float = 0.4) -> dict:
-    """Learn (g, m, l) from the expert's controls, from log g, m, l each perturbed by
-    ``spread`` N(0, 1); returns the history of the imitation loss (mean squared control error,
-    training batch and test set) and the parameters."""
+                 log_every: int = 10, progress: bool = False) -> dict:
+    """Learn (g, m, l) from the expert's controls; returns the history of the imitation loss
+    (mean squared control error, training batch and test set) and the parameters."""
     gen = torch.Generator().manual_seed(seed)
-    log_params = {k: (math.log(v) + spread * torch.randn((), generator=gen, dtype=torch.float64)).requires_grad_()
+    log_params = {k: (math.log(v) + 0.4 * torch.randn((), generator=gen, dtype=torch.float64)).requires_grad_()
                   for k, v in TRUE.items()}
     opt = torch.optim.RMSprop(list(log_params.values()), lr=lr, alpha=0.5)
     warm = train["u"].clone()  # each example's last solution: the next solve starts there

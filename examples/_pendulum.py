@@ -30,11 +30,11 @@ def transition_loss(data: dict, physical: dict) -> float:
         return float(((predicted - data["x"][:, 1:]) ** 2).mean())
 
 
-def sysid(train: dict, steps: int, seed: int, log_every: int | None = None, spread: float = 0.4) -> list[dict]:
+def sysid(train: dict, steps: int, seed: int, log_every: int | None = None) -> list[dict]:
     """Fit g, m, l to the expert's transitions (x_t, u_t) -> x_(t+1) (from the same perturbed
     start as the demo's mpc.dx). Returns the parameters after the first step, every
     ``log_every``-th step and the last, as the demo's mpc.dx logs (the last entry: the fit)."""
-    history = fit_transitions(_step, TRUE, train, steps, seed, log_every=log_every, spread=spread)
+    history = fit_transitions(_step, TRUE, train, steps, seed, log_every=log_every)
     return [physical for _, physical in history]
 
 

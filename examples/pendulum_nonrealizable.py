@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from _common import arguments, pyplot, save_figure, write_table
 from _imitation import imitation_loss
-from _pendulum import START_SPREAD, sysid, transition_loss
+from _pendulum import sysid, transition_loss
 
 import diffcontrol as dc
 from diffcontrol.demo import TRUE, expert_data, train_mpc_dx
@@ -42,9 +42,8 @@ def main() -> None:
     learner = dc.models.pendulum(horizon=horizon)
     print(learner.problem.explain(), "\n")
     layer = learner.problem.compile(max_iter=300).to_torch()
-    mpc_dx = train_mpc_dx(layer, train, test, steps, batch=16, seed=0, log_every=log_every, progress=True,
-                          spread=START_SPREAD)  # the start of the pendulum imitation's learners
-    histories = {"sysid": sysid(train, steps, seed=0, log_every=log_every, spread=START_SPREAD),
+    mpc_dx = train_mpc_dx(layer, train, test, steps, batch=16, seed=0, log_every=log_every, progress=True)
+    histories = {"sysid": sysid(train, steps, seed=0, log_every=log_every),
                  "mpc.dx": [{k: torch.tensor(mpc_dx[k][i], dtype=torch.float64) for k in TRUE}
                             for i in range(len(mpc_dx["iteration"]))]}
     iterations = mpc_dx["iteration"]

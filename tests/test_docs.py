@@ -38,17 +38,3 @@ def test_demo_trains_and_writes_its_outputs(tmp_path, capsys):
     assert (tmp_path / "pendulum_mpc_dx.md").exists()
     out = capsys.readouterr().out
     assert "Backend: ilqr" in out and "wrote" in out
-
-
-def test_demo_learner_starts_at_the_truth_without_spread():
-    """spread=0 starts mpc.dx at the expert's own (g, m, l): its first batch imitates the expert
-    exactly; the default spread starts it far off."""
-    import diffcontrol as dc
-    from diffcontrol.demo import expert_data, train_mpc_dx
-
-    model = dc.models.pendulum(horizon=5)
-    layer = model.problem.compile(max_iter=300).to_torch()
-    train = expert_data(model, layer, 8, seed=0)
-    exact = train_mpc_dx(layer, train, train, iterations=1, batch=8, seed=0, spread=0.0)
-    perturbed = train_mpc_dx(layer, train, train, iterations=1, batch=8, seed=0)
-    assert exact["train_loss"][0] < 1e-12 < 1e-3 < perturbed["train_loss"][0]
