@@ -157,3 +157,64 @@ def test_weighted_goal_cost_is_the_models_quadratic():
     assert torch.allclose(weighted - quadratic, (weighted - quadratic)[0].expand(20), atol=1e-12)
     w, back = weights_of(cost)
     assert torch.allclose(w, log_w.exp()) and torch.allclose(back, goal)
+
+
+def _imitation_module():
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import _imitation
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    return _imitation
+
+
+def _pendulum_task(spread: float = 0.4):
+    import diffcontrol as dc
+
+    im = _imitation_module()
+    model = dc.models.pendulum(horizon=3)
+    return im, im.Task("pendulum", model, None, {"g": 10.0, "m": 1.0, "l": 1.0}, None, None,
+                       ("cos th", "sin th", "th_dot", "u"), spread)
+
+
+def test_learners_start_perturbed_by_the_tasks_spread():
+    """The same seed draws the same noise and the task's spread scales it (0: the truth
+    itself): log g, m, l and log w by the spread, tau_g by half of it."""
+    import math
+
+    import torch
+
+    im, _ = _pendulum_task()
+    starts = {s: _pendulum_task(s)[1] for s in (0.0, 0.2, 0.4)}
+    truth = {k: math.log(v) for k, v in starts[0.4].physical.items()}
+    physical = {s: {k: float(v.detach()) - truth[k] for k, v in im.start_physical(t.physical, 3, s).items()}
+                for s, t in starts.items()}
+    assert all(v == 0 for v in physical[0.0].values())
+    assert all(abs(physical[0.2][k] - 0.5 * physical[0.4][k]) < 1e-15 for k in truth)
+    assert any(abs(v) > 0.05 for v in physical[0.4].values())
+    w, goal = im.weights_of(starts[0.4].expert_cost())
+    cost = {s: im.start_cost(t, 3) for s, t in starts.items()}
+    assert torch.equal(cost[0.0][0], w.log()) and torch.equal(cost[0.0][1], goal)
+    assert torch.allclose(cost[0.2][0] - w.log(), 0.5 * (cost[0.4][0] - w.log()), atol=1e-15)
+    assert torch.allclose(cost[0.2][1] - goal, 0.5 * (cost[0.4][1] - goal), atol=1e-15)
+    assert (cost[0.4][1] - goal).abs().max() > 0.01
+
+
+def test_imitation_report_averages_the_trials(tmp_path):
+    """The results table holds the mean over trials of each learner's test loss; the trials
+    table every trial's own."""
+    im, task = _pendulum_task()
+    values = {**task.expert_physical(), **task.expert_cost()}
+    losses = [{8: 1.0, 32: 0.5}, {8: 3.0, 32: 0.25}]  # trial -> size -> loss, times j + 1 for the j-th method
+    trials = [{size: {m: {"test": (j + 1) * loss, "values": values} for j, m in enumerate(im.METHODS)}
+               for size, loss in by_size.items()} for by_size in losses]
+    im.report(task, trials, tmp_path, "a test")
+    rows = {r["expert trajectories"]: r for r in _table(tmp_path / "pendulum_imitation.md")}
+    for size, mean in ((8, 2.0), (32, 0.375)):
+        for j, m in enumerate(im.METHODS):
+            assert float(rows[str(size)][im.COLUMNS[m]]) == (j + 1) * mean
+    assert "the mean over 2 trials" in (tmp_path / "pendulum_imitation.md").read_text()
+    per_trial = _table(tmp_path / "pendulum_imitation_trials.md")
+    assert [(r["trial"], r["expert trajectories"]) for r in per_trial] == [("1", "8"), ("1", "32"), ("2", "8"),
+                                                                            ("2", "32")]
+    assert float(per_trial[2]["sysid"]) == 2 * 3.0
