@@ -34,6 +34,7 @@ import diffcontrol as dc
 METHODS = ("nn", "sysid", "mpc.dx", "mpc.cost", "mpc.cost.dx")
 COLUMNS = {m: "nn (LSTM)" if m == "nn" else m for m in METHODS}  # the tables' headers
 ALTERNATE_EVERY = 10  # steps on w, then as many on tau_g (the paper: every 10 epochs)
+SPREAD = 0.4  # the learners' start spread unless a task sets its own (the paper does not give one)
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Task:
     step: Callable
     sample_x0: Callable
     tau_labels: tuple[str, ...]
-    start_spread: float = 0.4
+    start_spread: float = SPREAD
 
     def expert_cost(self) -> dict[str, torch.Tensor]:
         return {k: torch.as_tensor(self.model.default_values[k], dtype=torch.float64) for k in ("q", "p")}
@@ -84,7 +85,7 @@ def _perturbed(values: torch.Tensor, scale: float, gen: torch.Generator) -> torc
     return (values + scale * torch.randn(values.shape, generator=gen, dtype=torch.float64)).requires_grad_()
 
 
-def start_physical(physical: dict[str, float], seed: int, spread: float = 0.4) -> dict[str, torch.Tensor]:
+def start_physical(physical: dict[str, float], seed: int, spread: float = SPREAD) -> dict[str, torch.Tensor]:
     """The logarithms of the physical parameters, each perturbed by ``spread`` N(0, 1) (the
     start of sysid, mpc.dx, mpc.cost.dx)."""
     gen = torch.Generator().manual_seed(seed)
@@ -179,7 +180,7 @@ def train_sysid(task: Task, data: dict, steps: int, seed: int, lr: float = 3e-2,
 
 
 def fit_transitions(step_fn: Callable, physical: dict[str, float], train: dict, steps: int, seed: int,
-                    lr: float = 3e-2, log_every: int | None = None, spread: float = 0.4) -> list[tuple[int, dict]]:
+                    lr: float = 3e-2, log_every: int | None = None, spread: float = SPREAD) -> list[tuple[int, dict]]:
     """Regress the physical parameters on the transitions (x_t, u_t) -> x_(t+1) of ``train``
     (mean squared next-state error; RMSprop, decay 0.5, on their logarithms from
     ``start_physical``'s perturbation of ``physical`` by ``spread``). Returns (steps taken, parameters) after
