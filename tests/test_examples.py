@@ -138,15 +138,23 @@ def test_example_quick_mode(script, tmp_path):
     learned(rows, tmp_path)
 
 
+def _imitation_module():
+    """examples/_imitation.py, the imitation experiments' shared module."""
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import _imitation
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    return _imitation
+
+
 def test_weighted_goal_cost_is_the_models_quadratic():
     """The imitation learners' cost ||w o (tau - tau_g)||^2 enters the models as
     1/2 tau^T diag(q) tau + p^T tau: the two differ by a constant for every tau."""
-    sys.path.insert(0, str(ROOT / "examples"))
-    try:
-        from _imitation import cost_of, weights_of
-    finally:
-        sys.path.remove(str(ROOT / "examples"))
     import torch
+
+    im = _imitation_module()
+    cost_of, weights_of = im.cost_of, im.weights_of
 
     gen = torch.Generator().manual_seed(0)
     log_w, goal = torch.randn(6, generator=gen, dtype=torch.float64), torch.randn(6, generator=gen, dtype=torch.float64)
@@ -157,15 +165,6 @@ def test_weighted_goal_cost_is_the_models_quadratic():
     assert torch.allclose(weighted - quadratic, (weighted - quadratic)[0].expand(20), atol=1e-12)
     w, back = weights_of(cost)
     assert torch.allclose(w, log_w.exp()) and torch.allclose(back, goal)
-
-
-def _imitation_module():
-    sys.path.insert(0, str(ROOT / "examples"))
-    try:
-        import _imitation
-    finally:
-        sys.path.remove(str(ROOT / "examples"))
-    return _imitation
 
 
 def _pendulum_task(spread: float = 0.4):
@@ -184,7 +183,7 @@ def test_learners_start_perturbed_by_the_tasks_spread():
 
     import torch
 
-    im, _ = _pendulum_task()
+    im = _imitation_module()
     starts = {s: _pendulum_task(s)[1] for s in (0.0, 0.2, 0.4)}
     truth = {k: math.log(v) for k, v in starts[0.4].physical.items()}
     physical = {s: {k: float(v.detach()) - truth[k] for k, v in im.start_physical(t.physical, 3, s).items()}
