@@ -53,7 +53,6 @@ def test_torch_batch_loop_stops_each_example_at_its_own_call(batch, monkeypatch)
     assert (len(gathers) > 2) == (batch >= torch_ops._COMPACT_MIN_ROWS)
 
 
-
 def test_jax_batch_loop_agrees_with_torch():
     jnp = pytest.importorskip("jax.numpy")
     from diffcontrol.emitters.jax_ops import JaxOps
