@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import diffcontrol as dc
 from diffcontrol.compilers.analysis import analyse
+from diffcontrol.facts import ConstraintKind, Form
 
 
 def _readme_problem(constraints=None, dynamics=None, cost=None):
@@ -34,29 +36,32 @@ def test_explain_of_the_readme_problem_names_everything():
 
 def test_analysis_facts():
     form = analyse(_readme_problem())
-    assert form.value("dynamics") == "affine"
-    assert form.value("constraints") == "box on controls"
+    assert form.value("dynamics") is Form.AFFINE
+    assert form.value("constraints") == {ConstraintKind.BOX}
+    assert str(form.value("constraints")) == "box on controls"
     assert [b.lower for b in form.box_bounds] == [True, False]
     nonlinear = analyse(_readme_problem(dynamics=lambda x, u: dc.stack([dc.sin(x[0]), x[1], x[2], u[0]])))
-    assert nonlinear.value("dynamics") == "smooth"
+    assert nonlinear.value("dynamics") is Form.SMOOTH
     assert "sin(x[0]) in the dynamics is not affine" in nonlinear.facts["dynamics"].reason
+    assert str(nonlinear.facts["dynamics"].culprit) == "sin(x[0])"  # the offending term, as a value
     opaque = analyse(_readme_problem(dynamics=lambda x, u: dc.Function(np.tanh, 4, name="f")(x)))
-    assert opaque.value("dynamics") == "opaque"
+    assert opaque.value("dynamics") is Form.OPAQUE
     state = analyse(_readme_problem(constraints=lambda x, u: [x[0] <= 0.3, -1 <= u]))
-    assert state.value("constraints") == "box on controls, state constraint"
+    assert state.value("constraints") == {ConstraintKind.BOX, ConstraintKind.STATE}
+    assert str(state.value("constraints")) == "box on controls, state constraint"
     general = analyse(_readme_problem(constraints=lambda x, u: [u[0] + u[1] <= 1]))
-    assert general.value("constraints") == "general inequality on controls"
+    assert general.value("constraints") == {ConstraintKind.CONTROL_INEQUALITY}
     quartic = analyse(_readme_problem(cost=lambda x, u: dc.sum_squares(x) ** 2 + dc.sum_squares(u)))
-    assert quartic.value("stage cost") == "smooth"
+    assert quartic.value("stage cost") is Form.SMOOTH
 
 
 def test_parameter_scaled_cost_is_quadratic_with_convexity_checked_at_solve_time():
     q = dc.Parameter(name="q")
     form = analyse(_readme_problem(cost=lambda x, u: q * dc.sum_squares(x) + dc.sum_squares(u)))
-    assert form.value("stage cost") == "quadratic, convexity unknown"
+    assert form.value("stage cost") is Form.QUADRATIC
     q_pos = dc.Parameter(name="q", nonneg=True)
     form = analyse(_readme_problem(cost=lambda x, u: q_pos * dc.sum_squares(x) + dc.sum_squares(u)))
-    assert form.value("stage cost") == "quadratic, convex"
+    assert form.value("stage cost") is Form.QUADRATIC_CONVEX
 
 
 def test_smooth_nonlinear_dynamics_go_to_ilqr_and_explain_says_why_not_lqr():
@@ -131,3 +136,22 @@ def test_compiled_problem_is_immutable():
     compiled = _readme_problem().compile()
     with pytest.raises(AttributeError):
         compiled.options = {}
+
+
+def test_explain_prints_the_dynamics_jacobian_the_solve_evaluates():
+    """F's control block for A @ x + u[0] * 1.0 is a column of ones (u[0] broadcast to both
+    rows), as the solve's own data F has it, not the identity's first row."""
+    from diffcontrol.emitters.torch_ops import TorchFramework
+
+    x, u = dc.State(2, name="x"), dc.Control(1, name="u")
+    A = dc.Parameter((2, 2), name="A")
+    prob = dc.ControlProblem(dynamics=x.next == A @ x + u[0] * 1.0, cost=dc.sum_squares(x) + dc.sum_squares(u),
+                             horizon=3, initial_state=np.ones(2))
+    compiled = prob.compile()
+    assert "F = [A, [[1], [1]]], f = 0" in compiled.explain()
+    like = torch.zeros(1, dtype=torch.float64)
+    F = compiled.program.data(TorchFramework, {"A": torch.eye(2, dtype=torch.float64)[None]}, like)["F"]
+    assert torch.equal(F[0, :, 2:], torch.ones(2, 1, dtype=torch.float64))
+    stacked = dc.ControlProblem(dynamics=x.next == 0.5 * x + dc.stack([u[0], 2 * u[0]]),
+                                cost=dc.sum_squares(x) + dc.sum_squares(u), horizon=3, initial_state=np.ones(2))
+    assert "F = [0.5*I, [[1], [2]]]" in stacked.explain()

@@ -160,7 +160,7 @@ def test_ilqr_pendulum_matches_torch_and_finite_differences():
     solve = compiled.to_jax()
     vj = _to_jax(values)
     x, u, info = solve(**vj, return_info=True)
-    assert bool(info["converged"].all())
+    assert bool(info.converged.all())
     xt, ut = compiled.to_torch()(**{k: torch.as_tensor(v) for k, v in values.items()})
     assert _err(u, ut) < 1e-9 and _err(x, xt) < 1e-9
     w = np.random.default_rng(1).normal(size=(3, 10, 1))
@@ -263,7 +263,7 @@ def test_quadratic_closed_form_for_each_forward_and_linear_solver(solver, linear
     solve = prob.compile(solver=solver, linear_solver=linear_solver, tol=1e-10).to_jax()
     qv = jnp.asarray(rng.normal(size=(3, n)))
     (ys, info) = solve(q=qv, return_info=True)
-    assert bool(info["converged"].all())
+    assert bool(info.converged.all())
     assert _err(ys, np.linalg.solve(P, np.asarray(qv).T).T) < 1e-9
     w = jnp.asarray(rng.normal(size=(3, n)))
     g = jax.jit(jax.grad(lambda q: (solve(q=q)[0] * w).sum()))(qv)
@@ -320,14 +320,14 @@ def test_info_nonconvergence_warning_and_raise():
     vj = _to_jax(lq_values(n, m, 5, seed=2, scale_x0=2.0))
     with pytest.warns(dc.NotConvergedWarning, match=r"of 5 examples did not converge"):
         _, _, info = problem.compile(max_iter=1).to_jax()(**vj, return_info=True)
-    assert not bool(info["converged"].all())
-    assert {dc.Status.from_code(c) for c in np.asarray(info["status"])} <= set(dc.Status)
+    assert not bool(info.converged.all())
+    assert {dc.Status.from_code(c) for c in np.asarray(info.status)} <= set(dc.Status)
     assert dc.Status.from_code(dc.Status.MAX_ITER.code) is dc.Status.MAX_ITER
     with pytest.raises(dc.SolverError, match="did not converge"):
         problem.compile(max_iter=1, on_nonconvergence="raise").to_jax()(**vj)
     # under jit nothing can warn: the info says it
     _, _, info = jax.jit(lambda v: problem.compile(max_iter=1).to_jax()(**v, return_info=True))(vj)
-    assert not bool(info["converged"].all())
+    assert not bool(info.converged.all())
 
 
 def test_bad_inputs_raise_before_any_solve():

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from diffcontrol.backends.ops import Ops
-from diffcontrol.backends.riccati import _mv, _vm, costates
+from diffcontrol.backends.riccati import costates, mv, vm
 
 
 class Condensed(NamedTuple):
@@ -67,13 +67,13 @@ def linear_term(D: Any, S_T: Any, g_tau: Any, g_T: Any) -> Any:
     ``D`` (B, T N, T m), ``S_T`` (B, n, T m), ``g_tau`` (B, T, N), ``g_T`` (B, n). (With the
     columns of s appended to D and S_T, the last entry is the terms' value at u = 0.)"""
     B = g_tau.shape[0]
-    return _vm(g_tau.reshape(B, -1), D) + _vm(g_T, S_T)
+    return vm(g_tau.reshape(B, -1), D) + vm(g_T, S_T)
 
 
 def states(cond: Condensed, u: Any) -> Any:
     """x (B, T+1, n) under the controls u (B, T, m)."""
     B, T = u.shape[:2]
-    return (cond.s + _mv(cond.S, u.reshape(B, -1))).reshape(B, T + 1, -1)
+    return (cond.s + mv(cond.S, u.reshape(B, -1))).reshape(B, T + 1, -1)
 
 
 def frozen_adjoint(ops: Ops, cond: Condensed, L: Any, C: Any, F: Any, CT: Any, free: Any, g_tau: Any,
@@ -93,7 +93,7 @@ def frozen_adjoint(ops: Ops, cond: Condensed, L: Any, C: Any, F: Any, CT: Any, f
     mask = free.reshape(B, -1)
     lin = linear_term(cond.D, cond.S[:, T * n:], g_tau, g_T)
     du = -ops.cho_solve(L, lin * mask)  # zero on the frozen controls: L is the identity there
-    dx = _mv(cond.S, du).reshape(B, T + 1, n)
+    dx = mv(cond.S, du).reshape(B, T + 1, n)
     du = du.reshape(B, T, m)
     if forward is None:
         dlam, r_u = costates(ops, C, g_tau, F, CT, g_T, dx, du)

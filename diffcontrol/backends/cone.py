@@ -15,65 +15,20 @@ to the dc.Parameters. Without a gradient, cvxpylayers solves only.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from typing import Any
 
-import diffcp
 import numpy as np
 
-from diffcontrol.backends.kkt import Info
+from diffcontrol.backends.base import Info
 from diffcontrol.backends.ops import Ops
-from diffcontrol.errors import BackendError, Status
-
-NAME = "cone"
+from diffcontrol.errors import Status
 
 # cvxpylayers converts tensors with np.array(t) in its backward (outside any call of ours);
 # NumPy 2 warns about that for every call. It is cvxpylayers' business, not the user's.
 warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy keyword",
                         category=DeprecationWarning)
-
-#: Options with their defaults and one line of documentation each.
-OPTIONS = {
-    "solver": ("SCS", "the cone solver diffcp calls: 'SCS' or 'Clarabel'"),
-    "eps": (1e-9, "the solver's tolerance (SCS: eps_abs = eps_rel; Clarabel: tol_gap_abs, "
-                   "tol_gap_rel, tol_feas)"),
-    "max_iter": (100_000, "the solver's iteration limit"),
-    "derivative": ("auto", "diffcp's derivative mode: 'dense' (exact, O(N^3) in the cone "
-                           "program's size N), 'lsmr' / 'lsqr' (iterative, approximate), or 'auto': "
-                           "dense up to dense_max_size, lsmr above"),
-    "dense_max_size": (1000, "the largest cone program (variables + constraint rows) that "
-                             "derivative='auto' differentiates densely"),
-    "tol": (None, "the largest scaled primal infeasibility accepted in a returned solution "
-                  "(checked by cvxpy); None: sqrt(machine epsilon) of the dtype"),
-    "backward": ("implicit", "'implicit': diffcp's derivative of the cone program's optimality "
-                             "conditions (the only mode)"),
-    "on_nonconvergence": ("warn", "'warn' (NotConvergedWarning) or 'raise' (SolverError)"),
-    "n_jobs": (1, "threads diffcp uses across a batch (-1: all cores)"),
-}
-BACKWARD_MODES = ("implicit",)
-#: The solve is differentiable by the framework itself (cvxpylayers owns the backward).
-DIFFERENTIABLE_SOLVE = True
-#: diffcp's cvxpylayers path takes no warm start.
-WARM_START = False
-
-_SOLVERS = ("SCS", "Clarabel")
-_MODES = ("auto", "dense", "lsmr", "lsqr")
-
-
-def validate_options(options: dict) -> None:
-    """Backend-specific checks, after the shared ones."""
-    if options["solver"] not in _SOLVERS:
-        raise BackendError(f"solver must be one of {', '.join(map(repr, _SOLVERS))}, got {options['solver']!r}")
-    if options["derivative"] not in _MODES:
-        raise BackendError(f"derivative must be one of {', '.join(map(repr, _MODES))}, "
-                           f"got {options['derivative']!r}")
-    if not (isinstance(options["eps"], float) and options["eps"] > 0):
-        raise BackendError(f"eps must be a positive float, got {options['eps']!r}")
-    if not isinstance(options["dense_max_size"], int) or options["dense_max_size"] < 0:
-        raise BackendError(f"dense_max_size must be a nonnegative int, got {options['dense_max_size']!r}")
-    if not isinstance(options["n_jobs"], int) or options["n_jobs"] == 0 or options["n_jobs"] < -1:
-        raise BackendError(f"n_jobs must be a positive int or -1, got {options['n_jobs']!r}")
-
 
 def solver_args(options: dict, size: int, differentiate: bool = True) -> dict:
     """The keyword arguments cvxpylayers hands to diffcp for a cone program of ``size``
@@ -92,7 +47,7 @@ def solver_args(options: dict, size: int, differentiate: bool = True) -> dict:
     return args
 
 
-def solve(data: dict, options: dict, ops: Ops, init: Any = None) -> tuple[tuple, Info, dict]:
+def solve(data: dict, options: dict, ops: Ops, init: Any = None) -> tuple[tuple, Info, None]:
     """Solve the batch; outputs in the dtype and on the device of ``data["like"]``."""
     like = data["like"]
     args = [ops.as_float64_cpu(v) for v in data["derived"]]
@@ -111,19 +66,68 @@ def solve(data: dict, options: dict, ops: Ops, init: Any = None) -> tuple[tuple,
     info = Info(converged, ops.as_array(np.full(B, -1), like), ops.cast_like(ops.as_array(residual, like), like),
                 ops.as_array(np.array([s.code for s in statuses]), like))
     outputs = tuple(ops.cast_like(o, like) for o in data["unpack"](solutions))
-    return outputs, info, {}
+    failed = [s in (Status.INFEASIBLE, Status.UNBOUNDED, Status.SOLVER_FAILED) for s in statuses]
+    if any(failed) and ops.needs_grad(data["derived"]):
+        # a failed example's NaN outputs depend on no parameter: its gradient would be a silent
+        # zero; it is NaN instead wherever the loss uses those outputs
+        anchor = sum(a.reshape(B, -1).sum(-1) for a in data["derived"])
+        outputs = ops.poison_gradient(outputs, ops.as_array(np.array(failed), like), anchor)
+    return outputs, info, None  # (no saved state: cvxpylayers' autograd owns the backward)
+
+
+class _InaccurateLog:
+    """diffcp reports an inaccurate solve only by ``warnings.warn("Solved/Inaccurate.")``.
+    ``warnings.catch_warnings`` would capture it by swapping the process's warning machinery,
+    swallowing every other thread's warnings meanwhile; instead a hook in front of
+    ``warnings.showwarning`` takes diffcp's inaccuracy warnings while a cone solve runs (in any
+    thread: diffcp may solve on a pool) and passes everything else on untouched. Two cone
+    solves at once may each see the other's: both then re-solve one by one, which finds the
+    true status of every example."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.active = 0
+        self.seen = 0
+        self.installed: Any = None
+
+    def hook(self, previous: Any) -> Any:
+        def showwarning(message, category, filename, lineno, file=None, line=None):
+            if self.active and "diffcp" in str(filename) and "naccurate" in str(message):
+                with self.lock:
+                    self.seen += 1
+                return
+            previous(message, category, filename, lineno, file, line)
+
+        return showwarning
+
+    def __enter__(self) -> int:
+        with self.lock:
+            if warnings.showwarning is not self.installed:  # (re)install in front of whatever is there
+                self.installed = warnings.showwarning = self.hook(warnings.showwarning)
+            # shown every time, not once per location, so that each solve can see its own
+            warnings.filterwarnings("always", message="Solved/Inaccurate", category=UserWarning)
+            self.active += 1
+            return self.seen
+
+    def __exit__(self, *exc: Any) -> None:
+        with self.lock:
+            self.active -= 1
+
+
+_INACCURATE = _InaccurateLog()
 
 
 def _call(layer: Any, args: list, kwargs: dict) -> tuple[list | None, str | None]:
     """One cvxpylayers call: (solutions, None), or (solutions or None, what went wrong)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    import diffcp
+
+    with _INACCURATE as before:
         try:
             solutions = list(layer(*args, solver_args=kwargs))
         except diffcp.SolverError as e:  # infeasible, unbounded, or the solver gave up
             return None, str(e) or type(e).__name__
-    inaccurate = [str(w.message) for w in caught if "inaccurate" in str(w.message).lower()]
-    return solutions, (inaccurate[0] if inaccurate else None)
+        inaccurate = _INACCURATE.seen > before
+    return solutions, ("Solved/Inaccurate." if inaccurate else None)
 
 
 def _one_by_one(layer: Any, args: list, kwargs: dict, ops: Ops, shapes: list) -> tuple[list, list]:

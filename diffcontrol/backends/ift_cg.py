@@ -19,55 +19,41 @@ factorises it (the test oracle).
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from typing import Any, NamedTuple
 
 from diffcontrol.backends import kkt
-from diffcontrol.backends.kkt import Info
+from diffcontrol.backends.base import Info
 from diffcontrol.backends.ops import Ops
-from diffcontrol.errors import BackendError
-
-NAME = "ift_cg"
-
-OPTIONS = {
-    "max_iter": (100, "iterations of the forward solver at most"),
-    "tol": (None, "tolerance on the largest entry of grad_y f at the returned point; "
-                  "None: sqrt(machine epsilon) of the dtype"),
-    "backward": ("implicit", "'implicit' (IFT, one linear solve) or 'unroll' (autodiff through "
-                             "every Newton iteration)"),
-    "on_nonconvergence": ("warn", "'warn' (NotConvergedWarning) or 'raise' (SolverError)"),
-    "solver": ("auto", "'newton', 'lbfgs', 'auto' (newton up to newton_max_size variables, lbfgs "
-                       "above) or a callable solver(fun, y0) -> y, fun mapping y (B, n) to f (B,)"),
-    "newton_max_size": (500, "the largest n that solver='auto' solves by Newton"),
-    "linear_solver": ("cg", "'cg' (on Hessian-vector products), 'cg_normal' (CG on the normal "
-                            "equations, for an indefinite Hessian) or 'dense' (form and solve H)"),
-    "cg_tol": (None, "CG stops when ||residual|| <= cg_tol * ||dL/dy|| for every example; None: "
-                     "sqrt(machine epsilon) of the dtype, the accuracy of y* itself at the default tol"),
-    "cg_max_iter": (1000, "CG iterations at most"),
-    "tikhonov": (0.0, "eps of (H + eps I) g = dL/dy, for a singular Hessian (Algorithm 1)"),
-    "ls_max_iter": (30, "backtracking steps of Newton's line search"),
-}
-BACKWARD_MODES = ("implicit", "unroll")
-WARM_START = True
-
-_LINEAR = ("cg", "cg_normal", "dense")
+from diffcontrol.errors import NotConvergedWarning, SolverError
 
 
-def validate_options(options: dict) -> None:
-    if not (callable(options["solver"]) or options["solver"] in ("auto", "newton", "lbfgs")):
-        raise BackendError(f"solver must be 'auto', 'newton', 'lbfgs' or a callable, got {options['solver']!r}")
-    if options["linear_solver"] not in _LINEAR:
-        raise BackendError(f"linear_solver must be one of {', '.join(map(repr, _LINEAR))}, "
-                           f"got {options['linear_solver']!r}")
-    for name in ("cg_max_iter", "newton_max_size"):
-        if not isinstance(options[name], int) or options[name] < 1:
-            raise BackendError(f"{name} must be a positive int, got {options[name]!r}")
-    if options["cg_tol"] is not None and not options["cg_tol"] > 0:
-        raise BackendError(f"cg_tol must be positive, got {options['cg_tol']!r}")
-    if not options["tikhonov"] >= 0:
-        raise BackendError(f"tikhonov must be nonnegative, got {options['tikhonov']!r}")
-    if callable(options["solver"]) and options["backward"] == "unroll":
-        raise BackendError("backward='unroll' differentiates the built-in Newton solver; a user's "
-                           "solver is a black box: use backward='implicit'")
+class Saved(NamedTuple):
+    """What the VJP needs: the minimiser y (B, n), the variables' values, the objective (from
+    the lowered data) and the options."""
+
+    y: Any
+    outputs: tuple
+    objective: Any
+    options: dict
+
+    FROM_DATA = {"objective": "objective"}
+    STATIC = ("options",)
+
+
+class _NewtonState(NamedTuple):
+    y: Any
+    gradient: Any
+    iterations: Any
+    stalled: Any
+    moved: Any  # whether any example moved in the last iteration (a scalar)
+
+
+class _CGState(NamedTuple):
+    x: Any
+    r: Any
+    p: Any
+    rr: Any  # |r|^2 (B,)
 
 
 def forward_solver(options: dict, n: int) -> Any:
@@ -81,7 +67,7 @@ def forward_solver(options: dict, n: int) -> Any:
 # ---- forward --------------------------------------------------------------------------------
 
 
-def solve(data: dict, options: dict, ops: Ops, y_init: Any = None) -> tuple[tuple, Info, dict]:
+def solve(data: dict, options: dict, ops: Ops, y_init: Any = None) -> tuple[tuple, Info, Saved]:
     """Minimise for the batch; returns the variables' values, Info and what vjp needs."""
     objective, like = data["objective"], data["like"]
     n = objective.program.size
@@ -100,9 +86,7 @@ def solve(data: dict, options: dict, ops: Ops, y_init: Any = None) -> tuple[tupl
     converged = residual <= tol
     info = Info(converged, iterations, residual, kkt.status_codes(ops, converged, stalled & ~converged))
     outputs = tuple(objective.program.split(ops.xp, y))
-    saved = {"y": y, "objective": objective, "options": options,
-             "outputs": tuple(f"y{i}" for i in range(len(outputs))), **{f"y{i}": o for i, o in enumerate(outputs)}}
-    return outputs, info, saved
+    return outputs, info, Saved(y, outputs, objective, options)
 
 
 def _newton(objective: Any, y: Any, options: dict, tol: float, ops: Ops) -> tuple[Any, Any, Any]:
@@ -115,12 +99,11 @@ def _newton(objective: Any, y: Any, options: dict, tol: float, ops: Ops) -> tupl
     # accurate to near roundoff. Examples that cannot get there still count as converged at tol.
     target = 1e-3 * tol
 
-    def progressing(state):
-        _, g, _, _, moved = state
-        return (xp.amax(xp.abs(g), -1) > target).any() & moved
+    def progressing(state: _NewtonState):
+        return (xp.amax(xp.abs(state.gradient), -1) > target).any() & state.moved
 
-    def iteration(state):
-        y, g, iterations, stalled, _ = state
+    def iteration(state: _NewtonState) -> _NewtonState:
+        y, g = state.y, state.gradient
         active = xp.amax(xp.abs(g), -1) > target
         step = _damped_newton_step(objective.hessian(y), g, ops)
         f0 = objective.value(y)
@@ -143,13 +126,13 @@ def _newton(objective: Any, y: Any, options: dict, tol: float, ops: Ops) -> tupl
         move = active & accepted
         y = y + xp.where(move[:, None], alpha[:, None] * step, 0.0 * step)
         # no example can decrease f any more: stop
-        return (y, objective.gradient(y), iterations + xp.where(move, 1, 0), stalled | (active & ~accepted),
-                move.any())
+        return _NewtonState(y, objective.gradient(y), state.iterations + xp.where(move, 1, 0),
+                            state.stalled | (active & ~accepted), move.any())
 
     zeros = ops.zeros((B,), y)
-    start = (y, objective.gradient(y), xp.where(zeros > 0, 1, 0), zeros > 0, ~(zeros[0] > 0))
-    y, _, iterations, stalled, _ = ops.loop(progressing, iteration, start, options["max_iter"])
-    return y, iterations, stalled
+    start = _NewtonState(y, objective.gradient(y), xp.where(zeros > 0, 1, 0), zeros > 0, ~(zeros[0] > 0))
+    end = ops.loop(progressing, iteration, start, options["max_iter"])
+    return end.y, end.iterations, end.stalled
 
 
 def _damped_newton_step(H: Any, g: Any, ops: Ops) -> Any:
@@ -173,21 +156,74 @@ def _damped_newton_step(H: Any, g: Any, ops: Ops) -> Any:
 # ---- backward --------------------------------------------------------------------------------
 
 
-def vjp(inputs: dict, saved: dict, cotangents: tuple, ops: Ops, needs: Any = ("grad_y",)) -> dict:
-    """The cotangent -g of grad_y f(y*; theta), g solving (H + eps I) g = dL/dy."""
-    objective, y = saved["objective"], saved["y"]
+def vjp(inputs: dict, saved: Saved, cotangents: tuple, ops: Ops, needs: Any = ("grad_y",)) -> dict:
+    """The cotangent -g of grad_y f(y*; theta), g solving (H + eps I) g = dL/dy; every
+    example's linear solve is checked (see :func:`checked_linear_solve`)."""
+    objective = saved.objective
     ybar = objective.program.join(ops.xp, list(cotangents))
-    g = linear_solve(objective, y, ybar, saved["options"], ops)
+    g = checked_linear_solve(objective, saved.y, ybar, saved.options, ops)
     return {"grad_y": -g}
 
 
-def linear_solve(objective: Any, y: Any, b: Any, options: dict, ops: Ops) -> Any:
-    """g with (H(y) + eps I) g = b (B, n), by the configured linear solver."""
+def checked_linear_solve(objective: Any, y: Any, b: Any, options: dict, ops: Ops) -> Any:
+    """g with (H(y) + eps I) g = b (B, n), by the configured linear solver, each example's
+    relative residual ||(H + eps I) g - b|| / ||b|| checked against cg_tol: examples that miss
+    it are solved again with the dense Hessian (n <= dense_fallback_max_size), and those still
+    missing it are named by a NotConvergedWarning (SolverError with on_nonconvergence='raise')
+    where the values are known (eagerly), or get NaN gradients (under jax.jit): never a silent
+    wrong gradient."""
+    xp = ops.xp
+    eps = options["tikhonov"]
+    tol = options["cg_tol"] if options["cg_tol"] is not None else ops.eps(b) ** 0.5
+    hvp = objective.hvp_operator(y)
+
+    b_norm = xp.sqrt((b * b).sum(-1))
+
+    def misses(g: Any) -> Any:
+        """Where ||(H + eps I) g - b|| > 10 cg_tol ||b|| (B,): the slack lets the dense solve's own
+        roundoff on an ill-conditioned H pass; NaN misses too."""
+        r = hvp(g) + eps * g - b
+        return ~(xp.sqrt((r * r).sum(-1)) <= 10 * tol * b_norm)
+
+    def relative_residual(g: Any) -> Any:
+        r = hvp(g) + eps * g - b
+        return xp.sqrt((r * r).sum(-1)) / (b_norm + ops.eps(b))
+
+    g = linear_solve(objective, y, b, options, ops, hvp)
+    bad = misses(g)
+    n = b.shape[-1]
+    if options["linear_solver"] != "dense" and n <= options["dense_fallback_max_size"] \
+            and ops.known_any(bad) is not False:
+        dense = linear_solve(objective, y, b, {**options, "linear_solver": "dense"}, ops, hvp)
+        g = xp.where(bad[:, None], dense, g)
+        bad = misses(g)
+    if ops.known_any(bad):
+        rel = relative_residual(g)
+        rows = [i for i, flag in enumerate(bad.tolist()) if flag]
+        message = (
+            f"the backward's linear solve (H + eps I) g = dL/dy missed its tolerance for examples {rows} "
+            f"(relative residual up to {float(rel.max()):.2e} > cg_tol {tol:.1e} with linear_solver="
+            f"{options['linear_solver']!r}, cg_max_iter={options['cg_max_iter']}"
+            + (", and the dense fallback too" if n <= options["dense_fallback_max_size"] else
+               f"; n = {n} is above dense_fallback_max_size={options['dense_fallback_max_size']}")
+            + "); their gradients are inaccurate. Raise cg_max_iter, pass linear_solver='dense' (n small) or "
+            "'cg_normal' (an indefinite Hessian), or tikhonov > 0 for a singular Hessian")
+        if options["on_nonconvergence"] == "raise":
+            raise SolverError(message)
+        # as the forward does: a warning naming the examples, their gradients the best solve's
+        warnings.warn(message, NotConvergedWarning, stacklevel=2)
+        return g
+    # under jax.jit the check can neither warn nor raise: the affected examples' gradients become NaN
+    return xp.where(bad[:, None], xp.nan * g, g)
+
+
+def linear_solve(objective: Any, y: Any, b: Any, options: dict, ops: Ops, hvp: Any = None) -> Any:
+    """g with (H(y) + eps I) g = b (B, n), by the configured linear solver (unchecked)."""
     eps, kind = options["tikhonov"], options["linear_solver"]
     if kind == "dense":
         H = objective.hessian(y)
         return ops.xp.linalg.solve(H + eps * ops.eye_like(H), b[..., None])[..., 0]
-    hvp = objective.hvp_operator(y)
+    hvp = objective.hvp_operator(y) if hvp is None else hvp
     if kind == "cg":
         return conjugate_gradient(lambda v: hvp(v) + eps * v, b, options, ops)
     # normal equations (H^T H + eps I) g = H^T b; H^T = H for a Hessian
@@ -196,7 +232,8 @@ def linear_solve(objective: Any, y: Any, b: Any, options: dict, ops: Ops) -> Any
 
 def conjugate_gradient(apply: Any, b: Any, options: dict, ops: Ops) -> Any:
     """Batched CG for A x = b with A symmetric positive (semi)definite, given as v -> A v;
-    each example stops at ||r|| <= cg_tol * ||b||."""
+    each example stops at ||r|| <= cg_tol * ||b|| or after cg_max_iter iterations (the caller
+    checks which)."""
     xp = ops.xp
     rr = (b * b).sum(-1)
     # a relative residual below the dtype's sqrt(eps) buys nothing: y*, where H is formed,
@@ -204,10 +241,10 @@ def conjugate_gradient(apply: Any, b: Any, options: dict, ops: Ops) -> Any:
     cg_tol = options["cg_tol"] if options["cg_tol"] is not None else ops.eps(b) ** 0.5
     target = (cg_tol ** 2) * rr
 
-    def unconverged(state):
-        return (state[3] > target).any()
+    def unconverged(state: _CGState):
+        return (state.rr > target).any()
 
-    def iteration(state):
+    def iteration(state: _CGState) -> _CGState:
         x, r, p, rr = state
         live = rr > target
         Ap = apply(p)
@@ -217,7 +254,6 @@ def conjugate_gradient(apply: Any, b: Any, options: dict, ops: Ops) -> Any:
         r = r - alpha[:, None] * Ap
         rr_new = (r * r).sum(-1)
         beta = xp.where(live, rr_new / xp.where(rr == 0, 1.0, rr), 0.0)
-        return x, r, r + beta[:, None] * p, rr_new
+        return _CGState(x, r, r + beta[:, None] * p, rr_new)
 
-    x, _, _, _ = ops.loop(unconverged, iteration, (0.0 * b, b, b, rr), options["cg_max_iter"])
-    return x
+    return ops.loop(unconverged, iteration, _CGState(0.0 * b, b, b, rr), options["cg_max_iter"]).x

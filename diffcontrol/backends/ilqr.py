@@ -30,58 +30,70 @@ framework's autodiff carries them to the parameters.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 from diffcontrol.backends import kkt
-from diffcontrol.backends.kkt import Info
+from diffcontrol.backends.base import Info
 from diffcontrol.backends.ops import Ops
 from diffcontrol.backends.riccati import adjoint, frozen_lqr_adjoint, riccati_sweep, rollout
-from diffcontrol.errors import BackendError, GradientFallbackWarning
-
-NAME = "ilqr"
+from diffcontrol.errors import GradientFallbackWarning
 
 #: The arrays of the implicit backward (the KKT conditions' parameter-dependent parts).
 DATA_KEYS = ("grad_tau", "next", "grad_T", "x0", "lo", "hi")
 
-#: Options with their defaults and one line of documentation each.
-OPTIONS = {
-    "max_iter": (100, "iLQR iterations at most"),
-    "tol": (None, "tolerance on the scaled projected gradient of the total cost w.r.t. the controls; "
-                  "None: sqrt(machine epsilon) of the dtype"),
-    "backward": ("implicit", "'implicit' (exact: one LQR solve on the Hessian of the Lagrangian), "
-                             "'gauss_newton' (the final LQR approximation, as mpc.pytorch; inexact "
-                             "for nonlinear dynamics) or 'unroll' (autodiff through every iteration)"),
-    "on_nonconvergence": ("warn", "'warn' (NotConvergedWarning) or 'raise' (SolverError)"),
-    "qp_max_iter": (20, "projected-Newton iterations of each stage's box QP"),
-    "ls_decay": (0.5, "step shrink factor of the line search"),
-    "ls_max_iter": (10, "step sizes tried per iteration: 1, decay, decay^2, ..."),
-    "ls_parallel": (4, "step sizes rolled out at once (one batched rollout) per line-search round"),
-    "ls_expand": (1, "step sizes above the full step tried too, in its round: 1/decay, ..., "
-                     "(1/decay)^ls_expand (at most ls_parallel - 1; 0: none); the round's lowest cost wins, "
-                     "and per example they grow by 1/decay while the longest keeps winning"),
-    "hessian": ("newton", "'newton': near the solution (scaled residual below newton_switch) the sweep "
-                          "uses the Hessian of the Lagrangian, cost Hessian + sum lam d2f, as the exact "
-                          "backward does, on the free controls (those at a bound the gradient pushes "
-                          "against stay), for quadratic instead of linear convergence, falling back to "
-                          "Gauss-Newton per example where it is not positive definite or its step "
-                          "fails, until the residual has halved; 'gauss_newton': the cost Hessian "
-                          "throughout (classic iLQR). "
-                          "backward='unroll' always iterates Gauss-Newton"),
-    "newton_switch": (1e-3, "scaled residual below which hessian='newton' uses the Lagrangian's Hessian"),
-}
-BACKWARD_MODES = ("implicit", "gauss_newton", "unroll")
+class Approximation(NamedTuple):
+    """The LQ approximation at an iterate: C (B,T,N,N), c (B,T,N), CT (B,n,n), cT (B,n), F
+    (B,T,n,N), the costates lam (B,T+1,n) and the control gradient g_u (B,T,m)."""
+
+    C: Any
+    c: Any
+    CT: Any
+    cT: Any
+    F: Any
+    lam: Any
+    g_u: Any
 
 
-def validate_options(options: dict) -> None:
-    if options["hessian"] not in ("newton", "gauss_newton"):
-        raise BackendError(f"hessian must be 'newton' or 'gauss_newton', got {options['hessian']!r}")
-    if not isinstance(options["ls_expand"], int) or options["ls_expand"] < 0:
-        raise BackendError(f"ls_expand must be a nonnegative int, got {options['ls_expand']!r}")
-    if not options["newton_switch"] >= 0:
-        raise BackendError(f"newton_switch must be nonnegative, got {options['newton_switch']!r}")
+class Iterate(NamedTuple):
+    """iLQR's state: the trajectory, its cost (B,), its LQ approximation, the residual (B,),
+    which examples stalled (B,), their iterations (B,), the residual below which each uses the
+    Lagrangian's Hessian (B,) and each one's line-search stretch (B,)."""
+
+    x: Any
+    u: Any
+    cost: Any
+    approx: Approximation
+    residual: Any
+    stalled: Any
+    iterations: Any
+    newton_below: Any
+    stretch: Any
 
 
-def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tuple[Any, Any], Info, dict]:
+class Saved(NamedTuple):
+    """What the VJP needs: the solution, costates, active bounds, the final LQ data, the
+    model (from the lowered data) and the backward mode."""
+
+    x: Any
+    u: Any
+    lam: Any
+    active_lo: Any
+    active_hi: Any
+    C: Any
+    F: Any
+    CT: Any
+    model: Any
+    mode: str
+
+    FROM_DATA = {"model": "model"}
+    STATIC = ("mode",)
+
+    @property
+    def outputs(self) -> tuple[Any, Any]:
+        return self.x, self.u
+
+
+def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tuple[Any, Any], Info, Saved]:
     """Solve the batch. ``data``: x0 (B, n), lo / hi (B, T, m) and ``model`` (see
     :class:`~diffcontrol.compilers.lower_ilqr.Model`). Returns (x, u), Info, and what the VJP needs."""
     xp = ops.xp
@@ -97,19 +109,18 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
         F = model.linearize(x, u)
         lam, g_u = adjoint(ops, c, F, cT)
         residual = kkt.projected_gradient_residual(ops, u, lo, hi, g_u, [c[..., n:]])
-        return (C, c, CT, cT, F, lam, g_u), residual
+        return Approximation(C, c, CT, cT, F, lam, g_u), residual
 
     newton = options["hessian"] == "newton" and options["backward"] != "unroll"
 
-    def unfinished(state):
-        residual, stalled = state[4], state[5]
-        return (~((residual <= tol) | stalled)).any()
+    def unfinished(state: Iterate):
+        return (~((state.residual <= tol) | state.stalled)).any()
 
-    def sweep(x, u, approx, near):
+    def sweep(x, u, approx: Approximation, near):
         """The policy (K, k) from the LQ approximation; for the examples ``near`` the solution,
         from the Hessian of the Lagrangian, with Gauss-Newton wherever that one is not
         positive definite. Also returns which examples got the Newton policy."""
-        C, c, CT, cT, F, lam, _ = approx
+        C, c, CT, cT, F, lam = approx.C, approx.c, approx.CT, approx.cT, approx.F, approx.lam
         box = (lo - u, hi - u) if bounded else None
 
         def gauss_newton():
@@ -124,7 +135,7 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
                 # Newton on the reduced problem: the controls at a bound that the gradient pushes
                 # against stay there (a zero-width box), so only the free controls' curvature
                 # counts; the full Hessian may well be indefinite along a clamped one
-                g_u = approx[6]
+                g_u = approx.g_u
                 clamped = near[:, None, None] & (((u <= lo) & (g_u > 0)) | ((u >= hi) & (g_u < 0)))
                 near_box = tuple(xp.where(clamped, 0.0 * b, b) for b in box)
             exact = riccati_sweep(ops, H, c, F, CT, cT, box=near_box, qp_max_iter=options["qp_max_iter"],
@@ -139,20 +150,22 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
 
         return ops.cond(near.any(), lagrangian, plain) if newton else plain()
 
-    def iteration(state):
-        x, u, cost, approx, residual, stalled, iterations, newton_below, stretch = state
+    def iteration(state: Iterate) -> Iterate:
+        residual, stalled = state.residual, state.stalled
         active = ~((residual <= tol) | stalled)
-        K, k, used, indefinite = sweep(x, u, approx, active & (residual <= newton_below))
+        K, k, used, indefinite = sweep(state.x, state.u, state.approx, active & (residual <= state.newton_below))
         x, u, cost, accepted, stretch = _line_search(
-            ops, model, x0, x, u, cost, K, k, (lo, hi) if bounded else None, active, stretch, options)
+            ops, model, x0, state.x, state.u, state.cost, K, k, (lo, hi) if bounded else None, active,
+            state.stretch, options)
         # an example whose Lagrangian Hessian is indefinite is not near a strict minimum yet, and
         # a failed Newton step is retried with Gauss-Newton: both go on with Gauss-Newton until
         # their residual has halved (they may have left a saddle region for a strict minimum,
         # where Newton's tail is quadratic while Gauss-Newton's can crawl at a rate near 1)
         failed = active & ~accepted
         retry = indefinite | (failed & used)
-        return (x, u, cost, *approximate(x, u), stalled | (failed & ~used),
-                iterations + xp.where(accepted, 1, 0), xp.where(retry, 0.5 * residual, newton_below), stretch)
+        return Iterate(x, u, cost, *approximate(x, u), stalled | (failed & ~used),
+                       state.iterations + xp.where(accepted, 1, 0),
+                       xp.where(retry, 0.5 * residual, state.newton_below), stretch)
 
     u = ops.zeros((B, T, m), x0) if u_init is None else u_init
     u = xp.minimum(xp.maximum(u, lo), hi)
@@ -160,15 +173,16 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
     cost = model.cost(x, u)
     stalled = xp.zeros_like(cost, dtype=bool)
     switch = options["newton_switch"] if newton else -1.0  # never
-    start = (x, u, cost, *approximate(x, u), stalled, xp.where(stalled, 1, 0), 0.0 * cost + switch, 0.0 * cost)
-    x, u, _, (C, _, CT, _, F, lam, g_u), residual, stalled, iterations, _, _ = ops.loop(
-        unfinished, iteration, start, options["max_iter"])
+    start = Iterate(x, u, cost, *approximate(x, u), stalled, xp.where(stalled, 1, 0), 0.0 * cost + switch,
+                    0.0 * cost)
+    end = ops.loop(unfinished, iteration, start, options["max_iter"])
+    x, u, a = end.x, end.u, end.approx
 
-    converged = residual <= tol
-    active_lo, active_hi = kkt.active_bounds(u, lo, hi, g_u)
-    saved = {"x": x, "u": u, "lam": lam, "active_lo": active_lo, "active_hi": active_hi,
-             "C": C, "F": F, "CT": CT, "model": model, "mode": options["backward"]}
-    return (x, u), Info(converged, iterations, residual, kkt.status_codes(ops, converged, stalled)), saved
+    converged = end.residual <= tol
+    active_lo, active_hi = kkt.active_bounds(u, lo, hi, a.g_u)
+    saved = Saved(x, u, a.lam, active_lo, active_hi, a.C, a.F, a.CT, model, options["backward"])
+    status = kkt.status_codes(ops, converged, end.stalled)
+    return (x, u), Info(converged, end.iterations, end.residual, status), saved
 
 
 def _simulate(ops: Ops, model: Any, x0: Any, u: Any) -> Any:
@@ -247,20 +261,20 @@ def _line_search(ops: Ops, model: Any, x0: Any, x: Any, u: Any, cost: Any, K: An
     return new_x, new_u, new_cost, accepted, stretch
 
 
-def vjp(data: dict, saved: dict, cotangents: tuple[Any, Any], ops: Ops, needs: Any = DATA_KEYS) -> dict:
+def vjp(data: dict, saved: Saved, cotangents: tuple[Any, Any], ops: Ops, needs: Any = DATA_KEYS) -> dict:
     """Cotangents of the KKT conditions' parameter-dependent parts (:data:`DATA_KEYS`) given
     those of (x, u): one LQR solve on the Hessian of the Lagrangian (Gauss-Newton: of the
     cost only) with the active controls frozen."""
     xp = ops.xp
-    x, u, lam = saved["x"], saved["u"], saved["lam"]
+    x, u, lam = saved.x, saved.u, saved.lam
     T = u.shape[1]
-    C = saved["C"]
-    exact = saved["mode"] != "gauss_newton"
-    H = C + saved["model"].dynamics_curvature(x[:, :-1], u, lam[:, 1:]) if exact else C
-    free = ~(saved["active_lo"] | saved["active_hi"])
+    C = saved.C
+    exact = saved.mode != "gauss_newton"
+    H = C + saved.model.dynamics_curvature(x[:, :-1], u, lam[:, 1:]) if exact else C
+    free = ~(saved.active_lo | saved.active_hi)
     gx, gu = cotangents
     g_tau = xp.concatenate([gx[:, :T], gu], -1)
-    dx, du, dlam, r_u, fell_back = frozen_lqr_adjoint(ops, H, saved["F"], saved["CT"], free, g_tau, gx[:, T],
+    dx, du, dlam, r_u, fell_back = frozen_lqr_adjoint(ops, H, saved.F, saved.CT, free, g_tau, gx[:, T],
                                                       fallback_C=C if exact else None)
     if fell_back is not None and ops.known_any(fell_back):  # (not known under jax.jit: no warning)
         warnings.warn(f"{int(fell_back.sum())} of {fell_back.shape[0]} examples got the Gauss-Newton gradient: "
@@ -273,7 +287,7 @@ def vjp(data: dict, saved: dict, cotangents: tuple[Any, Any], ops: Ops, needs: A
         "next": dlam[:, 1:],
         "grad_T": dx[:, T],
         "x0": dlam[:, 0],
-        "lo": xp.where(saved["active_lo"], r_u, zero),
-        "hi": xp.where(saved["active_hi"], r_u, zero),
+        "lo": xp.where(saved.active_lo, r_u, zero),
+        "hi": xp.where(saved.active_hi, r_u, zero),
     }
     return {k: grads[k] if k in needs else None for k in DATA_KEYS}

@@ -1,25 +1,12 @@
 """Optimality of a box-constrained control problem, shared by the LQR-type backends:
-the per-example Info, the scaled projected-gradient residual and the active set."""
+the scaled projected-gradient residual, the active set and the status codes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from diffcontrol.backends.ops import Ops
 from diffcontrol.errors import Status
-
-
-@dataclass
-class Info:
-    """Per-example outcome: ``converged`` (B,) bool, ``iterations`` (B,) int,
-    ``residual`` (B,) the scaled projected gradient, ``status`` (B,) the integer codes of
-    :class:`Status` (the torch layer hands users a list of Status)."""
-
-    converged: Any
-    iterations: Any
-    residual: Any
-    status: Any
 
 
 def projected_gradient_residual(ops: Ops, u: Any, lo: Any, hi: Any, g_u: Any, terms: list) -> Any:

@@ -13,29 +13,23 @@ controls frozen at zero, then the paper's eq. (8) for the cotangents of
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from diffcontrol.backends import condensed, kkt
-from diffcontrol.backends.kkt import Info
+from diffcontrol.backends.base import Info
 from diffcontrol.backends.ops import Ops
 from diffcontrol.backends.riccati import (
     Policy,
-    _masked_hessian,
-    _mv,
     affine_rollout,
     control_gradient,
     costates,
     frozen_lqr_adjoint,
+    masked_hessian,
+    mv,
     riccati_sweep,
     rollout,
     sweep_costates,
 )
-from diffcontrol.errors import BackendError
-
-NAME = "lqr"
-#: the solve is tensor operations only (no autodiff inside): the torch layer runs it in
-#: inference mode
-TENSOR_OPS_ONLY = True
 
 #: The IR's arrays, batch-first: C (B,T,N,N), c (B,T,N), F (B,T,n,N), f (B,T,n),
 #: CT (B,n,n), cT (B,n), x0 (B,n), lo / hi (B,T,m) (infinite where unbounded).
@@ -60,30 +54,33 @@ def _outer(a: Any, b: Any, summed: bool) -> Any:
     """a_t b_t^T per stage (B, T, p, q), or its sum over t (B, p, q) as one contraction."""
     return a.mT @ b if summed else a[..., :, None] * b[..., None, :]
 
-#: Options with their defaults and one line of documentation each.
-OPTIONS = {
-    "max_iter": (50, "box-DDP iterations at most (one suffices without bounds)"),
-    "tol": (None, "tolerance on the scaled projected gradient w.r.t. the controls; "
-                  "None: sqrt(machine epsilon) of the dtype"),
-    "backward": ("implicit", "'implicit' (one LQR solve, active set frozen) or 'unroll' "
-                             "(autodiff through every iteration)"),
-    "on_nonconvergence": ("warn", "'warn' (NotConvergedWarning) or 'raise' (SolverError)"),
-    "qp_max_iter": (20, "projected-Newton iterations of each stage's box QP"),
-    "ls_decay": (0.5, "step shrink factor of the line search"),
-    "ls_max_iter": (10, "line-search trials per iteration"),
-    "condense": ("auto", "solve in condensed form (states eliminated: a dense QP in the T*m "
-                         "controls, each active-set iteration one dense Cholesky) instead of by "
-                         "Riccati sweeps: True, False, or 'auto' (when T*m <= 64, where the "
-                         "sweeps' per-stage overhead dominates)"),
-}
-BACKWARD_MODES = ("implicit", "unroll")
+
 #: 'auto' condenses up to this many stacked controls T*m
 CONDENSE_MAX = 64
 
 
-def validate_options(options: dict) -> None:
-    if options["condense"] not in ("auto", True, False):
-        raise BackendError(f"condense must be 'auto', True or False, got {options['condense']!r}")
+class Saved(NamedTuple):
+    """What the VJP needs of a solve: the solution (x, u) and costates lam (None: the VJP finds
+    them), the active bounds (B, T, m), the last solve's ``factors`` with the free set
+    ``free_fwd`` they were made for, the condensed QP (None: solved by Riccati sweeps), and
+    whether the factors may be reused (``reusable``, a scalar bool)."""
+
+    x: Any
+    u: Any
+    lam: Any
+    active_lo: Any
+    active_hi: Any
+    factors: Any
+    free_fwd: Any
+    condensed: condensed.Condensed | None
+    reusable: Any
+
+    FROM_DATA = {}
+    STATIC = ()
+
+    @property
+    def outputs(self) -> tuple[Any, Any]:
+        return self.x, self.u
 
 
 def _condenses(options: dict, T: int, m: int) -> bool:
@@ -94,7 +91,7 @@ def _affine_step(ops: Ops):
     """x_{t+1} = F_t [x_t; u_t] + f_t as the rollout's step function (stages: F, f)."""
 
     def step(x: Any, u: Any, s: dict) -> Any:
-        return _mv(s["F"], ops.xp.concatenate([x, u], -1)) + s["f"]
+        return mv(s["F"], ops.xp.concatenate([x, u], -1)) + s["f"]
 
     return step
 
@@ -103,9 +100,9 @@ def total_cost(ops: Ops, data: dict, x: Any, u: Any) -> Any:
     """Exact objective (B,): sum_t 1/2 tau^T C tau + c^T tau + 1/2 x_T^T CT x_T + cT^T x_T."""
     xp = ops.xp
     tau = xp.concatenate([x[:, :-1], u], -1)
-    stage = 0.5 * (tau * _mv(data["C"], tau)).sum(-1) + (data["c"] * tau).sum(-1)
+    stage = 0.5 * (tau * mv(data["C"], tau)).sum(-1) + (data["c"] * tau).sum(-1)
     xT = x[:, -1]
-    return stage.sum(-1) + 0.5 * (xT * _mv(data["CT"], xT)).sum(-1) + (data["cT"] * xT).sum(-1)
+    return stage.sum(-1) + 0.5 * (xT * mv(data["CT"], xT)).sum(-1) + (data["cT"] * xT).sum(-1)
 
 
 def projected_gradient_residual(ops: Ops, data: dict, x: Any, u: Any, g_u: Any) -> Any:
@@ -124,9 +121,9 @@ def _newton_step(ops: Ops, data: dict, x: Any, u: Any, free: Any = None) -> tupl
         c_dev, cT_dev, defect = data["c"], data["cT"], data["f"]
     else:
         tau = xp.concatenate([x[:, :-1], u], -1)
-        c_dev = _mv(data["C"], tau) + data["c"]          # cost gradient about the reference
-        cT_dev = _mv(data["CT"], x[:, -1]) + data["cT"]
-        defect = _mv(data["F"], tau) + data["f"] - x[:, 1:]
+        c_dev = mv(data["C"], tau) + data["c"]          # cost gradient about the reference
+        cT_dev = mv(data["CT"], x[:, -1]) + data["cT"]
+        defect = mv(data["F"], tau) + data["f"] - x[:, 1:]
     policy = riccati_sweep(ops, data["C"], c_dev, data["F"], data["CT"], cT_dev, f=defect, free=free)
     x, u = affine_rollout(ops, data["F"], data["f"], data["x0"], u, x, policy.K, policy.k)
     return x, u, policy
@@ -179,13 +176,23 @@ class _RiccatiSolves:
         lam, g_u = costates(self.ops, d["C"], d["c"], d["F"], d["CT"], d["cT"], x, u)
         return x, lam, g_u, _control_terms(self.ops, d, x, u)
 
+    def frozen_adjoint(self, saved: Saved, free: Any, reuse: Any, g_tau: Any, g_T: Any, needs_costates: bool) -> tuple:
+        """The backward's LQR solve with the controls outside ``free`` frozen: (dx, du, dlam, r_u,
+        lam), reusing the forward's factors where ``reuse`` (a scalar bool array) says so."""
+        ops, d = self.ops, self.data
+        forward = saved.factors._replace(free=free)
+        dx, du, dlam, r_u, _ = ops.cond(
+            reuse, lambda: frozen_lqr_adjoint(ops, d["C"], d["F"], d["CT"], free, g_tau, g_T, forward),
+            lambda: frozen_lqr_adjoint(ops, d["C"], d["F"], d["CT"], free, g_tau, g_T))
+        return dx, du, dlam, r_u, saved.lam
+
 
 class _CondensedSolves:
     """The active-set method's linear algebra on the condensed QP: one dense Cholesky of the
     free block of H per iteration (short horizons; see :mod:`~diffcontrol.backends.condensed`)."""
 
-    def __init__(self, ops: Ops, cond: condensed.Condensed):
-        self.ops, self.cond = ops, cond
+    def __init__(self, ops: Ops, data: dict, cond: condensed.Condensed):
+        self.ops, self.data, self.cond = ops, data, cond
 
     def shared(self, u: Any) -> dict:
         return {"H": self.cond.H, "h": self.cond.h}
@@ -197,7 +204,7 @@ class _CondensedSolves:
         ops = self.ops
         shape = u_fix.shape
         mask, u_fix = free.reshape(shape[0], -1), u_fix.reshape(shape[0], -1)
-        L = ops.cholesky(_masked_hessian(ops, shared["H"], mask))
+        L = ops.cholesky(masked_hessian(ops, shared["H"], mask))
         u_new = u_fix - ops.cho_solve(L, _condensed_gradient(shared, u_fix) * mask)
         # the states are not needed inside the loop (the caller finds them once at its end)
         return u_new.reshape(shape), _condensed_gradient(shared, u_new).reshape(shape), L
@@ -209,13 +216,29 @@ class _CondensedSolves:
         """x, no costates (the VJP computes them with its own), the gradient w.r.t. u and the
         residual's terms at the controls u."""
         B = u.shape[0]
-        Hu = _mv(self.cond.H, u.reshape(B, -1))
+        Hu = mv(self.cond.H, u.reshape(B, -1))
         return condensed.states(self.cond, u), None, (Hu + self.cond.h).reshape(u.shape), [Hu, self.cond.h]
+
+    def frozen_adjoint(self, saved: Saved, free: Any, reuse: Any, g_tau: Any, g_T: Any, needs_costates: bool) -> tuple:
+        """As :meth:`_RiccatiSolves.frozen_adjoint`, on the condensed QP; the forward left the
+        costates to here, and one recursion gives them with the adjoint's where needed."""
+        ops, d, cond = self.ops, self.data, self.cond
+        mask = free.reshape(free.shape[0], -1)
+        L = ops.cond(reuse, lambda: saved.factors, lambda: ops.cholesky(masked_hessian(ops, cond.H, mask)))
+        forward = (saved.x, saved.u, d["c"], d["cT"]) if saved.lam is None and needs_costates else None
+        dx, du, dlam, r_u, lam_fwd = condensed.frozen_adjoint(ops, cond, L, d["C"], d["F"], d["CT"], free, g_tau,
+                                                              g_T, forward)
+        return dx, du, dlam, r_u, saved.lam if forward is None else lam_fwd
+
+
+def _strategy(ops: Ops, data: dict, cond: condensed.Condensed | None) -> _RiccatiSolves | _CondensedSolves:
+    """The active-set method's linear algebra: on the condensed QP where there is one."""
+    return _RiccatiSolves(ops, data) if cond is None else _CondensedSolves(ops, data, cond)
 
 
 def _condensed_gradient(shared: dict, u: Any) -> Any:
     """H u + h (B, T m) for stacked controls u (B, T m)."""
-    return _mv(shared["H"], u) + shared["h"]
+    return mv(shared["H"], u) + shared["h"]
 
 
 def _active_set_method(ops: Ops, data: dict, solves: Any, u: Any, max_iter: int, tol: float,
@@ -269,15 +292,30 @@ def _control_terms(ops: Ops, data: dict, x: Any, u: Any) -> list:
     projected-gradient residual."""
     n = x.shape[-1]
     tau = ops.xp.concatenate([x[:, :-1], u], -1)
-    return [_mv(data["C"], tau)[..., n:], data["c"][..., n:]]
+    return [mv(data["C"], tau)[..., n:], data["c"][..., n:]]
+
+
+class _DDPState(NamedTuple):
+    """Box-DDP's iterate: the trajectory, its cost (B,), costates, control gradient, residual
+    (B,), which examples stalled (B,), their iterations (B,), and whether any step was taken."""
+
+    x: Any
+    u: Any
+    cost: Any
+    lam: Any
+    g_u: Any
+    residual: Any
+    stalled: Any
+    iterations: Any
+    moved: Any
 
 
 def _box_ddp(ops: Ops, data: dict, x: Any, u: Any, lam: Any, g_u: Any, residual: Any, iterations: Any,
-             bounded: bool, options: dict, tol: float) -> tuple:
+             bounded: bool, options: dict, tol: float) -> _DDPState:
     """Box-DDP (projected Newton per stage, a line search on the exact cost) from (x, u) for
     the examples whose ``residual`` is above ``tol``, until each reaches it or stalls. ``lam``,
     ``g_u``: the costates (None: not known yet) and the control gradient at (x, u). Returns
-    x, u, lam, g_u, residual, iterations, stalled and whether any step was taken."""
+    the final :class:`_DDPState`."""
     xp = ops.xp
     C, c, F, f, CT, cT, x0, lo, hi = (data[k] for k in DATA_KEYS)
     step = _affine_step(ops)
@@ -287,17 +325,16 @@ def _box_ddp(ops: Ops, data: dict, x: Any, u: Any, lam: Any, g_u: Any, residual:
         lam, g_u = costates(ops, C, c, F, CT, cT, x, u)
         return lam, g_u, projected_gradient_residual(ops, data, x, u, g_u)
 
-    def unfinished(state):
-        _, _, _, _, _, residual, stalled, _, _ = state
-        return (~((residual <= tol) | stalled)).any()
+    def unfinished(state: _DDPState):
+        return (~((state.residual <= tol) | state.stalled)).any()
 
-    def iteration(state):
-        x, u, cost, _, _, residual, stalled, iterations, _ = state
-        active = ~((residual <= tol) | stalled)
+    def iteration(state: _DDPState) -> _DDPState:
+        x, u, cost, stalled = state.x, state.u, state.cost, state.stalled
+        active = ~((state.residual <= tol) | stalled)
         # linear terms of the cost in deviation coordinates about the current iterate
         tau = xp.concatenate([x[:, :-1], u], -1)
         box = (lo - u, hi - u) if bounded else None
-        K, k, _ = riccati_sweep(ops, C, _mv(C, tau) + c, F, CT, _mv(CT, x[:, -1]) + cT, box=box,
+        K, k, _ = riccati_sweep(ops, C, mv(C, tau) + c, F, CT, mv(CT, x[:, -1]) + cT, box=box,
                                 qp_max_iter=options["qp_max_iter"])[:3]
 
         def searching(ls):
@@ -314,18 +351,16 @@ def _box_ddp(ops: Ops, data: dict, x: Any, u: Any, lam: Any, g_u: Any, residual:
 
         start = (ops.full_like(cost, 1.0)[:, None], xp.zeros_like(active), x, u, cost)
         _, accepted, x, u, cost = ops.loop(searching, trial, start, options["ls_max_iter"])
-        return (x, u, cost, *optimality(x, u), stalled | (active & ~accepted),
-                iterations + xp.where(accepted, 1, 0), ~xp.zeros_like(accepted[0]))
+        return _DDPState(x, u, cost, *optimality(x, u), stalled | (active & ~accepted),
+                         state.iterations + xp.where(accepted, 1, 0), ~xp.zeros_like(accepted[0]))
 
     lam = costates(ops, C, c, F, CT, cT, x, u)[0] if lam is None else lam
-    start = (x, u, total_cost(ops, data, x, u), lam, g_u, residual, xp.zeros_like(x0[:, 0], dtype=bool),
-             iterations, xp.zeros_like(x0[0, 0], dtype=bool))
-    x, u, _, lam, g_u, residual, stalled, iterations, moved = ops.loop(unfinished, iteration, start,
-                                                                        options["max_iter"])
-    return x, u, lam, g_u, residual, iterations, stalled, moved
+    start = _DDPState(x, u, total_cost(ops, data, x, u), lam, g_u, residual, xp.zeros_like(x0[:, 0], dtype=bool),
+                      iterations, xp.zeros_like(x0[0, 0], dtype=bool))
+    return ops.loop(unfinished, iteration, start, options["max_iter"])
 
 
-def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tuple[Any, Any], Info, dict]:
+def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tuple[Any, Any], Info, Saved]:
     """Solve the batch of (box-constrained) LQRs. Returns (x, u), Info and the residuals the VJP needs.
 
     Without bounds one Riccati solve is exact. With bounds, the active-set method usually
@@ -343,7 +378,7 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
     u = xp.minimum(xp.maximum(u, lo), hi)
     cond = condensed.condense(ops, data) if _condenses(options, T, m) else None
     if cond is not None or bounded:
-        solves = _RiccatiSolves(ops, data) if cond is None else _CondensedSolves(ops, cond)
+        solves = _strategy(ops, data, cond)
         u, iterations, (solve_factors, free_fwd) = _active_set_method(ops, data, solves, u, options["max_iter"], tol,
                                                                       warm=u_init is not None)
         x, lam, g_u, terms = solves.finish(u)
@@ -351,7 +386,7 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
     else:  # one exact solve; its sweep also gives the costates and the gradient for the check
         ref = (None, None) if u_init is None else (ops.zeros((B, T + 1, x0.shape[-1]), C), u)
         x, u_new, policy = _newton_step(ops, data, *ref)
-        lam, g_u = sweep_costates(ops, policy, x[:, :-1], u_new - u, _mv(data["CT"], x[:, -1]) + data["cT"])
+        lam, g_u = sweep_costates(ops, policy, x[:, :-1], u_new - u, mv(data["CT"], x[:, -1]) + data["cT"])
         u = u_new
         terms = _control_terms(ops, data, x, u)
         iterations = xp.where(xp.isfinite(u[:, 0, 0]), 1, 1)
@@ -359,47 +394,35 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
     residual = kkt.projected_gradient_residual(ops, u, lo, hi, g_u, terms)
     stalled, moved = xp.zeros_like(solved), xp.zeros_like(solved[0])
     if ops.known_any(residual > tol) is not False:  # box-DDP finishes what the solves left
-        x, u, lam, g_u, residual, iterations, stalled, moved = _box_ddp(ops, data, x, u, lam, g_u, residual,
-                                                                        iterations, bounded, options, tol)
+        ddp = _box_ddp(ops, data, x, u, lam, g_u, residual, iterations, bounded, options, tol)
+        x, u, lam, g_u, residual = ddp.x, ddp.u, ddp.lam, ddp.g_u, ddp.residual
+        iterations, stalled, moved = ddp.iterations, ddp.stalled, ddp.moved
 
     converged = residual <= tol
     active_lo, active_hi = kkt.active_bounds(u, lo, hi, g_u)
     # the last solve's factorisation serves the backward pass where the free set is the same
     # (and, for the sweeps, unless box-DDP moved the point); lam None: the VJP finds the costates
-    saved = {"x": x, "u": u, "lam": lam, "active_lo": active_lo, "active_hi": active_hi,
-             "factors": solve_factors, "free_fwd": free_fwd, "condensed": cond,
-             "reusable": solved.all() & ~moved if cond is None else solved.all()}
+    saved = Saved(x, u, lam, active_lo, active_hi, solve_factors, free_fwd, cond,
+                  solved.all() & ~moved if cond is None else solved.all())
     return (x, u), Info(converged, iterations, residual, kkt.status_codes(ops, converged, stalled)), saved
 
 
-def vjp(data: dict, saved: dict, cotangents: tuple[Any, Any], ops: Ops, needs: Any = DATA_KEYS) -> dict:
+def vjp(data: dict, saved: Saved, cotangents: tuple[Any, Any], ops: Ops, needs: Any = DATA_KEYS) -> dict:
     """Cotangents of the data named in ``needs`` (the others are None) given those of (x, u):
     one LQR solve with the active set frozen."""
     xp = ops.xp
     invariant = {k for k, ndim in _STAGE_NDIM.items() if data[k].ndim == ndim - 1}
     data = _over_time(ops, data)
-    C, F, CT = data["C"], data["F"], data["CT"]
-    x, u, lam = saved["x"], saved["u"], saved["lam"]
+    x, u = saved.x, saved.u
     gx, gu = cotangents
     T = u.shape[1]
-    free = ~(saved["active_lo"] | saved["active_hi"])
+    free = ~(saved.active_lo | saved.active_hi)
 
     g_tau = xp.concatenate([gx[:, :T], gu], -1)
-    # same C, F, CT and free set as the forward's last sweep (or condensed QP): reuse its factorisation
-    reuse = saved["reusable"] & (saved["free_fwd"] == free).all()
-    if saved["condensed"] is not None:
-        cond, mask = saved["condensed"], free.reshape(free.shape[0], -1)
-        L = ops.cond(reuse, lambda: saved["factors"], lambda: ops.cholesky(_masked_hessian(ops, cond.H, mask)))
-        # the condensed forward leaves its costates to here: one recursion gives both
-        forward = (x, u, data["c"], data["cT"]) if lam is None and "F" in needs else None
-        dx, du, dlam, r_u, lam_fwd = condensed.frozen_adjoint(ops, cond, L, C, F, CT, free, g_tau, gx[:, T],
-                                                              forward)
-        lam = lam if forward is None else lam_fwd
-    else:
-        forward = saved["factors"]._replace(free=free)
-        dx, du, dlam, r_u, _ = ops.cond(
-            reuse, lambda: frozen_lqr_adjoint(ops, C, F, CT, free, g_tau, gx[:, T], forward),
-            lambda: frozen_lqr_adjoint(ops, C, F, CT, free, g_tau, gx[:, T]))
+    # same C, F, CT and free set as the forward's last solve: reuse its factorisation
+    reuse = saved.reusable & (saved.free_fwd == free).all()
+    dx, du, dlam, r_u, lam = _strategy(ops, data, saved.condensed).frozen_adjoint(
+        saved, free, reuse, g_tau, gx[:, T], needs_costates="F" in needs)
 
     tau = xp.concatenate([x[:, :T], u], -1)
     d_tau = xp.concatenate([dx[:, :T], du], -1)
@@ -416,8 +439,8 @@ def vjp(data: dict, saved: dict, cotangents: tuple[Any, Any], ops: Ops, needs: A
         "CT": lambda: _symmetric(_outer(dx[:, T:], x[:, T:], True)),
         "cT": lambda: dx[:, T],
         "x0": lambda: dlam[:, 0],
-        "lo": lambda: xp.where(saved["active_lo"], r_u, zero),
-        "hi": lambda: xp.where(saved["active_hi"], r_u, zero),
+        "lo": lambda: xp.where(saved.active_lo, r_u, zero),
+        "hi": lambda: xp.where(saved.active_hi, r_u, zero),
     }
     return {k: formulas[k]() if k in needs else None for k in DATA_KEYS}
 

@@ -93,6 +93,13 @@ class Ops(Protocol):
     def needs_grad(self, arrays: Any) -> bool:
         """Whether the framework will want gradients of a computation on ``arrays``."""
 
+    def poison_gradient(self, outputs: tuple, failed: Any, anchor: Any) -> tuple:
+        """``outputs`` (each (B, ...)) unchanged, except that the backward sends NaN into
+        ``anchor`` (B,), an array computed from the parameters, for each example that is
+        ``failed`` (B,) and whose outputs receive a nonzero cotangent: a failed example's NaN
+        outputs depend on no parameter, so its gradient would be a silent zero; a loss that
+        masks the example out (zero cotangent) keeps the others' gradients exact."""
+
     def to_numpy(self, a: Any) -> Any:
         """A host NumPy copy of a (no gradient)."""
 

@@ -15,19 +15,19 @@ from typing import Any, NamedTuple
 from diffcontrol.backends.ops import Ops
 
 
-def _mv(A: Any, x: Any) -> Any:
+def mv(A: Any, x: Any) -> Any:
     """Batched matrix-vector product: (..., p, q) @ (..., q) -> (..., p)."""
     return (A @ x[..., None])[..., 0]
 
 
-def _vm(x: Any, A: Any) -> Any:
+def vm(x: Any, A: Any) -> Any:
     """Batched vector-matrix product x^T A: (..., p), (..., p, q) -> (..., q). As a product
     and a sum, not a matmul of A's transpose: for the small matrices of a stage that is about
     twice as fast in torch (the transposed operand costs the matmul a copy)."""
     return (x[..., :, None] * A).sum(-2)
 
 
-def _masked_hessian(ops: Ops, H: Any, free: Any) -> Any:
+def masked_hessian(ops: Ops, H: Any, free: Any) -> Any:
     """H restricted to the free coordinates, with the identity on the clamped ones,
     so one Cholesky serves every batch element whatever its free set."""
     return ops.xp.where(free[..., :, None] & free[..., None, :], H, ops.eye_like(H))
@@ -47,17 +47,17 @@ def box_qp(ops: Ops, H: Any, q: Any, lo: Any, hi: Any, max_iter: int, strict: bo
     if q.shape[-1] == 1:  # one control: the clipped Newton step is the exact solution
         x = xp.minimum(xp.maximum(-q / H[..., 0], lo), hi)
         free = (x > lo) & (x < hi)
-        return x, free, ops.cholesky(_masked_hessian(ops, H, free), strict)
+        return x, free, ops.cholesky(masked_hessian(ops, H, free), strict)
     x = xp.minimum(xp.maximum(0.0 * q, lo), hi)
     tol = 100 * ops.eps(q)
 
     def objective(z):
-        return 0.5 * (z * _mv(H, z)).sum(-1) + (q * z).sum(-1)
+        return 0.5 * (z * mv(H, z)).sum(-1) + (q * z).sum(-1)
 
     def newton_direction(x):
-        g = _mv(H, x) + q
+        g = mv(H, x) + q
         free = ~(((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0))) & (lo < hi)
-        dx = -ops.cho_solve(ops.cholesky(_masked_hessian(ops, H, free), strict), g * free)
+        dx = -ops.cho_solve(ops.cholesky(masked_hessian(ops, H, free), strict), g * free)
         return g, dx
 
     def unfinished(dx, x):
@@ -91,9 +91,9 @@ def box_qp(ops: Ops, H: Any, q: Any, lo: Any, hi: Any, max_iter: int, strict: bo
 
     g, dx = newton_direction(x)
     x, _, _ = ops.loop(moving, newton_step, (x, dx, g), max_iter)
-    g = _mv(H, x) + q
+    g = mv(H, x) + q
     free = ~(((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0))) & (lo < hi)
-    return x, free, ops.cholesky(_masked_hessian(ops, H, free), strict)
+    return x, free, ops.cholesky(masked_hessian(ops, H, free), strict)
 
 
 class Policy(NamedTuple):
@@ -175,12 +175,12 @@ def riccati_sweep(
         if box is not None:
             k, free_t, L = box_qp(ops, Quu, Zu[..., n], s["lo"], s["hi"], qp_max_iter, strict)
             Wx = ops.tri_solve(L, rhs[..., :n] * free_t[..., None])
-            v = Zx[..., n] + _mv(Zx[..., n + 1:], k)  # k is not zero on the clamped controls
+            v = Zx[..., n] + mv(Zx[..., n + 1:], k)  # k is not zero on the clamped controls
             P = xp.concatenate([Zx[..., :n] - Wx.mT @ Wx, v[..., None]], -1)
             return P, (-ops.tri_solve(L, Wx, transpose=True), k, free_t)
         H = Quu
         if free is not None:
-            H = _masked_hessian(ops, Quu, s["free"])
+            H = masked_hessian(ops, Quu, s["free"])
             rhs = rhs * s["free"][..., None]
         L = ops.cholesky(H, strict)
         W = ops.tri_solve(L, rhs)
@@ -214,8 +214,8 @@ def resweep(ops: Ops, policy: Policy, c: Any, F: Any, cT: Any, closed: Any = Non
         v = ops.matmul_add(s["c"][..., None], s["closed"].mT, v[..., None])[..., 0]
         return v, (v,)
 
-    _, (v,) = ops.scan(stage, cT, {"c": c[..., :n] + _vm(c[..., n:], K), "closed": closed}, reverse=True)
-    q_u = c[..., n:] + _vm(xp.concatenate([v[:, 1:], cT[:, None]], 1), F[..., n:])  # c_u + B^T v_{t+1}
+    _, (v,) = ops.scan(stage, cT, {"c": c[..., :n] + vm(c[..., n:], K), "closed": closed}, reverse=True)
+    q_u = c[..., n:] + vm(xp.concatenate([v[:, 1:], cT[:, None]], 1), F[..., n:])  # c_u + B^T v_{t+1}
     k = -ops.cho_solve(policy.L, q_u if policy.free is None else q_u * policy.free)
     return policy._replace(k=k, q_u=q_u, v=v)
 
@@ -230,7 +230,7 @@ def control_gradient(policy: Policy, dx: Any, du: Any) -> Any:
     """d(total cost)/d u_t (B, T, m) at the point reached by rolling out ``policy``, from its
     Q-function: q_u + Q_ux dx + Q_uu du with (dx, du) (B, T, n), (B, T, m) the deviations
     from the sweep's reference."""
-    return policy.q_u + _mv(policy.Q_ux, dx) + _mv(policy.Q_uu, du)
+    return policy.q_u + mv(policy.Q_ux, dx) + mv(policy.Q_uu, du)
 
 
 def sweep_costates(ops: Ops, policy: Policy, dx: Any, du: Any, lam_T: Any) -> tuple[Any, Any]:
@@ -240,7 +240,7 @@ def sweep_costates(ops: Ops, policy: Policy, dx: Any, du: Any, lam_T: Any) -> tu
     after t are optimal there, the others fixed), and the control gradient by
     :func:`control_gradient`. ``lam_T`` (B, n): the terminal cost's gradient.
     Returns lam (B, T+1, n) and g_u (B, T, m)."""
-    lam = _mv(policy.V, dx) + policy.v
+    lam = mv(policy.V, dx) + policy.v
     return ops.xp.concatenate([lam, lam_T[:, None]], 1), control_gradient(policy, dx, du)
 
 
@@ -268,7 +268,7 @@ def rollout(
         over_time["lo"], over_time["hi"] = lo, hi
 
     def stage(x: Any, s: dict) -> tuple:
-        u = s["u_ref"] + alpha * s["k"] + _mv(s["K"], x - s["x_ref"])
+        u = s["u_ref"] + alpha * s["k"] + mv(s["K"], x - s["x_ref"])
         if lo is not None:
             u = xp.minimum(xp.maximum(u, s["lo"]), s["hi"])
         x_next = step(x, u, s)
@@ -290,8 +290,8 @@ def affine_rollout(ops: Ops, F: Any, f: Any, x0: Any, u_ref: Any, x_ref: Any, K:
     T, n = k.shape[1], x0.shape[-1]
     Bu = F[..., n:]
     # u_t = offset_t + K_t x_t
-    offset = k if u_ref is None else u_ref + k - _mv(K, x_ref[:, :T])
-    b = _mv(Bu, offset) if f is None else _mv(Bu, offset) + f
+    offset = k if u_ref is None else u_ref + k - mv(K, x_ref[:, :T])
+    b = mv(Bu, offset) if f is None else mv(Bu, offset) + f
 
     def stage(x: Any, s: dict) -> tuple:
         x_next = ops.matmul_add(s["b"][..., None], s["A"], x[..., None])[..., 0]
@@ -299,7 +299,7 @@ def affine_rollout(ops: Ops, F: Any, f: Any, x0: Any, u_ref: Any, x_ref: Any, K:
 
     _, (xs,) = ops.scan(stage, x0, {"A": closed_loop(F, K) if closed is None else closed, "b": b})
     x = xp.concatenate([x0[:, None], xs], 1)
-    return x, offset + _mv(K, x[:, :T])
+    return x, offset + mv(K, x[:, :T])
 
 
 def costates(ops: Ops, C: Any, c: Any, F: Any, CT: Any, cT: Any, x: Any, u: Any) -> tuple[Any, Any]:
@@ -309,7 +309,7 @@ def costates(ops: Ops, C: Any, c: Any, F: Any, CT: Any, cT: Any, x: Any, u: Any)
     tau = ops.xp.concatenate([x[:, :-1], u], -2 if u.ndim == 4 else -1)
     if u.ndim == 4:
         return adjoint(ops, C @ tau + c, F, CT @ x[:, -1] + cT)
-    return adjoint(ops, _mv(C, tau) + c, F, _mv(CT, x[:, -1]) + cT)
+    return adjoint(ops, mv(C, tau) + c, F, mv(CT, x[:, -1]) + cT)
 
 
 def adjoint(ops: Ops, grad_tau: Any, F: Any, grad_T: Any) -> tuple[Any, Any]:
@@ -326,7 +326,7 @@ def adjoint(ops: Ops, grad_tau: Any, F: Any, grad_T: Any) -> tuple[Any, Any]:
     several = grad_T.ndim == 3
 
     def stage(lam: Any, s: dict) -> tuple:
-        g = s["grad_tau"] + (s["F"].mT @ lam if several else _vm(lam, s["F"]))
+        g = s["grad_tau"] + (s["F"].mT @ lam if several else vm(lam, s["F"]))
         return g[:, :n], (g[:, :n], g[:, n:])
 
     _, (lams, g_u) = ops.scan(stage, grad_T, {"grad_tau": grad_tau, "F": F}, reverse=True)
@@ -364,5 +364,5 @@ def frozen_lqr_adjoint(
     n = CT.shape[-1]
     dx, du = affine_rollout(ops, F, None, ops.zeros(g_T.shape[:1] + (n,), C), None, None, policy.K, policy.k,
                             closed)
-    dlam, r_u = sweep_costates(ops, policy, dx[:, :-1], du, _mv(CT, dx[:, -1]) + g_T)
+    dlam, r_u = sweep_costates(ops, policy, dx[:, :-1], du, mv(CT, dx[:, -1]) + g_T)
     return dx, du, dlam, r_u, fell_back

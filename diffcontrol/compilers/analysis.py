@@ -16,6 +16,7 @@ from diffcontrol.dsl.function import FunctionCall
 from diffcontrol.dsl.leaves import Control, Leaf, Parameter
 from diffcontrol.dsl.problems import ControlProblem, Problem
 from diffcontrol.dsl.traverse import nodes_of_type, walk
+from diffcontrol.facts import ConstraintKind, ConstraintKinds, Form, Kind
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,13 @@ def first_term_beyond_degree(expr: Expression, max_degree: int) -> Expression | 
 
 @dataclass(frozen=True)
 class Fact:
-    """One detected property: a short ``value`` and the ``reason`` behind it."""
+    """One detected property: its ``value`` (a :class:`~diffcontrol.facts.Form`, or for the
+    constraints their :class:`~diffcontrol.facts.ConstraintKinds`), the ``reason`` behind it,
+    and the expression or constraint that decided it, where one did (``culprit``)."""
 
-    value: str
+    value: Form | ConstraintKinds
     reason: str
+    culprit: object = None
 
 
 @dataclass(frozen=True)
@@ -90,12 +94,12 @@ class BoxBound:
 class ProblemForm:
     """The structure of a problem, as the backends' capabilities are written against it."""
 
-    kind: str  # "control" or "generic"
+    kind: Kind
     facts: dict[str, Fact]
     box_bounds: tuple[BoxBound, ...] = ()
     other_constraints: tuple[tuple[str, Constraint], ...] = field(default=())
 
-    def value(self, name: str) -> str | None:
+    def value(self, name: str) -> Form | ConstraintKinds | None:
         fact = self.facts.get(name)
         return None if fact is None else fact.value
 
@@ -112,13 +116,13 @@ def analyse(problem: ControlProblem | Problem) -> ProblemForm:
 def _analyse_control(p: ControlProblem) -> ProblemForm:
     facts = {
         "time structure": Fact(
-            "finite horizon",
+            Form.FINITE_HORIZON,
             f"states x_0..x_{p.horizon} in R^{p.n}, controls u_0..u_{p.horizon - 1} in R^{p.m}, "
             f"horizon T={p.horizon}",
         ),
         "dynamics": _dynamics_fact(p.transition),
         "stage cost": _cost_fact(p.cost, "stage cost"),
-        "terminal cost": Fact("none", "no terminal_cost given")
+        "terminal cost": Fact(Form.NONE, "no terminal_cost given")
         if p.terminal_cost is None else _cost_fact(p.terminal_cost, "terminal cost"),
     }
     boxes, others = [], []
@@ -128,61 +132,62 @@ def _analyse_control(p: ControlProblem) -> ProblemForm:
             boxes.append(box)
         else:
             others.append((kind, c))
+    kinds = ConstraintKinds(([ConstraintKind.BOX] if boxes else []) + [k for k, _ in others])
     if not p.constraints:
-        facts["constraints"] = Fact("none", "no constraints")
+        facts["constraints"] = Fact(kinds, "no constraints")
     else:
         parts = []
         if boxes:
             parts.append("box on controls: " + ", ".join(str(b.source) for b in boxes))
         parts += [f"{kind}: {c}" for kind, c in others]
-        kinds = (["box on controls"] if boxes else []) + sorted({k for k, _ in others})
-        facts["constraints"] = Fact(", ".join(kinds), "; ".join(parts))
+        facts["constraints"] = Fact(kinds, "; ".join(parts), others[0][1] if others else None)
     terms = [("cost", p.cost)] + ([("terminal cost", p.terminal_cost)] if p.terminal_cost is not None else [])
     facts["convexity"] = _convexity(terms, p.constraints, dynamics=p.transition)
-    return ProblemForm("control", facts, tuple(boxes), tuple(others))
+    return ProblemForm(Kind.CONTROL, facts, tuple(boxes), tuple(others))
 
 
 def _dynamics_fact(expr: Expression) -> Fact:
     f = expression_facts(expr)
     if f.opaque:
-        return Fact("opaque", f"{expr} calls an opaque dc.Function (derivatives by autodiff)")
+        return Fact(Form.OPAQUE, f"{expr} calls an opaque dc.Function (derivatives by autodiff)", expr)
     if f.degree is not None and f.degree <= 1:
-        return Fact("affine", f"affine in (x, u): {expr}")
+        return Fact(Form.AFFINE, f"affine in (x, u): {expr}")
     term = first_term_beyond_degree(expr, 1)
     if not f.smooth:
-        return Fact("nonsmooth", f"{term} in the dynamics is not affine, and the dynamics are not smooth")
-    return Fact("smooth", f"{term} in the dynamics is not affine in (x, u)")
+        return Fact(Form.NONSMOOTH, f"{term} in the dynamics is not affine, and the dynamics are not smooth", term)
+    return Fact(Form.SMOOTH, f"{term} in the dynamics is not affine in (x, u)", term)
 
 
 def _cost_fact(expr: Expression, what: str) -> Fact:
     f = expression_facts(expr)
     if f.degree is not None and f.degree <= 2:
         if f.curvature in (CONVEX, CONSTANT) or f.degree <= 1:
-            return Fact("quadratic, convex", f"{expr} is quadratic in (x, u) and convex by DCP rules")
-        return Fact("quadratic, convexity unknown",
+            return Fact(Form.QUADRATIC_CONVEX, f"{expr} is quadratic in (x, u) and convex by DCP rules")
+        return Fact(Form.QUADRATIC,
                     f"{expr} is quadratic in (x, u); its convexity depends on parameter values "
-                    "and is checked at solve time")
+                    "and is checked at solve time", expr)
     term = first_term_beyond_degree(expr, 2)
     if f.opaque:
-        return Fact("opaque", f"{expr} calls an opaque dc.Function")
-    return Fact("smooth" if f.smooth else "nonsmooth", f"{term} in the {what} is not quadratic in (x, u)")
+        return Fact(Form.OPAQUE, f"{expr} calls an opaque dc.Function", expr)
+    return Fact(Form.SMOOTH if f.smooth else Form.NONSMOOTH, f"{term} in the {what} is not quadratic in (x, u)",
+                term)
 
 
-def _classify_constraint(c: Constraint, p: ControlProblem) -> tuple[str, BoxBound | None]:
+def _classify_constraint(c: Constraint, p: ControlProblem) -> tuple[ConstraintKind, BoxBound | None]:
     """Name the constraint's kind; a box bound on the control also gets its BoxBound."""
     uses = expression_facts(c.lhs).uses | expression_facts(c.rhs).uses
     if id(p.state) in uses:
-        return ("state constraint" if id(p.control) not in uses else "mixed state-control constraint"), None
+        return (ConstraintKind.STATE if id(p.control) not in uses else ConstraintKind.MIXED), None
     if not uses:
-        return "constraint on parameters only", None
+        return ConstraintKind.PARAMETERS_ONLY, None
     if isinstance(c, Inequality):
         for side, other, lower in ((c.lhs, c.rhs, False), (c.rhs, c.lhs, True)):
             index = _control_selection(side, p.control)
             if index is not None and not expression_facts(other).uses:
-                return "box on controls", BoxBound(lower, index, other, c)
+                return ConstraintKind.BOX, BoxBound(lower, index, other, c)
     if isinstance(c, Equality):
-        return "equality on controls", None
-    return "general inequality on controls", None
+        return ConstraintKind.CONTROL_EQUALITY, None
+    return ConstraintKind.CONTROL_INEQUALITY, None
 
 
 def _control_selection(expr: Expression, control: Control) -> object | None:
@@ -199,23 +204,25 @@ def _control_selection(expr: Expression, control: Control) -> object | None:
 
 def _analyse_generic(p: Problem) -> ProblemForm:
     f = expression_facts(p.objective.expr)
-    smooth = "smooth" if f.smooth else "nonsmooth"
+    expr = p.objective.expr
     if f.curvature in (CONVEX, CONSTANT, AFFINE) or (f.degree is not None and f.degree <= 1):
-        objective = Fact(f"convex, {smooth}", f"{p.objective.expr} is convex by DCP rules"
-                         + ("" if f.smooth else " and not smooth"))
+        objective = Fact(Form.CONVEX_SMOOTH if f.smooth else Form.CONVEX_NONSMOOTH,
+                         f"{expr} is convex by DCP rules" + ("" if f.smooth else " and not smooth"), expr)
     elif f.opaque:
-        objective = Fact("opaque", f"{p.objective.expr} calls an opaque dc.Function")
+        objective = Fact(Form.OPAQUE, f"{expr} calls an opaque dc.Function", expr)
     else:
-        objective = Fact(smooth, f"{p.objective.expr} is not certified convex by DCP rules")
+        objective = Fact(Form.SMOOTH if f.smooth else Form.NONSMOOTH,
+                         f"{expr} is not certified convex by DCP rules", expr)
     sizes = ", ".join(f"{v.name}{v.shape}" for v in p.variables())
     facts = {
-        "time structure": Fact("none", f"a generic argmin over {sizes}"),
+        "time structure": Fact(Form.NONE, f"a generic argmin over {sizes}"),
         "objective": objective,
-        "constraints": Fact("none", "no constraints") if not p.constraints else Fact(
-            "general", "; ".join(str(c) for c in p.constraints)),
+        "constraints": Fact(ConstraintKinds(), "no constraints") if not p.constraints else Fact(
+            ConstraintKinds([ConstraintKind.GENERAL]), "; ".join(str(c) for c in p.constraints),
+            p.constraints[0]),
         "convexity": _convexity([("objective", p.objective.expr)], p.constraints),
     }
-    return ProblemForm("generic", facts)
+    return ProblemForm(Kind.GENERIC, facts)
 
 
 # ---- convexity (the 'cone' backend's requirement) -------------------------------------------
@@ -232,11 +239,12 @@ def _convexity(terms: list[tuple[str, Expression]], constraints: list[Constraint
         d = expression_facts(dynamics, memo)
         if d.opaque or d.degree is None or d.degree > 1:
             term = first_term_beyond_degree(dynamics, 1)
-            return Fact("not certified", f"{dynamics if term is None else term} in the dynamics is not "
-                                         "affine, so the problem is not convex")
+            culprit = dynamics if term is None else term
+            return Fact(Form.NOT_CERTIFIED, f"{culprit} in the dynamics is not affine, so the problem is not "
+                                            "convex", culprit)
     for name, expr in terms:
         if expression_facts(expr, memo).curvature not in (CONVEX, AFFINE, CONSTANT):
-            return Fact("not certified", f"the {name} {expr} is not convex by DCP rules")
+            return Fact(Form.NOT_CERTIFIED, f"the {name} {expr} is not convex by DCP rules", expr)
     for c in constraints:
         lhs, rhs = expression_facts(c.lhs, memo), expression_facts(c.rhs, memo)
         if isinstance(c, Equality):
@@ -246,9 +254,9 @@ def _convexity(terms: list[tuple[str, Expression]], constraints: list[Constraint
             ok = lhs.curvature in (CONVEX, AFFINE, CONSTANT) and rhs.curvature in (CONCAVE, AFFINE, CONSTANT)
             rule = "an inequality constraint must read convex <= concave"
         if not ok:
-            return Fact("not certified", f"the constraint {c} is not convex by DCP rules ({rule})")
+            return Fact(Form.NOT_CERTIFIED, f"the constraint {c} is not convex by DCP rules ({rule})", c)
     what = "affine dynamics, " if dynamics is not None else ""
-    return Fact("convex", f"{what}convex objective and convex constraints by DCP rules")
+    return Fact(Form.CONVEX, f"{what}convex objective and convex constraints by DCP rules")
 
 
 def _psd_quad_forms_assumed(exprs: list[Expression]) -> dict[int, NodeFacts]:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from diffcontrol.backends.base import Backend, Solver
 from diffcontrol.compilers.analysis import ProblemForm
 from diffcontrol.compilers.selection import Decision
 from diffcontrol.dsl.leaves import Parameter
+
+if TYPE_CHECKING:
+    from diffcontrol.emitters.jax_layer import JaxLayer
+    from diffcontrol.emitters.torch_layer import TorchLayer
 
 
 @dataclass(frozen=True)
@@ -20,18 +24,27 @@ class CompiledProblem:
     form: ProblemForm
     decision: Decision
     program: Any
-    backend_module: ModuleType
+    spec: Backend
+    solver: Solver = field(repr=False)
     options: dict[str, Any] = field(repr=False)
 
     @property
     def backend(self) -> str:
         """The chosen backend's name: "lqr", ..."""
-        return self.decision.chosen
+        return self.spec.name
 
     @property
     def parameters(self) -> list[Parameter]:
         """The layer's inputs, in order of first appearance."""
         return list(self.program.parameters)
+
+    def __reduce__(self) -> tuple:
+        """Pickled (and deep-copied) as what it was compiled from: the problem, the backend and
+        the options; loading compiles again, so host objects (the cone backend's cvxpylayers
+        layer) are rebuilt rather than serialised."""
+        from diffcontrol.compilers.compile import compile_problem
+
+        return compile_problem, (self.problem, self.backend if self.decision.forced else "auto", dict(self.options))
 
     def tolerance(self, dtype: Any) -> float:
         """The convergence tolerance in force for ``dtype`` (the ``tol`` option or its default)."""
@@ -45,13 +58,13 @@ class CompiledProblem:
 
         return report(self.problem, self.form, self.decision, self.program, self.options)
 
-    def to_torch(self):
+    def to_torch(self) -> TorchLayer:
         """A ``torch.nn.Module`` that solves the problem for given parameters, differentiably."""
         from diffcontrol.emitters.torch_layer import TorchLayer
 
         return TorchLayer(self)
 
-    def to_jax(self):
+    def to_jax(self) -> JaxLayer:
         """A JAX function with a custom VJP, jit / vmap / grad-able (the cone backend: eager
         and grad only). Needs the ``jax`` extra: ``pip install 'diffcontrol[jax]'``."""
         try:

@@ -198,3 +198,26 @@ def _checked(objective: Any, terms: list, pieces: list) -> cp.Problem:
                              "differentiate DPP problems: let one dc.Parameter (or one parameter "
                              "expression) multiply each term of the decision variables")
     raise ModelError(f"cvxpy does not accept the problem as DCP/DPP: {problem}")
+
+
+def explain_lowering(program: Any, options: dict) -> list[str]:
+    lines = ["Lowered problem (a DPP cvxpy problem, canonicalised once at compile for cvxpylayers)"]
+    if isinstance(program.problem, ControlProblem):
+        p = program.problem
+        lines.append(f"  variables: {p.state.name} ({p.n}, {p.horizon + 1}) holds x_0..x_T by columns, "
+                     f"{p.control.name} ({p.m}, {p.horizon}) holds u_0..u_(T-1); each declared expression "
+                     "is one cvxpy expression over the whole horizon")
+    lines.append("  cvxpy problem:")
+    lines += [f"    {line}" for line in str(program.cvx).splitlines()]
+    data = program.cone_program()
+    dims, (rows, cols) = data["dims"], data["A"].shape
+    soc = f"{len(dims.soc)} of sizes {min(dims.soc)}..{max(dims.soc)}" if dims.soc else "none"
+    lines.append(f"  cone program (diffcp's form): {cols} variables, {rows} constraint rows: zero cone "
+                 f"{dims.zero}, nonnegative {dims.nonneg}, second-order cones {soc}, exponential "
+                 f"{dims.exp}, PSD {list(dims.psd) or 'none'}")
+    lines.append(f"  size N = {program.size} (variables + rows; derivative='auto' differentiates densely "
+                 "up to dense_max_size, iteratively (lsmr) above)")
+    lines.append("  cvxpy parameters, computed per call from the dc.Parameters by the layer's framework "
+                 "(its autodiff carries their gradients on):")
+    lines += [f"    {d.describe()}  shape {d.parameter.shape}" for d in program.derived]
+    return lines

@@ -28,9 +28,11 @@ import numpy as np
 from diffcontrol.compilers.analysis import ProblemForm
 from diffcontrol.compilers.control_program import ControlProgram, check_bounds
 from diffcontrol.compilers.evaluate import Framework, constant_arrays, evaluate, evaluate_batched
+from diffcontrol.dsl.function import FunctionCall
 from diffcontrol.dsl.leaves import Parameter
 from diffcontrol.dsl.problems import ControlProblem
 from diffcontrol.dsl.traverse import nodes_of_type
+from diffcontrol.explain import feeds
 
 _QUADRATIC = ("quadratic, convex", "quadratic, convexity unknown")
 
@@ -55,7 +57,7 @@ class ILQRProgram(ControlProgram):
         ``grad_tau`` (B, T, N) = grad of l_t + lam_{t+1}^T f_t, the dynamics' values ``next``
         (B, T, n), the terminal gradient ``grad_T`` (B, n), and x0, lo, hi."""
         model: Model = data["model"]
-        x, u, lam = saved["x"], saved["u"], saved["lam"]
+        x, u, lam = saved.x, saved.u, saved.lam
         grad_tau, next_x = model.lagrangian_gradient(x[:, :-1], u, lam[:, 1:])
         return {"grad_tau": grad_tau, "next": next_x, "grad_T": model.terminal_gradient(x[:, -1]),
                 "x0": data["x0"], "lo": data["lo"], "hi": data["hi"]}
@@ -264,3 +266,30 @@ def lower_ilqr(problem: ControlProblem, form: ProblemForm) -> ILQRProgram:
     return ILQRProgram(problem, form.box_bounds, tuple(problem.parameters()),
                        quadratic_cost=form.value("stage cost") in _QUADRATIC,
                        quadratic_terminal=form.value("terminal cost") in _QUADRATIC)
+
+
+def explain_lowering(program: Any, options: dict) -> list[str]:
+    p: ControlProblem = program.problem
+    x, u = p.state, p.control
+    n, m, T = p.n, p.m, p.horizon
+    opaque = [c.function.name for c in nodes_of_type([p.transition, p.cost] + (
+        [p.terminal_cost] if p.terminal_cost is not None else []), FunctionCall)]
+    how = "the layer framework's autodiff (e.g. torch.func), vectorised over batch and time"
+    lines = [
+        "Lowered problem (iLQR: the functions, linearized along each iterate)",
+        f"  sizes: n={n}, m={m}, N=n+m={n + m}, T={T}; tau_t = [{x.name}_t; {u.name}_t]",
+        f"  dynamics    x_(t+1) = {p.transition}   ({feeds([p.transition])})",
+        f"  stage cost  {p.cost}   ({feeds([p.cost])})",
+        f"  terminal    {p.terminal_cost if p.terminal_cost is not None else 'none'}",
+        f"  x_0 = {p.initial_state}   ({feeds([p.initial_state])})",
+        "  control box  " + ("; ".join(str(b.source) for b in program.bounds) if program.bounds else "none"),
+        "  derivatives:",
+        f"    dynamics Jacobian F_t (B,{T},{n},{n + m}): {how}",
+        f"    cost Hessian C_t, gradient c_t: {how}"
+        + ("; the stage cost is quadratic, so C is evaluated once per call" if program.quadratic_cost else ""),
+        f"    exact backward: the dynamics' second derivatives sum_i lam_i d2f_i (B,{T},{n + m},{n + m}) "
+        f"by {how}, once per backward",
+    ]
+    if opaque:
+        lines.append(f"    opaque dc.Functions (autodiff only): {', '.join(sorted(set(opaque)))}")
+    return lines

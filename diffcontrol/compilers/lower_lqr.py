@@ -19,9 +19,11 @@ from diffcontrol.compilers.analysis import ProblemForm
 from diffcontrol.compilers.control_program import ControlProgram, check_bounds
 from diffcontrol.compilers.evaluate import Framework, evaluate, evaluate_batched
 from diffcontrol.compilers.linearize import jacobian_expression
+from diffcontrol.compilers.symbolic import coefficient, hessian_blocks, render_block_matrix, render_folded
 from diffcontrol.dsl.atoms import broadcast_batch
 from diffcontrol.dsl.expression import Expression
 from diffcontrol.dsl.problems import ControlProblem
+from diffcontrol.explain import feeds, is_linear, linear_term
 
 
 @dataclass(frozen=True)
@@ -102,3 +104,40 @@ def lower_lqr(problem: ControlProblem, form: ProblemForm) -> LQRProgram:
     Fu = jacobian_expression(problem.transition, problem.control)
     jacobians = None if Fx is None or Fu is None else (Fx, Fu)
     return LQRProgram(problem, form.box_bounds, tuple(problem.parameters()), jacobians=jacobians)
+
+
+def explain_lowering(program: Any, options: dict) -> list[str]:
+    p: ControlProblem = program.problem
+    x, u = p.state, p.control
+    n, m, T = p.n, p.m, p.horizon
+    if program.jacobians is not None:  # the expressions the solve evaluates for F, as they are
+        F = "[" + ", ".join(render_folded(J) for J in program.jacobians) + "]"
+    else:  # (F by the framework's autodiff at call time)
+        Fx, Fu = coefficient(p.transition, x), coefficient(p.transition, u)
+        F = f"[{Fx or '0'}, {Fu or '0'}]"
+    f = "0" if is_linear(p.transition) else f"{p.transition} at x = u = 0"
+    blocks = hessian_blocks(p.cost, [x, u])
+    C = render_block_matrix(blocks, 2) if blocks is not None else "Hessian of the stage cost (per call)"
+    lines = [
+        "Lowered problem (LQR data, time-invariant over t = 0..T-1)",
+        f"  sizes: n={n}, m={m}, N=n+m={n + m}, T={T}; tau_t = [{x.name}_t; {u.name}_t]",
+        f"  dynamics    x_(t+1) = F tau_t + f        F = {F}, f = {f}   ({feeds([p.transition])})",
+        f"  stage cost  1/2 tau^T C tau + c^T tau    C = {C}, c = {linear_term(p.cost, 'stage cost')}"
+        f"   ({feeds([p.cost])})",
+    ]
+    if p.terminal_cost is None:
+        lines.append("  terminal    none (C_T = 0, c_T = 0)")
+    else:
+        tb = hessian_blocks(p.terminal_cost, [x])
+        CT = str(tb.get((0, 0), "0")) if tb is not None else "Hessian of the terminal cost (per call)"
+        lines.append(f"  terminal    1/2 x^T C_T x + c_T^T x     C_T = {CT}, "
+                     f"c_T = {linear_term(p.terminal_cost, 'terminal cost')}   ({feeds([p.terminal_cost])})")
+    lines.append(f"  x_0 = {p.initial_state}   ({feeds([p.initial_state])})")
+    if program.bounds:
+        bounds = "; ".join(str(b.source) for b in program.bounds)
+        lines.append(f"  control box  {bounds}   ({feeds([b.bound for b in program.bounds])})")
+    else:
+        lines.append("  control box  none")
+    lines.append(f"  arrays: C (B,{T},{n + m},{n + m}), c (B,{T},{n + m}), F (B,{T},{n},{n + m}), "
+                 f"f (B,{T},{n}), C_T (B,{n},{n}), c_T (B,{n}), x_0 (B,{n}), lo/hi (B,{T},{m})")
+    return lines

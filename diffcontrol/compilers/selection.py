@@ -1,14 +1,13 @@
-"""Selection: match the backends' capabilities against a ProblemForm, keeping every reason."""
+"""Selection: match the backends' records against a ProblemForm, keeping every reason."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffcontrol.backends.registry import BACKENDS, BY_NAME, Capabilities
+from diffcontrol.backends.base import Backend
+from diffcontrol.backends.registry import BACKENDS, BY_NAME
 from diffcontrol.compilers.analysis import ProblemForm
 from diffcontrol.errors import BackendError
-
-NOT_AVAILABLE = "not available yet"
 
 
 @dataclass(frozen=True)
@@ -21,18 +20,20 @@ class Decision:
     forced: bool = False
 
 
-def rejection(backend: Capabilities, form: ProblemForm) -> str | None:
+def rejection(backend: Backend, form: ProblemForm) -> str | None:
     """Why ``backend`` cannot take the problem, or None if it can."""
-    if not backend.available:
-        return NOT_AVAILABLE
     if form.kind not in backend.kinds:
-        kinds = " or ".join(f"{k} problems" for k in backend.kinds)
+        kinds = " or ".join(f"{k} problems" for k in sorted(k.value for k in backend.kinds))
         return f"'{backend.name}' takes {kinds}, this is a {form.kind} problem"
     for req in backend.requirements:
         fact = form.facts[req.fact]
-        if fact.value not in req.allowed:
+        if not req.met_by(fact.value):
             text = f"'{backend.name}' needs {req.needs}; {fact.reason}"
             return f"{text}; {req.alternative}" if req.alternative else text
+    missing = backend.missing_packages
+    if missing:
+        return (f"'{backend.name}' would take it, but needs {', '.join(missing)}: "
+                f"pip install 'diffcontrol[{backend.extra}]'")
     return None
 
 

@@ -140,6 +140,7 @@ class ControlProblem(_ProblemBase):
         self.constraints = _as_constraints(constraints)
         self.control = self._find_control()
         self._check_leaves()
+        self._check_stage_ranks()
         self._check_parameter_names()
 
     @property
@@ -187,6 +188,66 @@ class ControlProblem(_ProblemBase):
             raise ModelError(f"terminal_cost {self.terminal_cost} uses the control; it may depend on x_T only")
         if nodes_of_type([self.initial_state], State) or nodes_of_type([self.initial_state], Control):
             raise ModelError(f"initial_state {self.initial_state} must not depend on the state or control")
+
+
+    def _check_stage_ranks(self) -> None:
+        """A stage expression stands for one time t: an operation that broadcasts x_t or u_t
+        against a parameter of higher rank (a sequence over time passed as a plain parameter,
+        e.g. a reference of shape (T+1, n) in ``x - r``) would silently make every stage
+        depend on every row; refuse it, naming the parameter."""
+        parts = {"dynamics": [self.transition], "cost": [self.cost],
+                 "terminal_cost": [] if self.terminal_cost is None else [self.terminal_cost]}
+        for c in self.constraints:
+            parts.setdefault("constraints", []).append(c)
+        decision = (self.state, self.control)
+        for part, roots in parts.items():
+            depends: dict[int, bool] = {}
+            for node in _postorder(roots):
+                args = (node.lhs, node.rhs) if isinstance(node, Constraint) else node.args
+                uses = any(node is d for d in decision) or any(depends[id(a)] for a in args)
+                depends[id(node)] = uses
+                if not uses:
+                    continue
+                low = [a for a in args if depends[id(a)] and a.ndim < len(node.shape)]
+                if low and len(node.shape) >= 2:
+                    _raise_rank_broadcast(part, node, low[0], [a for a in args if not depends[id(a)]])
+
+
+def _postorder(roots: list) -> list:
+    """Every node under ``roots`` (expressions, or constraints as nodes of their two sides),
+    children before parents."""
+    out, seen = [], set()
+
+    def visit(node):
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        for a in ((node.lhs, node.rhs) if isinstance(node, Constraint) else node.args):
+            visit(a)
+        out.append(node)
+
+    for r in roots:
+        visit(r)
+    return out
+
+
+def _raise_rank_broadcast(part: str, node: Any, low: Expression, others: list) -> None:
+    params = [p for o in others for p in nodes_of_type([o], Parameter) if p.ndim >= 1]
+    culprit = max(params, key=lambda p: p.ndim, default=None)
+    if culprit is not None:
+        per_stage = culprit.shape[1:] or (1,)
+        shape = per_stage[0] if len(per_stage) == 1 else per_stage
+        way_out = (f"If {culprit.name} holds one value per stage, declare it per stage: "
+                   f"dc.Parameter({shape}, name={culprit.name!r}, time_varying=True), and pass values of "
+                   f"shape (T+1, {', '.join(map(str, per_stage))}) (API.md, time-indexed data)")
+        what = f"the parameter {culprit.name} of shape {culprit.shape}"
+    else:
+        way_out = "index or reduce the higher-rank operand so the result has the stage's shape"
+        what = "an operand of higher rank"
+    raise ModelError(
+        f"{part}: {node} broadcasts {low} of shape {low.shape} against {what} to shape {node.shape}; a stage "
+        f"expression stands for one time t, so every stage would use all of "
+        f"{'it' if culprit is None else culprit.name} at once. {way_out}")
 
 
 def _split_dynamics(dynamics: Any) -> tuple[State, Expression]:

@@ -109,7 +109,7 @@ def check_warm_start(compiled: Any, u_init: Any, y_init: Any) -> None:
         raise InputError(f"{wrong[0]}= warm-starts {'generic' if control else 'control'} problems; "
                          f"this is a {'control' if control else 'generic'} problem: pass {wrong[1]}=")
     given = u_init if control else y_init
-    if given is not None and not getattr(compiled.backend_module, "WARM_START", True):
+    if given is not None and not compiled.spec.warm_start:
         raise InputError(f"backend '{compiled.backend}' takes no warm start; drop {wrong[1]}=")
 
 

@@ -12,6 +12,7 @@ and ``jax.grad`` work, ``jax.jit`` / ``jax.vmap`` do not.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import warnings
 from typing import Any
@@ -20,21 +21,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffcontrol.backends.base import Info
 from diffcontrol.emitters import _common
 from diffcontrol.emitters.jax_ops import JaxFramework, JaxOps, UnrolledJaxOps, concrete
 from diffcontrol.errors import BackendError, InputError, NotConvergedWarning, SolverError, Status
 
-
-def _info_pytree(info: Any) -> dict:
-    return {"converged": info.converged, "iterations": info.iterations, "residual": info.residual,
-            "status": info.status}
+# Info is a pytree here, so it passes through jit, vmap and custom_vjp as the torch layer's does
+jax.tree_util.register_dataclass(Info, data_fields=[f.name for f in dataclasses.fields(Info)], meta_fields=[])
 
 
 class JaxLayer:
     """Call with the parameters by name: ``solve(A=A, B=B, x0=x0)``; same conventions as the
     torch layer (one optional leading batch dimension, ``u_init=`` / ``y_init=`` warm
-    starts, ``return_info=True``). The info is a pytree (a dict) of arrays: ``converged``,
-    ``iterations``, ``residual`` and ``status`` (integer codes, see ``dc.Status.from_code``).
+    starts, ``return_info=True``). The info is the same :class:`Info` record as the torch
+    layer's, a pytree of arrays: ``info.converged``, ``info.iterations``, ``info.residual`` and
+    ``info.status`` (integer codes, see ``dc.Status.from_code``); ``info["converged"]`` works too.
     """
 
     def __init__(self, compiled: Any):
@@ -47,7 +48,7 @@ class JaxLayer:
                                    "as a dc.Parameter (see docs/jax.md), or use to_torch()")
         # compiled once per input shape: eager calls then cost one XLA execution, not a retrace
         # of every while_loop; the cone backend solves on the host and cannot be compiled
-        host = getattr(compiled.backend_module, "DIFFERENTIABLE_SOLVE", False)
+        host = compiled.spec.differentiable_solve
         self._solve = self._solve_arrays if host else jax.jit(self._solve_arrays)
 
     def __repr__(self) -> str:
@@ -62,24 +63,24 @@ class JaxLayer:
         self._report(info, B)
         if batch is None:
             outputs = tuple(o[0] for o in outputs)
-            info = {k: v[0] for k, v in info.items()}
+            info = info.map(lambda a: a[0])
         return (*outputs, info) if return_info else outputs
 
     # -- solving ---------------------------------------------------------------------------------
 
-    def _solve_arrays(self, values: dict, init: Any, like: Any) -> tuple[tuple, dict, Any]:
+    def _solve_arrays(self, values: dict, init: Any, like: Any) -> tuple[tuple, Info, Any]:
         """(outputs, info, which examples have an empty control box (B,) or None)."""
         compiled = self.compiled
-        backend, options, program = compiled.backend_module, compiled.options, compiled.program
+        solver, options, program = compiled.solver, compiled.options, compiled.program
         unroll = options["backward"] == "unroll"
         ops = UnrolledJaxOps if unroll else JaxOps
 
         def run(values: dict, init: Any, like: Any) -> tuple:
             data = program.data(JaxFramework, values, like)
-            outputs, info, saved = backend.solve(data, options, ops, init)
-            return outputs, _info_pytree(info), saved, data
+            outputs, info, saved = solver.solve(data, options, ops, init)
+            return outputs, info, saved, data
 
-        if unroll or getattr(backend, "DIFFERENTIABLE_SOLVE", False):
+        if unroll or compiled.spec.differentiable_solve:
             # autodiff through every iteration, or a solve that brings its own backward (cone)
             try:
                 outputs, info, _, _ = run(values, init, like)
@@ -89,56 +90,47 @@ class JaxLayer:
                                    "jax.vmap; call it outside them (pass the batch as a leading dimension "
                                    "instead of vmap)") from None
         else:
-            outputs, info = _implicit(program, backend, run)(values, init, like)
+            outputs, info = _implicit(program, solver, run)(values, init, like)
         empty_box = None
         if getattr(program, "bounds", ()):  # (the solve's data lives in its own trace: evaluate anew)
             data = program.data(JaxFramework, values, like)
             empty_box = (data["lo"] > data["hi"]).reshape(like.shape[0], -1).any(-1)
         return tuple(outputs), info, empty_box
 
-    def _report(self, info: dict, batch: int) -> None:
-        converged = concrete(info["converged"])
+    def _report(self, info: Info, batch: int) -> None:
+        converged = concrete(info.converged)
         if converged is None:  # traced: the info carries it (return_info=True)
             return
         bad = ~converged.astype(bool)
         if not bad.any():
             return
-        residual = np.asarray(info["residual"])
+        residual = np.asarray(info.residual)
         tol = self.compiled.tolerance(residual.dtype)
-        statuses = [Status.from_code(c) for c, b in zip(np.asarray(info["status"]).tolist(), bad.tolist()) if b]
+        statuses = [Status.from_code(c) for c, b in zip(np.asarray(info.status).tolist(), bad.tolist()) if b]
         message = _common.nonconvergence_message(int(bad.sum()), batch, float(np.max(residual)), tol, statuses)
         if self.compiled.options["on_nonconvergence"] == "raise":
             raise SolverError(message)
         warnings.warn(message, NotConvergedWarning, stacklevel=3)
 
 
-def _implicit(program: Any, backend: Any, run: Any) -> Any:
+def _implicit(program: Any, solver: Any, run: Any) -> Any:
     """The solve as a ``jax.custom_vjp`` of (values, init, like): forward = the backend's solve,
     backward = its VJP pulled back through the program's ``implicit_inputs``.
 
-    The residuals are the solution's arrays (and tuples of arrays). The other entries of
-    the backend's saved state are either static (strings, options) or objects of the IR
-    data (the ilqr Model, the ift_cg Objective) that close over the parameters; those are
-    rebuilt in the backward from the parameters, never carried as residuals.
+    The residuals are the arrays of the backend's saved state. Its fields that its class
+    declares ``FROM_DATA`` (objects of the IR data that close over the parameters: the ilqr
+    Model, the ift_cg Objective) are rebuilt in the backward from the parameters, and its
+    ``STATIC`` fields (strings, options) are kept aside; neither is carried as a residual.
     """
     static: dict = {}  # filled by the forward (at trace time under jit), read by the backward
 
-    def split(saved: dict, data: dict) -> dict:
-        arrays = {}
-        for k, v in saved.items():
-            leaves = jax.tree_util.tree_leaves(v)
-            if leaves and all(isinstance(leaf, jax.Array) for leaf in leaves):  # an array or a tuple of them
-                arrays[k] = v
-            else:
-                owner = next((dk for dk, dv in data.items() if dv is v), None)
-                static[k] = ("data", owner) if owner is not None else ("value", v)
-        return arrays
+    def split(saved: Any) -> Any:
+        kind = type(saved)
+        static.update({f: getattr(saved, f) for f in kind.STATIC})
+        return saved._replace(**{f: None for f in (*kind.FROM_DATA, *kind.STATIC)})
 
-    def full(arrays: dict, data: dict) -> dict:
-        saved = dict(arrays)
-        for k, (kind, v) in static.items():
-            saved[k] = data[v] if kind == "data" else v
-        return saved
+    def full(arrays: Any, data: dict) -> Any:
+        return arrays._replace(**{f: data[key] for f, key in type(arrays).FROM_DATA.items()}, **static)
 
     # Everything the backward uses arrives as an argument or residual: a closed-over array of
     # an enclosing trace (jit) would be stale by the time the backward runs.
@@ -149,7 +141,7 @@ def _implicit(program: Any, backend: Any, run: Any) -> Any:
 
     def forward(values: dict, init: Any, like: Any) -> tuple:
         outputs, info, saved, data = run(values, init, like)
-        return (tuple(outputs), info), (values, init, like, split(saved, data))
+        return (tuple(outputs), info), (values, init, like, split(saved))
 
     def backward(residuals: tuple, cotangents: tuple) -> tuple:
         values, init, like, arrays = residuals
@@ -161,7 +153,7 @@ def _implicit(program: Any, backend: Any, run: Any) -> Any:
 
         inputs, pullback = jax.vjp(inputs_of, values)
         data = program.data(JaxFramework, values, like)
-        grads = backend.vjp(inputs, full(arrays, data), tuple(output_cotangents), JaxOps, tuple(inputs))
+        grads = solver.vjp(inputs, full(arrays, data), tuple(output_cotangents), JaxOps, tuple(inputs))
         grads = {k: jnp.zeros_like(v) if grads.get(k) is None else grads[k] for k, v in inputs.items()}
         (value_cotangents,) = pullback(grads)
         return value_cotangents, jax.tree_util.tree_map(jnp.zeros_like, init), jnp.zeros_like(like)

@@ -114,6 +114,10 @@ class JaxOps:
         return any(isinstance(a, jax.core.Tracer) for a in arrays)
 
     @staticmethod
+    def poison_gradient(outputs: tuple, failed, anchor) -> tuple:
+        return _poison_gradient(tuple(outputs), failed, anchor)
+
+    @staticmethod
     def to_numpy(a):
         """A host copy; under an eager jax.grad, of the primal value."""
         return np.asarray(lax.stop_gradient(a))
@@ -218,3 +222,25 @@ class JaxFramework:
         (``jax.linearize``), each product then one forward-mode pass."""
         _, apply = jax.linearize(jax.grad(lambda z: value(z).sum()), y)
         return apply
+
+
+@jax.custom_vjp
+def _poison_gradient(outputs: tuple, failed, anchor) -> tuple:
+    """The identity on outputs; the VJP sends NaN to ``anchor`` for each ``failed`` example
+    whose outputs get a nonzero cotangent (see Ops.poison_gradient)."""
+    return outputs
+
+
+def _poison_forward(outputs, failed, anchor):
+    return outputs, (failed, anchor)
+
+
+def _poison_backward(residuals, grads):
+    failed, anchor = residuals
+    used = jnp.zeros(failed.shape, bool)
+    for g in grads:
+        used = used | (g.reshape(g.shape[0], -1) != 0).any(-1)
+    return grads, None, jnp.where(failed & used, jnp.nan, 0.0).astype(anchor.dtype)
+
+
+_poison_gradient.defvjp(_poison_forward, _poison_backward)

@@ -7,7 +7,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
+from diffcontrol.backends.base import Info
 from diffcontrol.emitters import _common
 from diffcontrol.emitters.torch_ops import TorchFramework, TorchOps
 from diffcontrol.errors import InputError, NotConvergedWarning, SolverError, Status
@@ -56,24 +58,26 @@ class TorchLayer(torch.nn.Module):
     def _solve(self, values: dict, data: dict, u_init: Any):
         """Solve; attach the implicit backward (the backend's VJP) where gradients are needed."""
         compiled = self.compiled
-        backend, options, program = compiled.backend_module, compiled.options, compiled.program
-        if options["backward"] == "unroll" or getattr(backend, "DIFFERENTIABLE_SOLVE", False):
-            # autograd records every iteration, or the backend's solve brings its own backward
-            outputs, info, _ = backend.solve(data, options, TorchOps, u_init)
+        spec, solver, options, program = compiled.spec, compiled.solver, compiled.options, compiled.program
+        if options["backward"] == "unroll":  # autograd records every iteration
+            outputs, info, _ = solver.solve(data, options, TorchOps, u_init)
             return outputs, info
+        if spec.differentiable_solve:  # the solve brings its own backward (cvxpylayers')
+            outputs, info, _ = solver.solve(data, options, TorchOps, u_init)
+            return _OnceDifferentiable.apply(*outputs), info
         # Inference mode spares each op the autograd bookkeeping (about 15% of a small op's
         # overhead); the solve's tensors then leave it as clones, for they cannot be saved for
         # backward, neither by our backward nor by the user's.
-        pure = getattr(backend, "TENSOR_OPS_ONLY", False)
+        pure = spec.tensor_ops_only
         with torch.inference_mode() if pure else torch.no_grad():
-            outputs, info, saved = backend.solve(data, options, TorchOps, u_init)
+            outputs, info, saved = solver.solve(data, options, TorchOps, u_init)
         if pure:
-            info = type(info)(*(v.clone() for v in (info.converged, info.iterations, info.residual, info.status)))
+            info = info.map(torch.clone)
         inputs = program.implicit_inputs(TorchFramework, values, data, saved) if torch.is_grad_enabled() else {}
         if not any(isinstance(v, torch.Tensor) and v.requires_grad for v in inputs.values()):
             return tuple(o.clone() for o in outputs) if pure else outputs, info
         # no clone here: _ImplicitSolve's forward already returns clones of the outputs
-        flat = _ImplicitSolve.apply(backend, saved, tuple(inputs), *inputs.values())
+        flat = _ImplicitSolve.apply(solver, saved, tuple(inputs), *inputs.values())
         return flat, info
 
     def _report(self, info: Any, batch: int) -> None:
@@ -95,22 +99,38 @@ class _ImplicitSolve(torch.autograd.Function):
     ``implicit_inputs`` made them), from which torch's autograd carries on."""
 
     @staticmethod
-    def forward(ctx, backend, saved, keys, *inputs):
+    def forward(ctx, solver, saved, keys, *inputs):
         # the solve's own tensors are kept as they are (no autograd graph reaches them, and
         # inference-mode tensors cannot be saved for backward); the inputs are saved
-        ctx.backend, ctx.keys, ctx.solve_saved = backend, keys, saved
+        ctx.solver, ctx.keys, ctx.solve_saved = solver, keys, saved
         ctx.save_for_backward(*inputs)
-        return tuple(saved[k].clone() for k in saved.get("outputs", ("x", "u")))
+        return tuple(o.clone() for o in saved.outputs)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, *cotangents):
+        # once differentiable: the VJP runs outside autograd, so a double backward
+        # (create_graph=True) would silently drop the second-order term; torch raises instead
         inputs, saved = dict(zip(ctx.keys, ctx.saved_tensors)), ctx.solve_saved
-        outputs = tuple(saved[k] for k in saved.get("outputs", ("x", "u")))
-        cot = tuple(torch.zeros_like(o) if g is None else g for g, o in zip(cotangents, outputs))
+        cot = tuple(torch.zeros_like(o) if g is None else g for g, o in zip(cotangents, saved.outputs))
         needs = {k for k, need in zip(ctx.keys, ctx.needs_input_grad[3:]) if need}
-        with torch.no_grad():
-            grads = ctx.backend.vjp(inputs, saved, cot, TorchOps, needs)
+        grads = ctx.solver.vjp(inputs, saved, cot, TorchOps, needs)
         return (None, None, None, *(grads[k] for k in ctx.keys))
+
+
+class _OnceDifferentiable(torch.autograd.Function):
+    """The identity on a solve's outputs whose own backward is not differentiable (a host
+    solver's): a double backward (create_graph=True) raises instead of silently dropping the
+    second-order term."""
+
+    @staticmethod
+    def forward(ctx, *outputs):
+        return tuple(o.view_as(o) for o in outputs)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        return grads
 
 
 class _FiniteGradientGuard(torch.autograd.Function):
@@ -194,5 +214,5 @@ def _check_box(data: dict) -> None:
                           f"u[{bad[-1]}] (batch element {bad[0]}); check the bounds' parameters")
 
 
-def _unbatch(info: Any) -> Any:
-    return type(info)(info.converged[0], info.iterations[0], info.residual[0], info.status[0])
+def _unbatch(info: Info) -> Info:
+    return info.map(lambda a: a[0])

@@ -129,6 +129,10 @@ class TorchOps:
         return torch.is_grad_enabled() and any(a.requires_grad for a in arrays)
 
     @staticmethod
+    def poison_gradient(outputs: tuple, failed: torch.Tensor, anchor: torch.Tensor) -> tuple:
+        return _PoisonGradient.apply(failed, anchor, *outputs)
+
+    @staticmethod
     def to_numpy(a: torch.Tensor):
         return a.detach().cpu().numpy()
 
@@ -233,3 +237,23 @@ class TorchFramework:
             return torch.zeros_like(y) if hv is None else hv
 
         return apply
+
+
+class _PoisonGradient(torch.autograd.Function):
+    """The identity on outputs (B, ...) whose backward sends NaN to ``anchor`` (B,) for each
+    ``failed`` example whose outputs get a nonzero cotangent (see Ops.poison_gradient)."""
+
+    @staticmethod
+    def forward(ctx, failed, anchor, *outputs):
+        ctx.save_for_backward(failed)
+        return tuple(o.view_as(o) for o in outputs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        (failed,) = ctx.saved_tensors
+        used = torch.zeros_like(failed)
+        for g in grads:
+            if g is not None:
+                used = used | (g.reshape(g.shape[0], -1) != 0).any(-1)
+        nan = torch.full(failed.shape, float("nan"), dtype=grads[0].dtype, device=failed.device)
+        return None, torch.where(failed & used, nan, 0.0 * nan.nan_to_num()), *grads
