@@ -6,7 +6,10 @@ import argparse
 
 
 def main(argv: list[str] | None = None) -> int:
+    from diffcontrol import __version__
+
     parser = argparse.ArgumentParser(prog="diffcontrol", description="diffcontrol command line")
+    parser.add_argument("--version", action="version", version=f"diffcontrol {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="learn a pendulum MPC's physics from its controls only (mpc.dx)")
     demo.add_argument("--iterations", type=int, default=60, help="training iterations (default 60)")

@@ -237,9 +237,10 @@ def _raise_rank_broadcast(part: str, node: Any, low: Expression, others: list) -
     if culprit is not None:
         per_stage = culprit.shape[1:] or (1,)
         shape = per_stage[0] if len(per_stage) == 1 else per_stage
-        way_out = (f"If {culprit.name} holds one value per stage, declare it per stage: "
-                   f"dc.Parameter({shape}, name={culprit.name!r}, time_varying=True), and pass values of "
-                   f"shape (T+1, {', '.join(map(str, per_stage))}) (API.md, time-indexed data)")
+        way_out = (f"If {culprit.name} holds one value per stage, it is per-stage data: API.md's "
+                   f"dc.Parameter({shape}, name={culprit.name!r}, time_varying=True), which this version does "
+                   "not provide yet (issue 25); until then write the horizon out as a generic dc.Problem "
+                   "(one variable per stage) for the cone backend")
         what = f"the parameter {culprit.name} of shape {culprit.shape}"
     else:
         way_out = "index or reduce the higher-rank operand so the result has the stage's shape"

@@ -1,0 +1,60 @@
+"""The install surface: the cone stack as an extra (imported only when chosen, named when
+missing), the command line, the typed marker and the licence."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import diffcontrol as dc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_compiling_and_solving_an_lqr_imports_no_cone_stack_and_no_jax():
+    code = (
+        "import sys, numpy as np, torch, diffcontrol as dc\n"
+        "x, u = dc.State(2), dc.Control(1); x0 = dc.Parameter(2, name='x0')\n"
+        "p = dc.ControlProblem(dynamics=x.next == x + u[0], cost=dc.sum_squares(x) + dc.sum_squares(u),\n"
+        "                      horizon=3, initial_state=x0, constraints=[-1 <= u, u <= 1])\n"
+        "c = p.compile(); c.explain(); c.to_torch()(x0=torch.ones(2))\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'cvxpy', 'cvxpylayers', 'diffcp', 'jax'}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def _constrained_control_problem():
+    x, u = dc.State(2, name="x"), dc.Control(1, name="u")
+    return dc.ControlProblem(dynamics=x.next == x + u[0], cost=dc.sum_squares(x) + dc.sum_squares(u), horizon=3,
+                             initial_state=np.ones(2), constraints=[x[0] <= 0.5])
+
+
+def test_a_missing_cone_extra_is_named_by_selection_explain_and_a_forced_compile(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("cvxpy", "cvxpylayers", "diffcp") else real(name, *a))
+    prob = _constrained_control_problem()
+    text = prob.explain()
+    assert "cone: 'cone' would take it, but needs cvxpy, cvxpylayers, diffcp: pip install 'diffcontrol[cone]'" in text
+    with pytest.raises(dc.BackendError, match=r"pip install 'diffcontrol\[cone\]'"):
+        prob.compile(backend="cone")
+    with pytest.raises(dc.BackendError, match=r"(?s)no available backend.*diffcontrol\[cone\]"):
+        prob.compile()
+
+
+def test_the_command_line_tells_its_version():
+    for cmd in ([sys.executable, "-m", "diffcontrol", "--version"],):
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == f"diffcontrol {dc.__version__}"
+
+
+def test_the_package_ships_its_typed_marker_and_licence():
+    assert (ROOT / "diffcontrol" / "py.typed").exists()
+    assert "Apache License" in (ROOT / "LICENSE").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'license = "Apache-2.0"' in pyproject and '"py.typed"' in pyproject
