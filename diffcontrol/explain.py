@@ -46,9 +46,16 @@ def _header(problem: Any) -> str:
     return f"Problem: variables {variables}; parameters: {params}"
 
 
-def feeds(exprs: list[Expression]) -> str:
-    names = [p.name for p in nodes_of_type(exprs, Parameter)]
-    return f"from {', '.join(names)}" if names else "constant"
+def feeds(exprs: list[Expression], terminal: bool = False) -> str:
+    """Where a piece of lowered data comes from: "from A, r, per stage" (a time-varying
+    parameter among them: the piece is evaluated for each stage; for a ``terminal`` piece, at
+    stage T), or "constant"."""
+    params = nodes_of_type(exprs, Parameter)
+    if not params:
+        return "constant"
+    time = ", at stage T" if terminal else ", per stage"
+    per_stage = time if any(p.time_varying for p in params) else ""
+    return f"from {', '.join(p.name for p in params)}{per_stage}"
 
 
 def is_linear(expr: Expression) -> bool:

@@ -25,6 +25,7 @@ class Form(str, Enum):
 
     NONE = "none"
     FINITE_HORIZON = "finite horizon"
+    TIME_VARYING = "finite horizon, time-varying data"
     AFFINE = "affine"
     QUADRATIC_CONVEX = "quadratic, convex"
     QUADRATIC = "quadratic, convexity unknown"

@@ -115,11 +115,7 @@ def analyse(problem: ControlProblem | Problem) -> ProblemForm:
 
 def _analyse_control(p: ControlProblem) -> ProblemForm:
     facts = {
-        "time structure": Fact(
-            Form.FINITE_HORIZON,
-            f"states x_0..x_{p.horizon} in R^{p.n}, controls u_0..u_{p.horizon - 1} in R^{p.m}, "
-            f"horizon T={p.horizon}",
-        ),
+        "time structure": _time_fact(p),
         "dynamics": _dynamics_fact(p.transition),
         "stage cost": _cost_fact(p.cost, "stage cost"),
         "terminal cost": Fact(Form.NONE, "no terminal_cost given")
@@ -144,6 +140,16 @@ def _analyse_control(p: ControlProblem) -> ProblemForm:
     terms = [("cost", p.cost)] + ([("terminal cost", p.terminal_cost)] if p.terminal_cost is not None else [])
     facts["convexity"] = _convexity(terms, p.constraints, dynamics=p.transition)
     return ProblemForm(Kind.CONTROL, facts, tuple(boxes), tuple(others))
+
+
+def _time_fact(p: ControlProblem) -> Fact:
+    sizes = (f"states x_0..x_{p.horizon} in R^{p.n}, controls u_0..u_{p.horizon - 1} in R^{p.m}, "
+             f"horizon T={p.horizon}")
+    per_stage = [q for q in p.parameters() if q.time_varying]
+    if not per_stage:
+        return Fact(Form.FINITE_HORIZON, sizes)
+    names = ", ".join(q.name for q in per_stage)
+    return Fact(Form.TIME_VARYING, f"{sizes}; per stage: {names} (time_varying=True)", per_stage[0])
 
 
 def _dynamics_fact(expr: Expression) -> Fact:

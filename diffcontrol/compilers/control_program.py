@@ -51,12 +51,22 @@ class ControlProgram:
         out: dict[str, Any] = {}
         for keys, exprs, piece, *batched in pieces:
             names, opaque = self._dependencies(keys, exprs)
+            per_stage = names & self._time_varying
+            if per_stage and keys[0] in ("CT", "cT"):  # terminal terms read p_T
+                params = {**params, **{k: params[k][:, T] for k in per_stage}}
+                per_stage = set()
             if names or opaque:  # a dc.Function's weights may change
                 sub = {k: v for k, v in params.items() if k in names}
+                rows, ref = B, like
+                if per_stage:  # the stage data of p_t: one row per (example, stage), example-major
+                    sub = {k: _stages(xp, v, T) if k in per_stage else _repeat(xp, v, T) for k, v in sub.items()}
+                    rows, ref = B * T, _repeat(xp, like, T)
                 if batched and batched[0]:  # (no vmap: its overhead is most of a small problem's call)
-                    values = [xp.broadcast_to(v, (B,) + tuple(v.shape[1:])) for v in piece(fw, sub, like)]
+                    values = [xp.broadcast_to(v, (rows,) + tuple(v.shape[1:])) for v in piece(fw, sub, ref)]
                 else:
-                    values = fw.vmap(lambda p, ref, piece=piece: piece(fw, p, ref))(sub, like)
+                    values = fw.vmap(lambda p, ref, piece=piece: piece(fw, p, ref))(sub, ref)
+                if per_stage:
+                    values = [v.reshape((B, T) + tuple(v.shape[1:])) for v in values]
             else:
                 cache_key = (fw.name, keys, str(like.dtype), str(getattr(like, "device", "")))
 
@@ -74,9 +84,14 @@ class ControlProgram:
                 values = [xp.broadcast_to(v, (B,) + tuple(v.shape)) for v in constants]
             out.update(zip(keys, values))
         for k in ("lo", "hi"):
-            if k in out:
+            if k in out and out[k].ndim == 2:  # (per-stage bounds carry their T axis already)
                 out[k] = xp.broadcast_to(out[k][:, None], (B, T) + tuple(out[k].shape[1:]))
         return out
+
+    @property
+    def _time_varying(self) -> set[str]:
+        """The names of the time-varying parameters."""
+        return {p.name for p in self.parameters if p.time_varying}
 
     def _dependencies(self, keys: tuple, exprs: list) -> tuple[set, bool]:
         """The names of the parameters ``exprs`` use and whether they call a dc.Function (the
@@ -136,3 +151,14 @@ def check_bounds(problem: ControlProblem, bounds: tuple[BoxBound, ...]) -> None:
                 f"the bound {b.bound} of shape {b.bound.shape} in '{b.source}' does not fit "
                 f"the {rows.size} control entries it bounds"
             ) from None
+
+
+def _stages(xp: Any, v: Any, T: int) -> Any:
+    """p_0..p_{T-1} of a time-varying value (B, T+1, ...) as rows (B * T, ...)."""
+    return v[:, :T].reshape((v.shape[0] * T,) + tuple(v.shape[2:]))
+
+
+def _repeat(xp: Any, v: Any, T: int) -> Any:
+    """(b, ...) -> (b * T, ...), each row T times."""
+    rest = tuple(v.shape[1:])
+    return xp.broadcast_to(v[:, None], (v.shape[0], T) + rest).reshape((v.shape[0] * T,) + rest)

@@ -119,7 +119,9 @@ def explain_lowering(program: Any, options: dict) -> list[str]:
     blocks = hessian_blocks(p.cost, [x, u])
     C = render_block_matrix(blocks, 2) if blocks is not None else "Hessian of the stage cost (per call)"
     lines = [
-        "Lowered problem (LQR data, time-invariant over t = 0..T-1)",
+        "Lowered problem (LQR data, "
+        + ("per stage t = 0..T-1 where marked 'per stage'; terminal data from stage T)"
+           if any(q.time_varying for q in program.parameters) else "time-invariant over t = 0..T-1)"),
         f"  sizes: n={n}, m={m}, N=n+m={n + m}, T={T}; tau_t = [{x.name}_t; {u.name}_t]",
         f"  dynamics    x_(t+1) = F tau_t + f        F = {F}, f = {f}   ({feeds([p.transition])})",
         f"  stage cost  1/2 tau^T C tau + c^T tau    C = {C}, c = {linear_term(p.cost, 'stage cost')}"
@@ -130,8 +132,9 @@ def explain_lowering(program: Any, options: dict) -> list[str]:
     else:
         tb = hessian_blocks(p.terminal_cost, [x])
         CT = str(tb.get((0, 0), "0")) if tb is not None else "Hessian of the terminal cost (per call)"
+        source = feeds([p.terminal_cost], terminal=True)
         lines.append(f"  terminal    1/2 x^T C_T x + c_T^T x     C_T = {CT}, "
-                     f"c_T = {linear_term(p.terminal_cost, 'terminal cost')}   ({feeds([p.terminal_cost])})")
+                     f"c_T = {linear_term(p.terminal_cost, 'terminal cost')}   ({source})")
     lines.append(f"  x_0 = {p.initial_state}   ({feeds([p.initial_state])})")
     if program.bounds:
         bounds = "; ".join(str(b.source) for b in program.bounds)

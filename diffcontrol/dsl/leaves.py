@@ -55,13 +55,20 @@ class Variable(Leaf):
 
 
 class Parameter(Leaf):
-    """A layer input; gradients flow to it. ``nonneg=True`` declares its sign for convexity."""
+    """A layer input; gradients flow to it. ``nonneg=True`` declares its sign for convexity.
+
+    ``time_varying=True`` (in a ControlProblem): the parameter stands for p_t, as x stands for
+    x_t; its value carries a time axis of length T+1 (or T where it appears in no terminal
+    term) after the optional batch axis: (T+1, *shape) or (B, T+1, *shape).
+    """
 
     _prefix = "param"
 
-    def __init__(self, shape: Any = (), name: str | None = None, *, nonneg: bool = False):
+    def __init__(self, shape: Any = (), name: str | None = None, *, nonneg: bool = False,
+                 time_varying: bool = False):
         super().__init__(shape, name)
         self.nonneg = bool(nonneg)
+        self.time_varying = bool(time_varying)
 
     def sign(self, arg_signs):
         return NONNEG if self.nonneg else ANY_SIGN

@@ -95,6 +95,10 @@ class Problem(_ProblemBase):
                 )
         if not self.variables():
             raise ModelError("the problem has no dc.Variable to optimise over")
+        for q in self.parameters():
+            if q.time_varying:
+                raise ModelError(f"the parameter {q.name} is time_varying=True, which only a dc.ControlProblem "
+                                 "gives a meaning (p_t at stage t); declare it without time_varying here")
         self._check_parameter_names()
 
     def expressions(self) -> list[Expression]:
@@ -139,6 +143,10 @@ class ControlProblem(_ProblemBase):
             )
         self.constraints = _as_constraints(constraints)
         self.control = self._find_control()
+        for q in nodes_of_type([self.initial_state], Parameter):
+            if q.time_varying:
+                raise ModelError(f"initial_state uses the time_varying parameter {q.name}; x_0 is one value: "
+                                 "declare it without time_varying")
         self._check_leaves()
         self._check_stage_ranks()
         self._check_parameter_names()
@@ -157,6 +165,17 @@ class ControlProblem(_ProblemBase):
             exprs.append(self.terminal_cost)
         exprs.append(self.initial_state)
         return exprs + [e for c in self.constraints for e in (c.lhs, c.rhs)]
+
+    def time_lengths(self, parameter: Parameter) -> tuple[int, ...]:
+        """The time-axis lengths a time-varying parameter's value may have: T+1, and T where it
+        appears in no terminal term (the terminal cost, or a constraint on the state alone,
+        which binds at x_1..x_T)."""
+        T = self.horizon
+        terminal = [self.terminal_cost] if self.terminal_cost is not None else []
+        terminal += [e for c in self.constraints if not nodes_of_type([c.lhs, c.rhs], Control)
+                     for e in (c.lhs, c.rhs)]
+        used_at_T = any(q is parameter for q in nodes_of_type(terminal, Parameter))
+        return (T + 1,) if used_at_T else (T + 1, T)
 
     def _find_control(self) -> Control:
         controls = nodes_of_type(self.expressions(), Control)
@@ -237,10 +256,9 @@ def _raise_rank_broadcast(part: str, node: Any, low: Expression, others: list) -
     if culprit is not None:
         per_stage = culprit.shape[1:] or (1,)
         shape = per_stage[0] if len(per_stage) == 1 else per_stage
-        way_out = (f"If {culprit.name} holds one value per stage, it is per-stage data: API.md's "
-                   f"dc.Parameter({shape}, name={culprit.name!r}, time_varying=True), which this version does "
-                   "not provide yet (issue 25); until then write the horizon out as a generic dc.Problem "
-                   "(one variable per stage) for the cone backend")
+        way_out = (f"If {culprit.name} holds one value per stage, declare it per stage: "
+                   f"dc.Parameter({shape}, name={culprit.name!r}, time_varying=True), and pass values of "
+                   f"shape (T+1, {', '.join(map(str, per_stage))}) (or (B, T+1, ...) for a batch)")
         what = f"the parameter {culprit.name} of shape {culprit.shape}"
     else:
         way_out = "index or reduce the higher-rank operand so the result has the stage's shape"

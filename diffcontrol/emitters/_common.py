@@ -42,10 +42,11 @@ def bind_call(compiled: Any, params: dict[str, Any], u_init: Any, y_init: Any,
     target = arrays.choose({**params, **{k: v for k, (_, v) in warm.items()}})
     values = {k: arrays.to_array(k, v, target) for k, v in params.items()}
     warm = {k: (shape, arrays.to_array(k, v, target)) for k, (shape, v) in warm.items()}
-    batch = batch_size_of(parameters, values, warm)
+    values, shapes = with_time_axes(compiled.problem, parameters, values, arrays.xp)
+    batch = batch_size_of(parameters, values, warm, shapes)
     check_finite({**values, **{k: v for k, (_, v) in warm.items()}}, arrays.is_finite)
     B = batch or 1
-    values = expand_to_batch(parameters, values, B, arrays.broadcast)
+    values = expand_to_batch(parameters, values, B, arrays.broadcast, shapes)
     init = [v if v.ndim > len(shape) else arrays.broadcast(v, (B, *shape)) for shape, v in warm.values()]
     if not init:
         init = None
@@ -72,15 +73,45 @@ def check_names(parameters: Sequence[Parameter], given: dict[str, Any]) -> None:
                              f"this layer takes {_signature(parameters)}")
 
 
+def with_time_axes(problem: Any, parameters: Sequence[Parameter], values: dict[str, Any],
+                   xp: Any) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+    """The values with every time-varying parameter's time axis at length T+1 (a value of
+    length T, where that is allowed, gets its last stage repeated: stage T never reads it),
+    and each parameter's unbatched shape ((T+1, *shape) for a time-varying one). A time axis
+    of another length raises InputError naming the lengths expected."""
+    out, shapes = dict(values), {}
+    for p in parameters:
+        if not p.time_varying:
+            shapes[p.name] = p.shape
+            continue
+        lengths = problem.time_lengths(p)
+        v, k = values[p.name], len(p.shape)
+        got = tuple(v.shape)
+        axis = len(got) - k - 1
+        if axis not in (0, 1) or got[axis + 1:] != p.shape or got[axis] not in lengths:
+            allowed = " or ".join(f"({', '.join(map(str, (L, *p.shape)))})" for L in lengths)
+            why = "" if len(lengths) == 2 else " (it appears in a terminal term, so stage T needs a value)"
+            raise InputError(f"time-varying parameter {p.name!r} expects a time axis: shape {allowed}, or with a "
+                             f"leading batch dimension B, got {got}{why}".replace(",)", ")"))
+        if got[axis] == problem.horizon:
+            last = v[:, -1:] if axis == 1 else v[-1:]
+            v = xp.concatenate([v, last], axis)
+        out[p.name] = v
+        shapes[p.name] = (problem.horizon + 1, *p.shape)
+    return out, shapes
+
+
 def batch_size_of(parameters: Sequence[Parameter], values: dict[str, Any],
-                  extra: dict[str, tuple[tuple[int, ...], Any]] | None = None) -> int | None:
+                  extra: dict[str, tuple[tuple[int, ...], Any]] | None = None,
+                  shapes: dict[str, tuple[int, ...]] | None = None) -> int | None:
     """The shared leading batch size, or None when nothing is batched.
 
-    ``values`` are arrays; each must have the parameter's shape, or one more
-    leading dimension. ``extra`` adds call-time inputs (``u_init``) as
-    name -> (unbatched shape, array).
+    ``values`` are arrays; each must have the parameter's shape (``shapes[name]`` where
+    given: a time-varying one's includes its time axis), or one more leading dimension.
+    ``extra`` adds call-time inputs (``u_init``) as name -> (unbatched shape, array).
     """
-    shapes = {p.name: (p.shape, values[p.name]) for p in parameters}
+    given = shapes or {}
+    shapes = {p.name: (given.get(p.name, p.shape), values[p.name]) for p in parameters}
     shapes.update(extra or {})
     sizes: dict[str, int] = {}
     for name, (shape, value) in shapes.items():
@@ -136,12 +167,13 @@ def check_finite(values: dict[str, Any], is_finite: Callable[[Any], bool]) -> No
 
 
 def expand_to_batch(parameters: Sequence[Parameter], values: dict[str, Any], batch: int,
-                    broadcast: Callable[[Any, tuple[int, ...]], Any]) -> dict[str, Any]:
+                    broadcast: Callable[[Any, tuple[int, ...]], Any],
+                    shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
     """Every parameter with a leading batch dimension (unbatched ones broadcast, no copy)."""
     out = {}
     for p in parameters:
-        v = values[p.name]
-        out[p.name] = v if tuple(v.shape) == (batch,) + p.shape else broadcast(v, (batch,) + p.shape)
+        v, shape = values[p.name], (shapes or {}).get(p.name, p.shape)
+        out[p.name] = v if tuple(v.shape) == (batch,) + shape else broadcast(v, (batch,) + shape)
     return out
 
 

@@ -1,0 +1,157 @@
+"""Time-varying parameters (p_t) in control problems: the lqr backend against cvxpy + Clarabel
+with the per-stage data written out directly, central differences of re-solves, batched =
+unbatched, float32, JAX = torch, and the errors of bad declarations and values."""
+
+from __future__ import annotations
+
+import cvxpy as cp
+import numpy as np
+import pytest
+import torch
+
+import diffcontrol as dc
+
+T, n, m = 6, 2, 1
+B_NP = np.array([[0.0], [0.2]])
+
+
+def _problem(box: bool = True, tv_bound: bool = False):
+    x, u = dc.State(n, name="x"), dc.Control(m, name="u")
+    A = dc.Parameter((n, n), name="A", time_varying=True)
+    r = dc.Parameter(n, name="r", time_varying=True)
+    w = dc.Parameter(name="w", time_varying=True, nonneg=True)
+    x0 = dc.Parameter(n, name="x0")
+    umax = dc.Parameter(m, name="umax", time_varying=True) if tv_bound else 0.8
+    return dc.ControlProblem(dynamics=x.next == A @ x + B_NP @ u,
+                             cost=w * dc.sum_squares(x - r) + 0.1 * dc.sum_squares(u),
+                             terminal_cost=dc.sum_squares(x - r), horizon=T, initial_state=x0,
+                             constraints=[-umax <= u, u <= umax] if box else [])
+
+
+def _values(seed: int = 0, tv_bound: bool = False) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    v = {"A": np.eye(n) + 0.15 * rng.standard_normal((T, n, n)), "r": rng.standard_normal((T + 1, n)),
+         "w": 1.0 + rng.random(T + 1), "x0": np.array([2.0, -1.0])}
+    if tv_bound:
+        v["umax"] = 0.5 + rng.random((T + 1, m))
+    return v
+
+
+def _reference(v: dict, box: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The same problem written out per stage in cvxpy, solved by Clarabel at tight tolerance."""
+    X, U = cp.Variable((T + 1, n)), cp.Variable((T, m))
+    umax = v.get("umax", np.full((T + 1, m), 0.8))
+    cons = [X[0] == v["x0"]]
+    cost = cp.sum_squares(X[T] - v["r"][T])
+    for t in range(T):
+        cons.append(X[t + 1] == v["A"][t] @ X[t] + B_NP @ U[t])
+        if box:
+            cons += [U[t] <= umax[t], -umax[t] <= U[t]]
+        cost += v["w"][t] * cp.sum_squares(X[t] - v["r"][t]) + 0.1 * cp.sum_squares(U[t])
+    cp.Problem(cp.Minimize(cost), cons).solve(solver=cp.CLARABEL, tol_gap_abs=1e-11, tol_gap_rel=1e-11,
+                                              tol_feas=1e-11)
+    return X.value, U.value
+
+
+def _torch(v: dict, dtype=torch.float64) -> dict:
+    return {k: torch.tensor(a, dtype=dtype) for k, a in v.items()}
+
+
+@pytest.mark.parametrize("box", [False, True])
+def test_solution_matches_cvxpy_with_per_stage_data(box):
+    v = _values()
+    xs, us = _problem(box).compile().to_torch()(**_torch(v))
+    X, U = _reference(v, box)
+    np.testing.assert_allclose(us.numpy(), U, atol=1e-6)
+    np.testing.assert_allclose(xs.numpy(), X, atol=1e-6)
+    if box:
+        assert np.isclose(np.abs(U).max(), 0.8)  # the box is active somewhere
+
+
+def test_per_stage_bounds_match_cvxpy():
+    v = _values(tv_bound=True)
+    xs, us = _problem(tv_bound=True).compile().to_torch()(**_torch(v))
+    np.testing.assert_allclose(us.numpy(), _reference(v)[1], atol=1e-6)
+
+
+def test_gradients_of_every_kind_of_time_varying_parameter_match_central_differences():
+    layer = _problem(box=False).compile().to_torch()
+    v = _values(1)
+    rng = np.random.default_rng(5)
+    wx, wu = rng.standard_normal((T + 1, n)), rng.standard_normal((T, m))
+
+    def loss(values):
+        xs, us = layer(**_torch(values))
+        return float((xs.numpy() * wx).sum() + (us.numpy() * wu).sum())
+
+    inputs = {k: t.requires_grad_() for k, t in _torch(v).items()}
+    xs, us = layer(**inputs)
+    ((xs * torch.tensor(wx)).sum() + (us * torch.tensor(wu)).sum()).backward()
+    h = 1e-6
+    for name in ("A", "r", "w", "x0"):
+        fd = np.zeros_like(v[name])
+        for idx in np.ndindex(v[name].shape):
+            plus, minus = {**v, name: v[name].copy()}, {**v, name: v[name].copy()}
+            plus[name][idx] += h
+            minus[name][idx] -= h
+            fd[idx] = (loss(plus) - loss(minus)) / (2 * h)
+        np.testing.assert_allclose(inputs[name].grad.numpy(), fd, atol=1e-6, rtol=1e-6, err_msg=name)
+
+
+def test_length_T_works_where_no_terminal_term_uses_it_and_other_lengths_raise():
+    layer = _problem(box=False).compile().to_torch()
+    v = _values()
+    full = layer(**_torch(v))
+    short = layer(**_torch({**v, "A": v["A"][:T]}))  # A is in no terminal term: T stages suffice
+    assert v["A"].shape[0] == T
+    torch.testing.assert_close(short[1], full[1])
+    with pytest.raises(dc.InputError, match=r"'r' expects a time axis: shape \(7, 2\).*terminal term"):
+        layer(**_torch({**v, "r": v["r"][:T]}))
+    with pytest.raises(dc.InputError, match=r"'A' expects a time axis: shape \(7, 2, 2\) or \(6, 2, 2\)"):
+        layer(**_torch({**v, "A": np.eye(n)}))
+
+
+def test_batched_equals_unbatched_and_float32_agrees():
+    layer = _problem().compile().to_torch()
+    vals = [_values(s) for s in range(3)]
+    batch = {k: np.stack([v[k] for v in vals]) for k in vals[0]}
+    xs, us = layer(**_torch(batch))
+    for i, v in enumerate(vals):
+        torch.testing.assert_close(us[i], layer(**_torch(v))[1], atol=1e-10, rtol=1e-10)
+    us32 = layer(**_torch(vals[0], torch.float32))[1]
+    torch.testing.assert_close(us32.double(), us[0], atol=1e-4, rtol=1e-4)
+
+
+def test_jax_equals_torch():
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    compiled = _problem().compile()
+    v = _values(2)
+    xt, ut = compiled.to_torch()(**_torch(v))
+    solve = jax.jit(lambda **kw: compiled.to_jax()(**kw))
+    xj, uj = solve(**{k: jax.numpy.asarray(a) for k, a in v.items()})
+    np.testing.assert_allclose(np.asarray(uj), ut.numpy(), atol=1e-9)
+    grad = jax.grad(lambda r: compiled.to_jax()(**{**{k: jax.numpy.asarray(a) for k, a in v.items()}, "r": r})[1].sum())
+    g = grad(jax.numpy.asarray(v["r"]))
+    inputs = _torch(v)
+    inputs["r"].requires_grad_()
+    compiled.to_torch()(**inputs)[1].sum().backward()
+    np.testing.assert_allclose(np.asarray(g), inputs["r"].grad.numpy(), atol=1e-9)
+
+
+def test_declarations_that_give_time_varying_no_meaning_raise():
+    y, p = dc.Variable(2, name="y"), dc.Parameter(2, name="p", time_varying=True)
+    with pytest.raises(dc.ModelError, match="only a dc.ControlProblem"):
+        dc.Problem(dc.Minimize(dc.sum_squares(y - p)))
+    x, u = dc.State(2, name="x"), dc.Control(1, name="u")
+    with pytest.raises(dc.ModelError, match="initial_state uses the time_varying parameter p"):
+        dc.ControlProblem(dynamics=x.next == x + u[0], cost=dc.sum_squares(x) + dc.sum_squares(u), horizon=3,
+                          initial_state=p)
+
+
+def test_explain_marks_per_stage_data_and_other_backends_say_why_not():
+    text = _problem().explain()
+    assert "(from A, per stage)" in text and "(from w, r, per stage)" in text and "(from r, at stage T)" in text
+    assert "ilqr: 'ilqr' needs data that do not vary over time" in text
+    with pytest.raises(dc.BackendError, match="time-varying parameters reach only 'lqr'"):
+        _problem().compile(backend="ilqr")
