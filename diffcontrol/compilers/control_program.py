@@ -59,8 +59,8 @@ class ControlProgram:
                 sub = {k: v for k, v in params.items() if k in names}
                 rows, ref = B, like
                 if per_stage:  # the stage data of p_t: one row per (example, stage), example-major
-                    sub = {k: _stages(xp, v, T) if k in per_stage else _repeat(xp, v, T) for k, v in sub.items()}
-                    rows, ref = B * T, _repeat(xp, like, T)
+                    sub = {k: _stages(xp, v, T) if k in per_stage else repeat_rows(xp, v, T) for k, v in sub.items()}
+                    rows, ref = B * T, repeat_rows(xp, like, T)
                 if batched and batched[0]:  # (no vmap: its overhead is most of a small problem's call)
                     values = [xp.broadcast_to(v, (rows,) + tuple(v.shape[1:])) for v in piece(fw, sub, ref)]
                 else:
@@ -158,7 +158,7 @@ def _stages(xp: Any, v: Any, T: int) -> Any:
     return v[:, :T].reshape((v.shape[0] * T,) + tuple(v.shape[2:]))
 
 
-def _repeat(xp: Any, v: Any, T: int) -> Any:
+def repeat_rows(xp: Any, v: Any, T: int) -> Any:
     """(b, ...) -> (b * T, ...), each row T times."""
     rest = tuple(v.shape[1:])
     return xp.broadcast_to(v[:, None], (v.shape[0], T) + rest).reshape((v.shape[0] * T,) + rest)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from diffcontrol.compilers.analysis import ProblemForm
-from diffcontrol.compilers.control_program import ControlProgram, check_bounds
+from diffcontrol.compilers.control_program import ControlProgram, check_bounds, repeat_rows
 from diffcontrol.compilers.evaluate import Framework, constant_arrays, evaluate, evaluate_batched
 from diffcontrol.dsl.function import FunctionCall
 from diffcontrol.dsl.leaves import Parameter
@@ -156,8 +156,7 @@ class Model:
 
     def _repeat(self, v: Any, T: int) -> Any:
         """(B, ...) -> (B * T, ...), each row T times."""
-        rest = tuple(v.shape[1:])
-        return self.fw.xp.broadcast_to(v[:, None], (v.shape[0], T) + rest).reshape((v.shape[0] * T,) + rest)
+        return repeat_rows(self.fw.xp, v, T)
 
     def step(self, x: Any, u: Any) -> Any:
         """x_{t+1} (B', n) from x_t (B', n), u_t (B', m)."""
