@@ -187,3 +187,13 @@ def test_layers_save_load_pickle_and_deepcopy(backend, tmp_path):
         assert compiled.backend == backend and compiled.options["on_nonconvergence"] == "raise"
         for got, ref in zip(other["layer"](**inputs), want):
             torch.testing.assert_close(got, ref, atol=1e-9, rtol=1e-9)
+
+
+def test_ift_cg_refuses_a_start_outside_the_objectives_domain_and_solves_from_inside_it():
+    y, p = dc.Variable(2, name="y"), dc.Parameter(2, name="p", nonneg=True)
+    layer = dc.Problem(dc.Minimize(dc.sum(p * y) - dc.sum(dc.log(y)))).compile().to_torch()
+    p_t = torch.tensor([[1.0, 2.0], [0.5, 4.0]], dtype=torch.float64)
+    with pytest.raises(dc.SolverError, match=r"NaN or Inf at the starting point for examples \[0, 1\].*y_init="):
+        layer(p=p_t)
+    (y_star,) = layer(p=p_t, y_init=(torch.ones(2, 2, dtype=torch.float64),))
+    torch.testing.assert_close(y_star, 1 / p_t)  # the closed form: p - 1/y = 0

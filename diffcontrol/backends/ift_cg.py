@@ -72,6 +72,13 @@ def solve(data: dict, options: dict, ops: Ops, y_init: Any = None) -> tuple[tupl
     objective, like = data["objective"], data["like"]
     n = objective.program.size
     y = y_init if y_init is not None else ops.zeros((like.shape[0], n), like)
+    outside = ~ops.xp.isfinite(objective.value(y))
+    if ops.known_any(outside):  # (under jax.jit the solve goes on, and its outputs are NaN)
+        rows = [i for i, flag in enumerate(outside.tolist()) if flag]
+        raise SolverError(
+            f"the objective is NaN or Inf at the starting point for examples {rows} "
+            f"({'the y_init given' if y_init is not None else 'y = 0, the default start'}); the solver cannot "
+            "start outside the objective's domain (e.g. -dc.log(y) at y = 0): pass y_init= inside it")
     solver = forward_solver(options, n)
     tol = options["tol"] if options["tol"] is not None else ops.eps(like) ** 0.5
     stalled = ops.zeros((like.shape[0],), like) > 0
