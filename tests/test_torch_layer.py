@@ -155,26 +155,37 @@ def _device_cases() -> dict:
     }
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=_CUDA)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("backend", ["lqr", "ilqr", "cone", "ift_cg"])
-def test_cuda_matches_cpu(backend):
-    """Every backend solves and differentiates on the inputs' device: no CPU-only call in the path."""
+def test_device_matches_cpu(backend, dtype, device):
+    """Every backend solves and differentiates on the inputs' device (no CPU-only call in the
+    path), and its solutions and gradients there match the CPU's. On "cpu" the comparison runs
+    everywhere, so the harness itself (leaves made on the device, their .grad read) is tested
+    where CI runs; on "cuda" it runs where a GPU is."""
     problem, values = _device_cases()[backend]
     layer = problem.compile().to_torch()
     assert layer.compiled.backend == backend
+    tol = 1e-7 if dtype == torch.float64 else 2e-3
 
-    def solve(device):
-        leaves = {k: v.to(device).requires_grad_(True) for k, v in values.items()}
+    def solve(where):
+        # leaves created on the device: .to() of a tensor that requires grad is not a leaf
+        leaves = {k: v.detach().to(device=where, dtype=dtype).clone().requires_grad_(True)
+                  for k, v in values.items()}
         outputs = layer(**leaves)
         sum(o.sum() for o in outputs).backward()
         return outputs, {k: v.grad for k, v in leaves.items()}
 
     cpu_out, cpu_grads = solve("cpu")
-    gpu_out, gpu_grads = solve("cuda")
-    for got, want in zip(gpu_out, cpu_out):
-        assert got.device.type == "cuda" and rel_err(got.cpu(), want) < 1e-8
+    dev_out, dev_grads = solve(device)
+    for got, want in zip(dev_out, cpu_out):
+        assert got.device.type == device and got.dtype == dtype and rel_err(got.detach().cpu(), want.detach()) < tol
     for k, want in cpu_grads.items():
-        assert gpu_grads[k].device.type == "cuda" and rel_err(gpu_grads[k].cpu(), want) < 1e-7, k
+        assert want is not None and dev_grads[k] is not None, k
+        assert dev_grads[k].device.type == device and rel_err(dev_grads[k].cpu(), want) < tol, k
 
 
 def test_training_through_the_layer_recovers_dynamics():
