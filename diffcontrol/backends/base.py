@@ -10,6 +10,7 @@ when the backend is chosen, so compiling an LQR never imports cvxpy.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -134,12 +135,12 @@ class Info:
     status: Any
 
     def __getitem__(self, name: str) -> Any:
-        if name not in ("converged", "iterations", "residual", "status"):
+        if name not in self.keys():
             raise KeyError(name)
         return getattr(self, name)
 
     def keys(self) -> tuple[str, ...]:
-        return ("converged", "iterations", "residual", "status")
+        return tuple(f.name for f in dataclasses.fields(self))
 
     def map(self, fn: Callable[[Any], Any]) -> Info:
         """The info with ``fn`` applied to each field (e.g. the first example's: ``lambda a: a[0]``)."""

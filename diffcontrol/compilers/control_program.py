@@ -59,7 +59,7 @@ class ControlProgram:
                 sub = {k: v for k, v in params.items() if k in names}
                 rows, ref = B, like
                 if per_stage:  # the stage data of p_t: one row per (example, stage), example-major
-                    sub = {k: _stages(xp, v, T) if k in per_stage else repeat_rows(xp, v, T) for k, v in sub.items()}
+                    sub = {k: _stages(v, T) if k in per_stage else repeat_rows(xp, v, T) for k, v in sub.items()}
                     rows, ref = B * T, repeat_rows(xp, like, T)
                 if batched and batched[0]:  # (no vmap: its overhead is most of a small problem's call)
                     values = [xp.broadcast_to(v, (rows,) + tuple(v.shape[1:])) for v in piece(fw, sub, ref)]
@@ -153,7 +153,7 @@ def check_bounds(problem: ControlProblem, bounds: tuple[BoxBound, ...]) -> None:
             ) from None
 
 
-def _stages(xp: Any, v: Any, T: int) -> Any:
+def _stages(v: Any, T: int) -> Any:
     """p_0..p_{T-1} of a time-varying value (B, T+1, ...) as rows (B * T, ...)."""
     return v[:, :T].reshape((v.shape[0] * T,) + tuple(v.shape[2:]))
 
