@@ -57,6 +57,17 @@ def expression_facts(expr: Expression, memo: dict[int, NodeFacts] | None = None)
     return memo[id(expr)]
 
 
+def nonsmooth_note(expr: Expression) -> str:
+    """Why ``expr`` is not smooth and what to write instead ("" when it is smooth)."""
+    memo: dict[int, NodeFacts] = {}
+    expression_facts(expr, memo)
+    for node in walk([expr]):
+        if not node.smooth and all(memo[id(a)].smooth for a in node.args):
+            alternative = node.smooth_alternative or "a smooth expression"
+            return f"{node} is not smooth (smooth backends need second derivatives): use {alternative}"
+    return ""
+
+
 def first_term_beyond_degree(expr: Expression, max_degree: int) -> Expression | None:
     """The innermost sub-expression whose degree exceeds ``max_degree`` (None if none does):
     the term to name in an error message."""
@@ -160,7 +171,7 @@ def _dynamics_fact(expr: Expression) -> Fact:
         return Fact(Form.AFFINE, f"affine in (x, u): {expr}")
     term = first_term_beyond_degree(expr, 1)
     if not f.smooth:
-        return Fact(Form.NONSMOOTH, f"{term} in the dynamics is not affine, and the dynamics are not smooth", term)
+        return Fact(Form.NONSMOOTH, f"{term} in the dynamics is not affine, and {nonsmooth_note(expr)}", term)
     return Fact(Form.SMOOTH, f"{term} in the dynamics is not affine in (x, u)", term)
 
 
@@ -175,8 +186,10 @@ def _cost_fact(expr: Expression, what: str) -> Fact:
     term = first_term_beyond_degree(expr, 2)
     if f.opaque:
         return Fact(Form.OPAQUE, f"{expr} calls an opaque dc.Function", expr)
-    return Fact(Form.SMOOTH if f.smooth else Form.NONSMOOTH, f"{term} in the {what} is not quadratic in (x, u)",
-                term)
+    if not f.smooth:
+        return Fact(Form.NONSMOOTH, f"{term} in the {what} is not quadratic in (x, u), and {nonsmooth_note(expr)}",
+                    term)
+    return Fact(Form.SMOOTH, f"{term} in the {what} is not quadratic in (x, u)", term)
 
 
 def _classify_constraint(c: Constraint, p: ControlProblem) -> tuple[ConstraintKind, BoxBound | None]:
@@ -213,12 +226,13 @@ def _analyse_generic(p: Problem) -> ProblemForm:
     expr = p.objective.expr
     if f.curvature in (CONVEX, CONSTANT, AFFINE) or (f.degree is not None and f.degree <= 1):
         objective = Fact(Form.CONVEX_SMOOTH if f.smooth else Form.CONVEX_NONSMOOTH,
-                         f"{expr} is convex by DCP rules" + ("" if f.smooth else " and not smooth"), expr)
+                         f"{expr} is convex by DCP rules" + ("" if f.smooth else f"; {nonsmooth_note(expr)}"), expr)
     elif f.opaque:
         objective = Fact(Form.OPAQUE, f"{expr} calls an opaque dc.Function", expr)
     else:
         objective = Fact(Form.SMOOTH if f.smooth else Form.NONSMOOTH,
-                         f"{expr} is not certified convex by DCP rules", expr)
+                         f"{expr} is not certified convex by DCP rules"
+                         + ("" if f.smooth else f"; {nonsmooth_note(expr)}"), expr)
     sizes = ", ".join(f"{v.name}{v.shape}" for v in p.variables())
     facts = {
         "time structure": Fact(Form.NONE, f"a generic argmin over {sizes}"),

@@ -24,7 +24,7 @@ import numpy as np
 
 from diffcontrol.compilers.analysis import NodeFacts, expression_facts
 from diffcontrol.compilers.evaluate import evaluate
-from diffcontrol.dsl import atoms
+from diffcontrol.dsl import atoms, penalties
 from diffcontrol.dsl.expression import NONNEG, NONPOS, Expression
 from diffcontrol.dsl.function import FunctionCall
 from diffcontrol.dsl.leaves import Leaf, Parameter
@@ -306,6 +306,64 @@ def _concat(tr: Translator, node: atoms.Concat) -> Value:
     return Value(cp.vstack(rows), True)
 
 
+def _elementwise_atom(fn):
+    def rule(tr: Translator, node: Expression) -> Value:
+        a = tr(node.args[0])
+        return Value(fn(a.expr, node), a.timed)
+
+    return rule
+
+
+def _extremum(fn):
+    def rule(tr: Translator, node: Expression) -> Value:
+        out = tr(node.args[0])
+        for arg in node.args[1:]:
+            out = tr.combine(fn, out, tr(arg))
+        return out
+
+    return rule
+
+
+#: cvxpy's reduction for each of ours: (expression, axis or None) -> expression
+_REDUCE = {
+    penalties.Max: lambda e, axis: cp.max(e, axis=axis),
+    penalties.Min: lambda e, axis: cp.min(e, axis=axis),
+    penalties.LogSumExp: lambda e, axis: cp.log_sum_exp(e, axis=axis),
+    penalties.Norm1: lambda e, axis: cp.norm1(e) if axis is None else cp.sum(cp.abs(e), axis=axis),
+    penalties.NormInf: lambda e, axis: cp.norm_inf(e) if axis is None else cp.max(cp.abs(e), axis=axis),
+}
+
+
+def _reduction(tr: Translator, node: penalties.Reduction) -> Value:
+    """A reduction over the DSL axes only: with time last, all entries of a stage are the
+    rows of its (size, T) block, and an axis keeps its index."""
+    (arg,) = node.args
+    a, reduce = tr(arg), _REDUCE[type(node)]
+    if arg.ndim == 0:
+        return Value(cp.abs(a.expr) if isinstance(node, penalties.Norm1) else a.expr, a.timed)
+    if node.axis is not None:
+        return Value(reduce(a.expr, node.axis % arg.ndim), a.timed)
+    if not a.timed:
+        return Value(reduce(cp.vec(a.expr, order="C") if arg.ndim > 1 else a.expr, None), False)
+    return Value(reduce(tr.rows(a, arg), 0), True)
+
+
+def _reshape_rule(tr: Translator, node: penalties.Reshape) -> Value:
+    (arg,) = node.args
+    a = tr(arg)
+    if not a.timed:
+        return Value(_reshape_order(a.expr, node.shape, node.order), False)
+    if node.order == "C" or (arg.ndim <= 1 and node.ndim <= 1):
+        return Value(_reshape_order(a.expr, node.shape + (tr.T,), "C"), True)  # time stays last
+    raise _not_vectorizable(node)
+
+
+def _reshape_order(e: Any, shape: tuple[int, ...], order: str) -> Any:
+    if isinstance(e, np.ndarray):
+        return e.reshape(shape, order=order)
+    return cp.reshape(e, shape, order=order)
+
+
 _RULES = {
     atoms.Add: _binary(lambda a, b: a + b),
     atoms.Multiply: _binary(cp.multiply),
@@ -322,4 +380,15 @@ _RULES = {
     atoms.QuadForm: _quad_form,
     atoms.Stack: _stack,
     atoms.Concat: _concat,
+    penalties.Pos: _elementwise_atom(lambda e, node: cp.pos(e)),
+    penalties.Softplus: _elementwise_atom(lambda e, node: cp.logistic(e)),
+    penalties.Huber: _elementwise_atom(lambda e, node: cp.huber(e, node.M)),
+    penalties.Maximum: _extremum(cp.maximum),
+    penalties.Minimum: _extremum(cp.minimum),
+    penalties.Max: _reduction,
+    penalties.Min: _reduction,
+    penalties.LogSumExp: _reduction,
+    penalties.Norm1: _reduction,
+    penalties.NormInf: _reduction,
+    penalties.Reshape: _reshape_rule,
 }

@@ -391,6 +391,7 @@ class Sqrt(Elementwise):
 
 class Abs(Elementwise):
     fn, of_affine, out_sign, smooth = "abs", CONVEX, NONNEG, False
+    smooth_alternative = "dc.huber(x, M) for a small M, or dc.square(x)"
 
 
 class Square(Elementwise):
@@ -518,6 +519,7 @@ class QuadForm(Expression):
 
 class Norm2(Expression):
     smooth = False
+    smooth_alternative = "dc.sum_squares(x), or dc.sqrt(dc.sum_squares(x) + eps) for a small eps > 0"
 
     def __init__(self, a: Any):
         a = as_expression(a)

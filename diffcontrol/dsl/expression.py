@@ -52,6 +52,8 @@ class Expression:
     shape: Shape = ()
     #: True when the atom is smooth (C^2) wherever it is defined.
     smooth: bool = True
+    #: For a nonsmooth atom: the smooth expression (or constraint) to write instead.
+    smooth_alternative: str = ""
 
     # ---- facts, stated locally -------------------------------------------------
     def degree(self, arg_degrees: list[int | None]) -> int | None:
