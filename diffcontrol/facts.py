@@ -51,6 +51,9 @@ class ConstraintKind(str, Enum):
     MIXED = "mixed state-control constraint"
     PARAMETERS_ONLY = "constraint on parameters only"
     STATE = "state constraint"
+    TERMINAL_EQUALITY = "affine equality on x_T"
+    TERMINAL_INEQUALITY = "inequality on x_T"
+    TERMINAL_NONLINEAR = "nonlinear equality on x_T"
     GENERAL = "general"
 
     def __str__(self) -> str:

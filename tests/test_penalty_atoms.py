@@ -105,7 +105,7 @@ def _solve_cvxpy(p):
     cost = (cp.sum_squares(y - p) + 0.5 * cp.norm1(y) + cp.pos(y[0] - 0.3) + 0.2 * cp.max(y)
             + cp.huber(y[1], 0.4) + cp.logistic(y[2]) + 0.1 * cp.log_sum_exp(y))
     cp.Problem(cp.Minimize(cost), [cp.maximum(y[0], y[1]) <= 0.8, cp.norm_inf(y) <= 1.5]).solve(
-        solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
+        solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
     return y.value
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from diffcontrol.backends import condensed, kkt
+from diffcontrol.backends import condensed, kkt, terminal
 from diffcontrol.backends.base import Info
 from diffcontrol.backends.ops import Ops
 from diffcontrol.backends.riccati import (
@@ -74,6 +74,10 @@ class Saved(NamedTuple):
     free_fwd: Any
     condensed: condensed.Condensed | None
     reusable: Any
+    #: with terminal equalities (:mod:`~diffcontrol.backends.terminal`): their multipliers
+    #: (B, k) and G dx_T/dnu (B, k, k)
+    nu: Any = None
+    M: Any = None
 
     FROM_DATA = {}
     STATIC = ()
@@ -361,6 +365,19 @@ def _box_ddp(ops: Ops, data: dict, x: Any, u: Any, lam: Any, g_u: Any, residual:
 
 
 def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tuple[Any, Any], Info, Saved]:
+    """Solve the batch of (box-constrained) LQRs, with terminal equalities G x_T = g where the
+    data have them (``G`` (B, k, n), ``g`` (B, k)). Returns (x, u), Info and what the VJP needs."""
+    if "G" not in data:
+        return _solve(data, options, ops, u_init)
+    tol = options["tol"] if options["tol"] is not None else ops.eps(data["C"]) ** 0.5
+
+    def cost(d: dict, x: Any, u: Any) -> Any:
+        return total_cost(ops, _over_time(ops, d), x, u)
+
+    return terminal.solve(_solve, _vjp, cost, data, options, ops, tol, u_init)
+
+
+def _solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tuple[Any, Any], Info, Saved]:
     """Solve the batch of (box-constrained) LQRs. Returns (x, u), Info and the residuals the VJP needs.
 
     Without bounds one Riccati solve is exact. With bounds, the active-set method usually
@@ -409,7 +426,14 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
 
 def vjp(data: dict, saved: Saved, cotangents: tuple[Any, Any], ops: Ops, needs: Any = DATA_KEYS) -> dict:
     """Cotangents of the data named in ``needs`` (the others are None) given those of (x, u):
-    one LQR solve with the active set frozen."""
+    one LQR solve with the active set frozen (two with terminal equalities)."""
+    if saved.nu is not None:
+        return terminal.vjp(_vjp, data, saved, cotangents, ops, needs)
+    return _vjp(data, saved, cotangents, ops, needs)
+
+
+def _vjp(data: dict, saved: Saved, cotangents: tuple[Any, Any], ops: Ops, needs: Any = DATA_KEYS) -> dict:
+    """:func:`vjp` without terminal equalities."""
     xp = ops.xp
     invariant = {k for k, ndim in _STAGE_NDIM.items() if data[k].ndim == ndim - 1}
     data = _over_time(ops, data)

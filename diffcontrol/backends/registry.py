@@ -46,6 +46,9 @@ LQR = Backend(
         Requirement("terminal cost", _NONE | QUADRATIC, "a quadratic terminal cost", "'ilqr' takes smooth costs"),
         Requirement("constraints", _BOX_ONLY, "no constraints other than box bounds on the controls",
                     "'cone' takes general convex constraints"),
+        Requirement("terminal constraints", frozenset({ConstraintKind.TERMINAL_EQUALITY}),
+                    "terminal constraints that are affine equalities (x_T == goal)",
+                    "'cone' takes convex terminal inequalities"),
     ),
     options={
         **common_options(50, "box-DDP iterations at most (one suffices without bounds)",
@@ -78,6 +81,9 @@ ILQR = Backend(
         Requirement("terminal cost", _NONE | SMOOTH, "a smooth terminal cost", "write the cost with smooth atoms"),
         Requirement("constraints", _BOX_ONLY, "no constraints other than box bounds on the controls",
                     "'cone' takes general convex constraints"),
+        Requirement("terminal constraints", frozenset(), "no terminal constraints (not yet in this version)",
+                    "'lqr' meets affine terminal equalities exactly and 'cone' convex ones; for a nonlinear "
+                    "problem, a terminal cost w * dc.sum_squares(x - goal) approximates one"),
     ),
     options={
         **common_options(100, "iLQR iterations at most",

@@ -148,9 +148,36 @@ def _analyse_control(p: ControlProblem) -> ProblemForm:
             parts.append("box on controls: " + ", ".join(str(b.source) for b in boxes))
         parts += [f"{kind}: {c}" for kind, c in others]
         facts["constraints"] = Fact(kinds, "; ".join(parts), others[0][1] if others else None)
+    facts["terminal constraints"] = _terminal_constraints_fact(p)
     terms = [("cost", p.cost)] + ([("terminal cost", p.terminal_cost)] if p.terminal_cost is not None else [])
-    facts["convexity"] = _convexity(terms, p.constraints, dynamics=p.transition)
+    facts["convexity"] = _convexity(terms, p.constraints + p.terminal_constraints, dynamics=p.transition)
     return ProblemForm(Kind.CONTROL, facts, tuple(boxes), tuple(others))
+
+
+def _terminal_constraints_fact(p: ControlProblem) -> Fact:
+    """The kinds of the terminal constraints: affine equalities (the lqr backend meets them
+    exactly), inequalities, nonlinear equalities."""
+    if not p.terminal_constraints:
+        return Fact(ConstraintKinds(), "no terminal_constraints given")
+    kinds, parts, culprit = [], [], None
+    for c in p.terminal_constraints:
+        degree = _max_known_degree([c.lhs, c.rhs])
+        if isinstance(c, Inequality):
+            kind = ConstraintKind.TERMINAL_INEQUALITY
+        elif degree is not None and degree <= 1:
+            kind = ConstraintKind.TERMINAL_EQUALITY
+        else:
+            kind = ConstraintKind.TERMINAL_NONLINEAR
+        if kind is not ConstraintKind.TERMINAL_EQUALITY and culprit is None:
+            culprit = c
+        kinds.append(kind)
+        parts.append(f"{c} at x_T ({kind})")
+    return Fact(ConstraintKinds(kinds), "; ".join(parts), culprit)
+
+
+def _max_known_degree(exprs: list[Expression]) -> int | None:
+    degrees = [expression_facts(e).degree for e in exprs]
+    return None if any(d is None for d in degrees) else max(degrees)
 
 
 def _time_fact(p: ControlProblem) -> Fact:

@@ -16,6 +16,9 @@ from diffcontrol.dsl.problems import ControlProblem
 from diffcontrol.dsl.traverse import nodes_of_type
 from diffcontrol.errors import ModelError
 
+#: The data keys of terminal terms (evaluated with the parameters' values at t = T).
+TERMINAL_KEYS = ("CT", "cT", "G", "g")
+
 
 @dataclass(frozen=True)
 class ControlProgram:
@@ -52,7 +55,7 @@ class ControlProgram:
         for keys, exprs, piece, *batched in pieces:
             names, opaque = self._dependencies(keys, exprs)
             per_stage = names & self._time_varying
-            if per_stage and keys[0] in ("CT", "cT"):  # terminal terms read p_T
+            if per_stage and keys[0] in TERMINAL_KEYS:  # terminal terms read p_T
                 params = {**params, **{k: params[k][:, T] for k in per_stage}}
                 per_stage = set()
             if names or opaque:  # a dc.Function's weights may change

@@ -145,7 +145,8 @@ def lower_cone(problem: ControlProblem | Problem, form: ProblemForm) -> ConeProg
 
 def _control(p: ControlProblem, derived: dict) -> tuple[cp.Problem, tuple]:
     """Constraints on the state alone bind x_1..x_T (x_0 is given, so one there could only
-    make the problem infeasible); constraints that involve the control bind t = 0..T-1."""
+    make the problem infeasible); constraints that involve the control bind t = 0..T-1;
+    terminal constraints bind x_T."""
     n, m, T = p.n, p.m, p.horizon
     X = cp.Variable((n, T + 1), name=p.state.name)
     U = cp.Variable((m, T), name=p.control.name)
@@ -156,6 +157,7 @@ def _control(p: ControlProblem, derived: dict) -> tuple[cp.Problem, tuple]:
               ("dynamics", X[:, 1:] == stage.over_time(stage(p.transition), (n,)))]
     pieces += [(str(c), _constraint(stage if nodes_of_type([c.lhs, c.rhs], Control) else later, c))
                for c in p.constraints]
+    pieces += [(f"{c} (terminal)", _constraint(final, c)) for c in p.terminal_constraints]
     cost = stage(p.cost)
     objective = cp.sum(cost.expr) if cost.timed else T * cost.expr
     terms = [("cost", objective)]

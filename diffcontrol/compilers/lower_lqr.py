@@ -45,8 +45,9 @@ class LQRProgram(ControlProgram):
     def implicit_inputs(self, fw: Framework, params: dict, data: dict, saved: dict) -> dict[str, Any]:
         """The arrays whose cotangents the backend's VJP returns: the IR data itself."""
         from diffcontrol.backends.lqr import DATA_KEYS
+        from diffcontrol.backends.terminal import KEYS
 
-        return {k: data[k] for k in DATA_KEYS}
+        return {k: data[k] for k in (*DATA_KEYS, *KEYS) if k in data}
 
     def _pieces(self):
         """(data keys, expressions they depend on, function computing them for one example)."""
@@ -58,7 +59,26 @@ class LQRProgram(ControlProgram):
             (("C", "c"), [prob.cost], self._stage_cost),
             (("CT", "cT"), terminal, self._terminal_cost),
             *self._bound_pieces(),
-        ]
+        ] + ([(("G", "g"), self._terminal_sides(), self._terminal_equalities)]
+             if self.problem.terminal_constraints else [])
+
+    def _terminal_sides(self) -> list[Expression]:
+        return [e for c in self.problem.terminal_constraints for e in (c.lhs, c.rhs)]
+
+    def _terminal_equalities(self, fw: Framework, p: dict, ref: Any) -> tuple:
+        """G (k, n) and g (k,) of the terminal equalities, stacked as G x_T = g (each side's
+        difference flattened; exact: they are affine)."""
+        xp = fw.xp
+
+        def residual(z):
+            env = self._env(p)
+            env[id(self.problem.state)] = z
+            sides = evaluate(self._terminal_sides(), env, fw, ref)
+            return xp.concatenate([(xp.zeros_like(a + b) + a - b).reshape(-1) for a, b in
+                                   zip(sides[::2], sides[1::2])])
+
+        zero = fw.constant(np.zeros(self.n), ref)
+        return fw.jacobian(residual)(zero), -residual(zero)
 
     def _affine_dynamics(self, fw: Framework, p: dict, like: Any) -> tuple:
         """F (b, n, N) and f (b, n) from the symbolic Jacobians, for batched parameters ``p``."""
@@ -136,6 +156,11 @@ def explain_lowering(program: Any, options: dict) -> list[str]:
         lines.append(f"  terminal    1/2 x^T C_T x + c_T^T x     C_T = {CT}, "
                      f"c_T = {linear_term(p.terminal_cost, 'terminal cost')}   ({source})")
     lines.append(f"  x_0 = {p.initial_state}   ({feeds([p.initial_state])})")
+    if p.terminal_constraints:
+        sides = [e for c in p.terminal_constraints for e in (c.lhs, c.rhs)]
+        lines.append(f"  terminal equalities  G x_T = g: {'; '.join(map(str, p.terminal_constraints))}   "
+                     f"({feeds(sides, terminal=True)}); met exactly: Newton on their multipliers nu, each step "
+                     "an LQR solve with c_T + G^T nu and one sensitivity solve per row")
     if program.bounds:
         bounds = "; ".join(str(b.source) for b in program.bounds)
         lines.append(f"  control box  {bounds}   ({feeds([b.bound for b in program.bounds])})")

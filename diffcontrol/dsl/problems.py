@@ -116,6 +116,7 @@ class ControlProblem(_ProblemBase):
     s.t.      x_{t+1} = f(x_t, u_t),  x_0 = initial_state,
               constraints(x_t, u_t) for t < T      (those that involve the control)
               constraints(x_t) for t = 1..T        (those on the state alone; x_0 is given)
+              terminal_constraints(x_T)            (on the final state only, e.g. x == goal)
     """
 
     def __init__(
@@ -126,6 +127,7 @@ class ControlProblem(_ProblemBase):
         initial_state: Any,
         constraints: Sequence[Constraint] | None = None,
         terminal_cost: Any = None,
+        terminal_constraints: Sequence[Constraint] | None = None,
     ):
         self.state, self.transition = _split_dynamics(dynamics)
         n = self.state.shape[0]
@@ -142,6 +144,7 @@ class ControlProblem(_ProblemBase):
                 f"for {self.initial_state}"
             )
         self.constraints = _as_constraints(constraints)
+        self.terminal_constraints = _as_constraints(terminal_constraints, "terminal_constraints")
         self.control = self._find_control()
         for q in nodes_of_type([self.initial_state], Parameter):
             if q.time_varying:
@@ -164,14 +167,15 @@ class ControlProblem(_ProblemBase):
         if self.terminal_cost is not None:
             exprs.append(self.terminal_cost)
         exprs.append(self.initial_state)
-        return exprs + [e for c in self.constraints for e in (c.lhs, c.rhs)]
+        return exprs + [e for c in self.constraints + self.terminal_constraints for e in (c.lhs, c.rhs)]
 
     def time_lengths(self, parameter: Parameter) -> tuple[int, ...]:
         """The time-axis lengths a time-varying parameter's value may have: T+1, and T where it
         appears in no terminal term (the terminal cost, or a constraint on the state alone,
-        which binds at x_1..x_T)."""
+        which binds at x_1..x_T, or a terminal constraint)."""
         T = self.horizon
         terminal = [self.terminal_cost] if self.terminal_cost is not None else []
+        terminal += [e for c in self.terminal_constraints for e in (c.lhs, c.rhs)]
         terminal += [e for c in self.constraints if not nodes_of_type([c.lhs, c.rhs], Control)
                      for e in (c.lhs, c.rhs)]
         used_at_T = any(q is parameter for q in nodes_of_type(terminal, Parameter))
@@ -194,6 +198,8 @@ class ControlProblem(_ProblemBase):
                  "constraints": [e for c in self.constraints for e in (c.lhs, c.rhs)]}
         if self.terminal_cost is not None:
             where["terminal_cost"] = [self.terminal_cost]
+        if self.terminal_constraints:
+            where["terminal_constraints"] = [e for c in self.terminal_constraints for e in (c.lhs, c.rhs)]
         for part, exprs in where.items():
             for leaf in nodes_of_type(exprs, Variable):
                 raise ModelError(f"{part} uses the dc.Variable {leaf.name}; a ControlProblem optimises over "
@@ -205,6 +211,12 @@ class ControlProblem(_ProblemBase):
                     raise ModelError(f"{part} uses the state {state.name}, but the dynamics are of {self.state.name}")
         if self.terminal_cost is not None and nodes_of_type([self.terminal_cost], Control):
             raise ModelError(f"terminal_cost {self.terminal_cost} uses the control; it may depend on x_T only")
+        for c in self.terminal_constraints:
+            if nodes_of_type([c.lhs, c.rhs], Control):
+                raise ModelError(f"terminal constraint {c} uses the control; a terminal constraint binds x_T "
+                                 "only (there is no u_T): put constraints on controls in constraints=[...]")
+            if not nodes_of_type([c.lhs, c.rhs], State):
+                raise ModelError(f"terminal constraint {c} does not use the state; it would bind parameters only")
         if nodes_of_type([self.initial_state], State) or nodes_of_type([self.initial_state], Control):
             raise ModelError(f"initial_state {self.initial_state} must not depend on the state or control")
 
@@ -218,6 +230,8 @@ class ControlProblem(_ProblemBase):
                  "terminal_cost": [] if self.terminal_cost is None else [self.terminal_cost]}
         for c in self.constraints:
             parts.setdefault("constraints", []).append(c)
+        for c in self.terminal_constraints:
+            parts.setdefault("terminal_constraints", []).append(c)
         decision = (self.state, self.control)
         for part, roots in parts.items():
             depends: dict[int, bool] = {}
@@ -291,13 +305,15 @@ def _scalar(expr: Any, what: str) -> Expression:
     return expr
 
 
-def _as_constraints(constraints: Sequence[Constraint] | None) -> list[Constraint]:
+def _as_constraints(constraints: Sequence[Constraint] | None, what: str = "constraints") -> list[Constraint]:
     if constraints is None:
         return []
     if isinstance(constraints, Constraint):
         constraints = [constraints]
+    if isinstance(constraints, (str, bytes)) or not hasattr(constraints, "__iter__"):
+        raise ModelError(f"{what} must be a list of comparisons (a <= b, a == b), got {constraints!r}")
     out = list(constraints)
     for c in out:
         if not isinstance(c, Constraint):
-            raise ModelError(f"constraints must be comparisons of expressions (a <= b, a == b), got {c!r}")
+            raise ModelError(f"{what} must be comparisons of expressions (a <= b, a == b), got {c!r}")
     return out

@@ -182,6 +182,13 @@ def nonconvergence_message(n_bad: int, batch: int, worst: float, tol: float, sta
     for s in statuses:
         counts[s.value] = counts.get(s.value, 0) + 1
     why = "; ".join(f"{text} ({k})" for text, k in counts.items())
+    from diffcontrol.errors import Status
+
+    if statuses and all(s is Status.INFEASIBLE for s in statuses):
+        advice = ("their outputs are not solutions and their gradients mean nothing: check the constraints "
+                  "(a terminal equality the controls cannot reach, or a box too tight to reach it) and their data")
+    else:
+        advice = ("their gradients rest on a fixed point that was not reached. Raise max_iter, warm-start, "
+                  "or pass on_nonconvergence='raise' to stop here")
     return (f"{n_bad} of {batch} examples did not converge (largest residual {worst:.2e} > tol "
-            f"{tol:.1e}{'; ' + why if why else ''}); their gradients rest on a fixed point that was not "
-            "reached. Raise max_iter, warm-start, or pass on_nonconvergence='raise' to stop here")
+            f"{tol:.1e}{'; ' + why if why else ''}); {advice}")
