@@ -12,6 +12,18 @@ linearly; near the solution (``hessian="newton"``, the default) the sweep takes
 the Hessian of the Lagrangian on the free controls instead, the one the exact
 backward uses, and the tail converges quadratically.
 
+Regularisation (Levenberg-Marquardt on the trajectory, as trajax, Crocoddyl and
+Tassa et al. 2012 regularise the backward pass): the Gauss-Newton sweep solves
+the LQ model with ``mu * I`` added to every stage's Hessian in (x, u) and to the
+terminal one, ``mu`` per example. A nonconvex cost (an obstacle penalty) makes
+the model indefinite somewhere; a failed factorisation or a step that the line
+search rejects raises that example's ``mu`` (to ``REG_FIRST`` times the scale of
+its cost Hessian, then tenfold), an accepted step lowers it tenfold (to 0 below
+``REG_MIN``). An example stalls only once ``mu`` passes ``REG_MAX`` without a
+step: then no descent is left at roundoff. The regularisation shapes the steps
+only; the fixed point, its residual and the implicit backward use the true
+Hessians.
+
 Backward (``backward="implicit"``): the implicit function theorem at the fixed
 point. The KKT conditions of the *nonlinear* problem (stationarity of the
 Lagrangian, the dynamics, x_0, the active bounds) are differentiated: their
@@ -34,12 +46,18 @@ from typing import Any, NamedTuple
 
 from diffcontrol.backends import kkt
 from diffcontrol.backends.base import Info
-from diffcontrol.backends.ops import Ops
+from diffcontrol.backends.ops import Ops, cholesky_failure
 from diffcontrol.backends.riccati import adjoint, frozen_lqr_adjoint, riccati_sweep, rollout
 from diffcontrol.errors import GradientFallbackWarning
 
 #: The arrays of the implicit backward (the KKT conditions' parameter-dependent parts).
 DATA_KEYS = ("grad_tau", "next", "grad_T", "x0", "lo", "hi")
+
+#: Levenberg-Marquardt regularisation, relative to each example's cost-Hessian scale: the
+#: first value after a failure, the value below which it drops to 0, the value past which a
+#: failure stalls the example, and the factor of each change.
+REG_FIRST, REG_MIN, REG_MAX, REG_FACTOR = 1e-3, 1e-6, 1e6, 10.0
+
 
 class Approximation(NamedTuple):
     """The LQ approximation at an iterate: C (B,T,N,N), c (B,T,N), CT (B,n,n), cT (B,n), F
@@ -57,7 +75,7 @@ class Approximation(NamedTuple):
 class Iterate(NamedTuple):
     """iLQR's state: the trajectory, its cost (B,), its LQ approximation, the residual (B,),
     which examples stalled (B,), their iterations (B,), the residual below which each uses the
-    Lagrangian's Hessian (B,) and each one's line-search stretch (B,)."""
+    Lagrangian's Hessian (B,), each one's line-search stretch (B,) and its regularisation mu (B,)."""
 
     x: Any
     u: Any
@@ -68,6 +86,7 @@ class Iterate(NamedTuple):
     iterations: Any
     newton_below: Any
     stretch: Any
+    mu: Any
 
 
 class Saved(NamedTuple):
@@ -116,15 +135,25 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
     def unfinished(state: Iterate):
         return (~((state.residual <= tol) | state.stalled)).any()
 
-    def sweep(x, u, approx: Approximation, near):
-        """The policy (K, k) from the LQ approximation; for the examples ``near`` the solution,
-        from the Hessian of the Lagrangian, with Gauss-Newton wherever that one is not
-        positive definite. Also returns which examples got the Newton policy."""
+    eye_N = ops.eye_like(ops.zeros((n + m, n + m), x0))
+    eye_n = ops.eye_like(ops.zeros((n, n), x0))
+
+    def sweep(x, u, approx: Approximation, near, mu):
+        """The policy (K, k) from the LQ approximation, regularised by ``mu`` (B,); for the
+        examples ``near`` the solution, from the Hessian of the Lagrangian, with Gauss-Newton
+        wherever that one is not positive definite. Also returns which examples got the Newton
+        policy. Where even the regularised model is not convex, the policy is NaN."""
         C, c, CT, cT, F, lam = approx.C, approx.c, approx.CT, approx.cT, approx.F, approx.lam
         box = (lo - u, hi - u) if bounded else None
+        finite = [xp.isfinite(a).reshape(B, -1).all(-1) for a in (C, c, F, CT, cT)]
+        if ops.known_any(~(finite[0] & finite[1] & finite[2] & finite[3] & finite[4])):
+            # no regularisation mends NaN data: a function left its domain (not known under jit,
+            # where the NaN policy makes that example's step fail instead)
+            raise cholesky_failure(nonfinite=True)
 
         def gauss_newton():
-            policy = riccati_sweep(ops, C, c, F, CT, cT, box=box, qp_max_iter=options["qp_max_iter"])
+            policy = riccati_sweep(ops, C + mu[:, None, None, None] * eye_N, c, F, CT + mu[:, None, None] * eye_n,
+                                   cT, box=box, qp_max_iter=options["qp_max_iter"], strict=False)
             return policy.K, policy.k
 
         def lagrangian():
@@ -151,9 +180,9 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
         return ops.cond(near.any(), lagrangian, plain) if newton else plain()
 
     def iteration(state: Iterate) -> Iterate:
-        residual, stalled = state.residual, state.stalled
+        residual, stalled, mu = state.residual, state.stalled, state.mu
         active = ~((residual <= tol) | stalled)
-        K, k, used, indefinite = sweep(state.x, state.u, state.approx, active & (residual <= state.newton_below))
+        K, k, used, indefinite = sweep(state.x, state.u, state.approx, active & (residual <= state.newton_below), mu)
         x, u, cost, accepted, stretch = _line_search(
             ops, model, x0, state.x, state.u, state.cost, K, k, (lo, hi) if bounded else None, active,
             state.stretch, options)
@@ -163,9 +192,15 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
         # where Newton's tail is quadratic while Gauss-Newton's can crawl at a rate near 1)
         failed = active & ~accepted
         retry = indefinite | (failed & used)
-        return Iterate(x, u, cost, *approximate(x, u), stalled | (failed & ~used),
+        # a failed Gauss-Newton step (an indefinite model, or no decrease) raises mu and retries
+        gn_failed = failed & ~used
+        raised = xp.maximum(REG_FACTOR * mu, REG_FIRST * reg_scale)
+        lowered = mu / REG_FACTOR
+        mu = xp.where(gn_failed, raised,
+                      xp.where(accepted, xp.where(lowered < REG_MIN * reg_scale, 0.0 * mu, lowered), mu))
+        return Iterate(x, u, cost, *approximate(x, u), stalled | (gn_failed & (raised > REG_MAX * reg_scale)),
                        state.iterations + xp.where(accepted, 1, 0),
-                       xp.where(retry, 0.5 * residual, state.newton_below), stretch)
+                       xp.where(retry, 0.5 * residual, state.newton_below), stretch, mu)
 
     u = ops.zeros((B, T, m), x0) if u_init is None else u_init
     u = xp.minimum(xp.maximum(u, lo), hi)
@@ -173,8 +208,13 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
     cost = model.cost(x, u)
     stalled = xp.zeros_like(cost, dtype=bool)
     switch = options["newton_switch"] if newton else -1.0  # never
-    start = Iterate(x, u, cost, *approximate(x, u), stalled, xp.where(stalled, 1, 0), 0.0 * cost + switch,
-                    0.0 * cost)
+    approx, residual = approximate(x, u)
+    # the scale of each example's cost curvature (B,): mu is relative to it
+    diag = xp.diagonal(approx.C, 0, -2, -1)
+    reg_scale = xp.abs(diag).mean((1, 2)) + xp.abs(xp.diagonal(approx.CT, 0, -2, -1)).mean(-1) / (T + 1) \
+        + ops.eps(cost) ** 0.5
+    start = Iterate(x, u, cost, approx, residual, stalled, xp.where(stalled, 1, 0), 0.0 * cost + switch,
+                    0.0 * cost, 0.0 * cost)
     end = ops.loop(unfinished, iteration, start, options["max_iter"])
     x, u, a = end.x, end.u, end.approx
 
