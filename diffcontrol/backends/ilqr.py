@@ -17,9 +17,11 @@ Tassa et al. 2012 regularise the backward pass): the Gauss-Newton sweep solves
 the LQ model with ``mu * I`` added to every stage's Hessian in (x, u) and to the
 terminal one, ``mu`` per example. A nonconvex cost (an obstacle penalty) makes
 the model indefinite somewhere; a failed factorisation or a step that the line
-search rejects raises that example's ``mu`` (to ``REG_FIRST`` times the scale of
-its cost Hessian, then tenfold), an accepted step lowers it tenfold (to 0 below
-``REG_MIN``). An example stalls only once ``mu`` passes ``REG_MAX`` without a
+search rejects raises that example's ``mu`` (to at least ``REG_FIRST`` times the
+scale of its cost Hessian), an accepted step lowers it (to 0 below ``REG_MIN``),
+each by a factor that grows while the same happens again (Tassa, Erez and Todorov
+2012: 2, 4, 8, ...), so that ``mu`` settles where steps succeed instead of
+alternating. An example stalls only once ``mu`` passes ``REG_MAX`` without a
 step: then no descent is left at roundoff. The regularisation shapes the steps
 only; the fixed point, its residual and the implicit backward use the true
 Hessians.
@@ -54,9 +56,9 @@ from diffcontrol.errors import GradientFallbackWarning
 DATA_KEYS = ("grad_tau", "next", "grad_T", "x0", "lo", "hi")
 
 #: Levenberg-Marquardt regularisation, relative to each example's cost-Hessian scale: the
-#: first value after a failure, the value below which it drops to 0, the value past which a
-#: failure stalls the example, and the factor of each change.
-REG_FIRST, REG_MIN, REG_MAX, REG_FACTOR = 1e-3, 1e-6, 1e6, 10.0
+#: least value after a failure, the value below which it drops to 0, the value past which a
+#: failure stalls the example, and the base of its change factor.
+REG_FIRST, REG_MIN, REG_MAX, REG_FACTOR = 1e-3, 1e-6, 1e6, 2.0
 
 
 class Approximation(NamedTuple):
@@ -75,7 +77,8 @@ class Approximation(NamedTuple):
 class Iterate(NamedTuple):
     """iLQR's state: the trajectory, its cost (B,), its LQ approximation, the residual (B,),
     which examples stalled (B,), their iterations (B,), the residual below which each uses the
-    Lagrangian's Hessian (B,), each one's line-search stretch (B,) and its regularisation mu (B,)."""
+    Lagrangian's Hessian (B,), each one's line-search stretch (B,), its regularisation mu (B,)
+    and the factor mu last changed by (B,)."""
 
     x: Any
     u: Any
@@ -87,6 +90,7 @@ class Iterate(NamedTuple):
     newton_below: Any
     stretch: Any
     mu: Any
+    delta: Any
 
 
 class Saved(NamedTuple):
@@ -183,7 +187,7 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
         residual, stalled, mu = state.residual, state.stalled, state.mu
         active = ~((residual <= tol) | stalled)
         K, k, used, indefinite = sweep(state.x, state.u, state.approx, active & (residual <= state.newton_below), mu)
-        x, u, cost, accepted, stretch = _line_search(
+        x, u, cost, accepted, stretch, full = _line_search(
             ops, model, x0, state.x, state.u, state.cost, K, k, (lo, hi) if bounded else None, active,
             state.stretch, options)
         # an example whose Lagrangian Hessian is indefinite is not near a strict minimum yet, and
@@ -194,13 +198,19 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
         retry = indefinite | (failed & used)
         # a failed Gauss-Newton step (an indefinite model, or no decrease) raises mu and retries
         gn_failed = failed & ~used
-        raised = xp.maximum(REG_FACTOR * mu, REG_FIRST * reg_scale)
-        lowered = mu / REG_FACTOR
+        # (lowered only after a full step: one the line search had to shorten says the model,
+        # at this mu, still overstates the progress; lowering it then would fail next time)
+        lower = accepted & full
+        delta = xp.where(gn_failed, xp.maximum(0.0 * mu + REG_FACTOR, state.delta * REG_FACTOR),
+                         xp.where(lower, xp.minimum(0.0 * mu + 1 / REG_FACTOR, state.delta / REG_FACTOR),
+                                  state.delta))
+        raised = xp.maximum(delta * mu, REG_FIRST * reg_scale)
+        lowered = delta * mu
         mu = xp.where(gn_failed, raised,
-                      xp.where(accepted, xp.where(lowered < REG_MIN * reg_scale, 0.0 * mu, lowered), mu))
+                      xp.where(lower, xp.where(lowered < REG_MIN * reg_scale, 0.0 * mu, lowered), mu))
         return Iterate(x, u, cost, *approximate(x, u), stalled | (gn_failed & (raised > REG_MAX * reg_scale)),
                        state.iterations + xp.where(accepted, 1, 0),
-                       xp.where(retry, 0.5 * residual, state.newton_below), stretch, mu)
+                       xp.where(retry, 0.5 * residual, state.newton_below), stretch, mu, delta)
 
     u = ops.zeros((B, T, m), x0) if u_init is None else u_init
     u = xp.minimum(xp.maximum(u, lo), hi)
@@ -214,7 +224,7 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
     reg_scale = xp.abs(diag).mean((1, 2)) + xp.abs(xp.diagonal(approx.CT, 0, -2, -1)).mean(-1) / (T + 1) \
         + ops.eps(cost) ** 0.5
     start = Iterate(x, u, cost, approx, residual, stalled, xp.where(stalled, 1, 0), 0.0 * cost + switch,
-                    0.0 * cost, 0.0 * cost)
+                    0.0 * cost, 0.0 * cost, 0.0 * cost + 1.0)
     end = ops.loop(unfinished, iteration, start, options["max_iter"])
     x, u, a = end.x, end.u, end.approx
 
@@ -243,7 +253,8 @@ def _line_search(ops: Ops, model: Any, x0: Any, x: Any, u: Any, cost: Any, K: An
     longer steps; ``stretch`` (B,) per example), 1, decay, decay^2, ... (down to
     decay^(ls_max_iter - 1)): ``ls_parallel`` step sizes are rolled out as one batch per
     round, longest first, and the first round with an acceptable one gives the lowest cost
-    among them. Returns the new x, u, cost, which examples moved, and the next stretch."""
+    among them. Returns the new x, u, cost, which examples moved, the next stretch, and which
+    moved by the full step or a longer one."""
     xp = ops.xp
     B = cost.shape[0]
     # the full step always shares the first round with the longer ones: near the solution
@@ -298,7 +309,7 @@ def _line_search(ops: Ops, model: Any, x0: Any, x: Any, u: Any, cost: Any, K: An
     longest = accepted & (won == -(expand + stretch)) & (expand > 0)
     stretch = xp.where(longest, xp.minimum(stretch + 1, 0.0 * stretch + options["ls_max_iter"]),
                        xp.where(accepted & (won >= 0), 0.0 * stretch, stretch))
-    return new_x, new_u, new_cost, accepted, stretch
+    return new_x, new_u, new_cost, accepted, stretch, accepted & (won <= 0)
 
 
 def vjp(data: dict, saved: Saved, cotangents: tuple[Any, Any], ops: Ops, needs: Any = DATA_KEYS) -> dict:
