@@ -239,10 +239,10 @@ def _simulate(ops: Ops, model: Any, x0: Any, u: Any) -> Any:
     """x (B, T+1, n) from x0 (B, n) under the open-loop controls u (B, T, m)."""
 
     def stage(x: Any, s: dict) -> tuple:
-        x_next = model.step(x, s["u"])
+        x_next = model.step(x, s["u"], s)
         return x_next, (x_next,)
 
-    _, (xs,) = ops.scan(stage, x0, {"u": u})
+    _, (xs,) = ops.scan(stage, x0, {"u": u, **model.stage_inputs()})
     return ops.xp.concatenate([x0[:, None], xs], 1)
 
 
@@ -283,7 +283,7 @@ def _line_search(ops: Ops, model: Any, x0: Any, x: Any, u: Any, cost: Any, K: An
         trial = first + offsets  # the step sizes' exponents, copy-major
         trial = trial - xp.where(trial < 0, stretches, 0.0 * stretches)  # the longer steps, stretched
         alpha = options["ls_decay"] ** trial
-        cx, cu = rollout(ops, lambda xt, ut, _: model.step(xt, ut), x0s, us, xs, Ks, ks, alpha, lo, hi)
+        cx, cu = rollout(ops, model.step, x0s, us, xs, Ks, ks, alpha, lo, hi, stages=model.stage_inputs())
         ccost = model.cost(cx, cu)
         # where GN's curvature overstates the cost's (a plateau: steps far shorter than the
         # way to go), a longer step than the full one is cheaper per unit progress; so per

@@ -27,7 +27,7 @@ from diffcontrol.facts import QUADRATIC, SMOOTH, ConstraintKind, Form, Kind
 _NONE = frozenset({Form.NONE})
 _TIME_INVARIANT = Requirement("time structure", frozenset({Form.FINITE_HORIZON, Form.NONE}),
                               "data that do not vary over time",
-                              "time-varying parameters reach only 'lqr' in this version")
+                              "time-varying parameters reach 'lqr' and 'ilqr' in this version")
 _BOX_ONLY = frozenset({ConstraintKind.BOX})
 _PER_STAGE_QP = {
     "qp_max_iter": option(20, "projected-Newton iterations of each stage's box QP", POSITIVE_INT),
@@ -74,7 +74,6 @@ ILQR = Backend(
             "on the Hessian of the Lagrangian (exact implicit gradients)",
     kinds=frozenset({Kind.CONTROL}),
     requirements=(
-        _TIME_INVARIANT,
         Requirement("dynamics", frozenset({Form.AFFINE, Form.SMOOTH, Form.OPAQUE}), "smooth dynamics",
                     "write the dynamics with smooth atoms"),
         Requirement("stage cost", SMOOTH, "a smooth stage cost", "write the cost with smooth atoms"),

@@ -68,7 +68,9 @@ class Model:
 
     Arrays are batch-first: x (B, n), u (B, m) for one stage, or (B, T, n), (B, T, m)
     along a trajectory (B the parameters' batch; :meth:`tiled` gives the model for several
-    stacked copies of it).
+    stacked copies of it). A time-varying parameter's value is (B, T+1, ...): stage t reads
+    row t, the terminal cost row T; the rollouts pass the dynamics' rows stage by stage
+    (:meth:`stage_inputs`, the third argument of :meth:`step`).
     """
 
     def __init__(self, program: ILQRProgram, fw: Framework, params: dict[str, Any], like: Any):
@@ -82,6 +84,7 @@ class Model:
             if p.terminal_cost is not None else set(),
         }
         self._names["lagrangian"] = self._names["dynamics"] | self._names["cost"]
+        self._time_varying = program._time_varying
         self._quadratic_stage: tuple | None = None  # (C, c at 0) once per call, if quadratic
         self._quadratic_terminal: tuple | None = None
         roots = [r for r in (p.transition, p.cost, p.terminal_cost) if r is not None]
@@ -107,15 +110,30 @@ class Model:
     # -- batching ---------------------------------------------------------------------------
 
     def _params(self, which: str) -> tuple[dict, Any]:
-        """The parameters ``which`` uses (B, ...) and the reference array (B,) for dtype and device."""
-        return {name: self.params[name] for name in self._names[which]}, self.like
+        """The parameters ``which`` uses (B, ...) and the reference array (B,) for dtype and
+        device; for the terminal cost, the time-varying ones at t = T."""
+        p = {name: self.params[name] for name in self._names[which]}
+        if which == "terminal":
+            p = {k: v[:, -1] if k in self._time_varying else v for k, v in p.items()}
+        return p, self.like
+
+    def _over_stages(self, p: dict, T: int) -> dict:
+        """Each parameter as B * T stage rows, example-major: the time-varying ones' rows
+        p_0..p_{T-1}, the others repeated."""
+        return {k: v[:, :T].reshape((v.shape[0] * T,) + tuple(v.shape[2:])) if k in self._time_varying
+                else self._repeat(v, T) for k, v in p.items()}
+
+    def stage_inputs(self) -> dict:
+        """The dynamics' time-varying parameters (B, T, ...): the rollouts' per-stage inputs."""
+        T = self.program.T
+        return {f"param:{k}": self.params[k][:, :T] for k in self._names["dynamics"] if k in self._time_varying}
 
     def _per_stage(self, which: str, fn: Any, *arrays: Any) -> Any:
         """Apply the per-point ``fn(p, ref, *points)`` to arrays (B, T, ...) over B * T points."""
         B, T = arrays[0].shape[:2]
         p, ref = self._params(which)
 
-        p = {k: self._repeat(v, T) for k, v in p.items()}
+        p = self._over_stages(p, T)
         flat = [a.reshape((B * T,) + tuple(a.shape[2:])) for a in arrays]
         out = self.fw.vmap(fn)(p, self._repeat(ref, T), *flat)
         if isinstance(out, tuple):
@@ -140,13 +158,18 @@ class Model:
 
     # -- what the backend calls ----------------------------------------------------------------
 
-    def _batched(self, root: Any, which: str, x: Any, u: Any = None, over_time: int = 0) -> Any:
+    def _batched(self, root: Any, which: str, x: Any, u: Any = None, over_time: int = 0,
+                 stage: dict | None = None) -> Any:
         """``root`` for the whole batch in one pass (no vmap: the rollout calls this T times
         per line-search round) at x (B', n) and u (B', m); with ``over_time`` = T, the rows
-        are B' * T stage points, example-major, and each parameter is repeated T times."""
+        are B' * T stage points, example-major, and each parameter is repeated T times (a
+        time-varying one gives its T rows); ``stage``: one stage's time-varying rows, from
+        :meth:`stage_inputs`."""
         p, _ = self._params(which)
         if over_time:
-            p = {k: self._repeat(v, over_time) for k, v in p.items()}
+            p = self._over_stages(p, over_time)
+        elif stage is not None:
+            p = {k: stage[f"param:{k}"] if k in self._time_varying else v for k, v in p.items()}
         problem = self.program.problem
         env = self.program._env(p)
         env[id(problem.state)] = x
@@ -158,9 +181,10 @@ class Model:
         """(B, ...) -> (B * T, ...), each row T times."""
         return repeat_rows(self.fw.xp, v, T)
 
-    def step(self, x: Any, u: Any) -> Any:
-        """x_{t+1} (B', n) from x_t (B', n), u_t (B', m)."""
-        return self._batched(self.program.problem.transition, "dynamics", x, u)
+    def step(self, x: Any, u: Any, stage: dict | None = None) -> Any:
+        """x_{t+1} (B', n) from x_t (B', n), u_t (B', m); ``stage``: the slice at t of
+        :meth:`stage_inputs` (needed where the dynamics have time-varying parameters)."""
+        return self._batched(self.program.problem.transition, "dynamics", x, u, stage=stage)
 
     def cost(self, x: Any, u: Any) -> Any:
         """The total cost (B',) of trajectories x (B', T+1, n), u (B', T, m)."""
@@ -187,7 +211,8 @@ class Model:
         tau = self._tau(x[:, :-1], u)
         if self.program.quadratic_cost:
             if self._quadratic_stage is None:  # constant Hessian: once per call, at tau = 0
-                zero = 0.0 * tau[:, :1]
+                per_stage = self._names["cost"] & self._time_varying
+                zero = 0.0 * (tau if per_stage else tau[:, :1])
                 self._quadratic_stage = self._per_stage(
                     "cost", lambda p, ref, t: (fw.hessian(self._l, argnums=2)(p, ref, t),
                                                fw.grad(self._l, argnums=2)(p, ref, t)), zero)
