@@ -56,6 +56,7 @@ from diffcontrol.errors import (
     SolverError,
     Status,
 )
+from diffcontrol.mpc import shift
 
 __version__ = "0.1.0"
 
@@ -66,7 +67,7 @@ __all__ = [
     "NotConvergedWarning", "Parameter", "Problem", "SolverError", "State", "Status", "Variable", "abs",
     "atan2", "concat", "cos", "diag", "exp", "hstack", "huber", "log", "log_sum_exp", "logistic",
     "logsumexp", "max", "maximum", "mean", "min", "minimum", "models", "multiply", "norm", "norm1",
-    "norm2", "norm_inf", "pos", "quad_form", "reshape", "sin", "softplus", "sqrt", "square", "stack",
+    "norm2", "norm_inf", "pos", "quad_form", "reshape", "shift", "sin", "softplus", "sqrt", "square", "stack",
     "sum", "sum_squares", "tan", "tanh", "vstack",
 ]
 

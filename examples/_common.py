@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+import diffcontrol as dc
+
 
 def arguments(doc: str) -> argparse.Namespace:
     """Every example's command line: ``--quick`` and ``--out`` (default examples_output)."""
@@ -35,7 +37,7 @@ def mpc_controller(layer, values: dict):
     def act(obs):
         with torch.no_grad():
             _, u = layer(**values, x0=obs, u_init=plan.get("u"))
-        plan["u"] = torch.cat([u[:, 1:], u[:, -1:]], 1)
+        plan["u"] = dc.shift(u, axis=1)
         return u[:, 0]
 
     return act

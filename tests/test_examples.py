@@ -109,6 +109,14 @@ def _learned_cartpole_imitation(rows, out):
     assert learned["mpc.dx"][physical] != learned["expert"][physical]
 
 
+def _tracked(rows, out):
+    by_name = {r["controller"]: r for r in rows}
+    moving, held = by_name["time-varying reference r_t"], by_name["reference held constant"]
+    # knowing r_t over the horizon tracks the moving point; holding r_k lags behind it
+    assert float(moving["mean position error (steady)"]) < 0.05
+    assert float(moving["mean position error (steady)"]) < 0.1 * float(held["mean position error (steady)"])
+
+
 EXAMPLES = {
     "lqr_imitation.py": ("lqr_imitation", True, _learned_lqr),
     "pendulum_imitation.py": ("pendulum_imitation", True, _learned_pendulum),
@@ -119,6 +127,7 @@ EXAMPLES = {
     "distributed_training.py": ("distributed_training", False, _learned_distributed),
     "cartpole_from_observations.py": ("cartpole_from_observations", True, _learned_cartpole),
     "cartpole_imitation.py": ("cartpole_imitation", True, _learned_cartpole_imitation),
+    "receding_horizon_tracking.py": ("receding_horizon_tracking", True, _tracked),
 }
 
 
