@@ -49,6 +49,8 @@ class Status(enum.Enum):
     UNBOUNDED = "the problem is unbounded below for these parameters (the solver's verdict)"
     SOLVER_FAILED = "the solver failed (numerical trouble); the outputs are NaN"
     INFEASIBLE_SOLUTION = "the returned solution violates the constraints by more than tol"
+    GOAL_NOT_MET = ("a terminal equality was not met: the goal is out of reach (an uncontrollable direction, "
+                    "or a box too tight), or its multipliers need more than 4 * max_iter steps")
 
     @property
     def code(self) -> int:

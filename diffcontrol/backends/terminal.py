@@ -13,7 +13,7 @@ the steps are a damped semismooth Newton method (few, usually).
 
 An example whose residual G x_T - g stays above tolerance (the goal is out of
 reach: an uncontrollable direction, or the box forbids it) is reported per
-example as ``Status.INFEASIBLE``, never returned as if solved, and its
+example as ``Status.GOAL_NOT_MET``, never returned as if solved, and its
 gradients are NaN.
 
 Backward (implicit function theorem on the pair (solution, nu)): the output
@@ -43,15 +43,31 @@ def _with_multipliers(ops: Ops, data: dict, nu: Any, G: Any) -> dict:
 
 
 def _sensitivity(ops: Ops, vjp: Callable, data: dict, G: Any, saved: Any, T: int, m: int) -> Any:
-    """S = d x_T / d nu (B, n, k), one solver VJP per constraint row."""
+    """S = d x_T / d nu (B, n, k): one solver VJP for all k constraint rows at once, the data
+    and the saved solve tiled k times along the batch (row j * B + b: row j of example b)."""
     xp = ops.xp
     B, k, n = G.shape
-    zero_x, zero_u = ops.zeros((B, T, n), G), ops.zeros((B, T, m), G)
-    columns = []
-    for i in range(k):
-        gx = xp.concatenate([zero_x, G[:, i:i + 1]], 1)
-        columns.append(vjp(data, saved, (gx, zero_u), ops, ("cT",))["cT"])
-    return xp.stack(columns, -1)
+    tiled_data = {key: _tile(xp, v, B, k) for key, v in data.items()}
+    tiled_saved = _tile(xp, saved, B, k)
+    rows = xp.concatenate([G[:, j] for j in range(k)], 0)  # (k * B, n)
+    gx = xp.concatenate([ops.zeros((k * B, T, n), G), rows[:, None]], 1)
+    dcT = vjp(tiled_data, tiled_saved, (gx, ops.zeros((k * B, T, m), G)), ops, ("cT",))["cT"]
+    return xp.stack([dcT[j * B:(j + 1) * B] for j in range(k)], -1)
+
+
+def _tile(xp: Any, tree: Any, B: int, k: int) -> Any:
+    """Every array in ``tree`` whose leading axis is the batch (B) repeated k times along it;
+    other leaves (scalars, None, strings) as they are."""
+    if k == 1:
+        return tree
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return type(tree)(*(_tile(xp, v, B, k) for v in tree))
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_tile(xp, v, B, k) for v in tree)
+    shape = getattr(tree, "shape", None)
+    if shape is not None and len(shape) >= 1 and shape[0] == B:
+        return xp.concatenate([tree] * k, 0)
+    return tree
 
 
 def _inverse_times(ops: Ops, M: Any, r: Any) -> Any:
@@ -115,7 +131,10 @@ def solve(solve_inner: Callable, vjp_inner: Callable, cost: Callable, data: dict
         u, dual, r, M = evaluate(trial, state.u)
         slack = 10 * ops.eps(dual) * (1 + xp.abs(state.dual))
         rise = (state.r * state.direction).sum(-1)  # the directional derivative, >= 0
-        accept = ~state.done & (dual >= state.dual + 1e-4 * state.alpha * rise - slack)
+        # (near the goal D's rise drops below roundoff before the residual does: a step that
+        # halves the residual is taken too)
+        shrinks = xp.amax(xp.abs(r), -1) <= 0.5 * xp.amax(xp.abs(state.r), -1)
+        accept = ~state.done & ((dual >= state.dual + 1e-4 * state.alpha * rise - slack) | shrinks)
 
         def pick(new, old):
             return xp.where(accept.reshape((B,) + (1,) * (new.ndim - 1)), new, old)
@@ -124,7 +143,10 @@ def solve(solve_inner: Callable, vjp_inner: Callable, cost: Callable, data: dict
         done = state.done | (accept & (xp.amax(xp.abs(r), -1) <= r_tol)) | (state.alpha < 1e-12)
         return _DualState(pick(trial, state.nu), pick(dual, state.dual), r, M,
                           pick(-_inverse_times(ops, M, r), state.direction),
-                          xp.where(accept, 1.0 + 0.0 * state.alpha, 0.5 * state.alpha), pick(u, state.u),
+                          # the next trial: after a shortened step, 4x that step, not the full one again
+                          # (where the box makes D very kinky, full steps keep overshooting)
+                          xp.where(accept, xp.minimum(4.0 * state.alpha, 1.0 + 0.0 * state.alpha), 0.5 * state.alpha),
+                          pick(u, state.u),
                           done, state.steps + xp.where(state.done, 0, 1))
 
     def unfinished(state: _DualState):
@@ -135,14 +157,15 @@ def solve(solve_inner: Callable, vjp_inner: Callable, cost: Callable, data: dict
     done = xp.amax(xp.abs(r), -1) <= r_tol
     start = _DualState(nu, dual, r, M, -_inverse_times(ops, M, r), 1.0 + 0.0 * dual, u, done,
                        xp.where(done, 0, 0))
-    end = ops.loop(unfinished, body, start, options["max_iter"])
+    # (each trial is one solve; a kinky dual may take several times the inner solver's cap)
+    end = ops.loop(unfinished, body, start, 4 * options["max_iter"])
     (x, u), info, saved = solve_inner(_with_multipliers(ops, inner, end.nu, G), options, ops, end.u)
     violation = xp.amax(xp.abs(mv(G, x[:, -1]) - g), -1)
     met = violation <= r_tol
     # the residual reported is the larger of the solve's and the goal's, both scaled to tol
     info = dataclasses.replace(info, converged=info.converged & met, iterations=end.steps,
                                residual=xp.maximum(info.residual, violation * (tol / r_tol)),
-                               status=xp.where(met, info.status, Status.INFEASIBLE.code))
+                               status=xp.where(met, info.status, Status.GOAL_NOT_MET.code))
     # an example whose goal was not met has no gradient: NaN in M makes its VJP NaN (loud)
     M = xp.where(met[:, None, None], end.M, end.M * float("nan"))
     return (x, u), info, saved._replace(nu=end.nu, M=M)

@@ -184,9 +184,9 @@ def nonconvergence_message(n_bad: int, batch: int, worst: float, tol: float, sta
     why = "; ".join(f"{text} ({k})" for text, k in counts.items())
     from diffcontrol.errors import Status
 
-    if statuses and all(s is Status.INFEASIBLE for s in statuses):
-        advice = ("their outputs are not solutions and their gradients mean nothing: check the constraints "
-                  "(a terminal equality the controls cannot reach, or a box too tight to reach it) and their data")
+    if statuses and all(s is Status.GOAL_NOT_MET for s in statuses):
+        advice = ("their outputs are not solutions and their gradients are NaN: check that the goal can be reached "
+                  "(controllability, the box), or raise max_iter")
     else:
         advice = ("their gradients rest on a fixed point that was not reached. Raise max_iter, warm-start, "
                   "or pass on_nonconvergence='raise' to stop here")

@@ -149,11 +149,12 @@ class _FiniteGradientGuard(torch.autograd.Function):
             rows = ~torch.isfinite(grad.reshape(grad.shape[0], -1)).all(-1)
             raise SolverError(
                 f"the gradient reaching parameter {ctx.name!r} through this layer contains NaN or Inf "
-                f"(examples {rows.nonzero().flatten().tolist()}); nothing was passed on. An example whose solve "
-                "failed (info.status INFEASIBLE, or SOLVER_FAILED) has a NaN gradient by design: leave it out of "
-                "the loss. Otherwise, if the loss's gradient is finite, a derivative of the dynamics or cost "
-                "(often a second derivative, e.g. of abs(.)**1.5 or sqrt at 0) is not finite at the solution, "
-                "or the true gradient is infinite there (e.g. dc.sqrt(p) at p = 0); make the functions smooth there")
+                f"(examples {rows.nonzero().flatten().tolist()}); nothing was passed on. An example whose "
+                "solve failed (info.status INFEASIBLE, GOAL_NOT_MET or SOLVER_FAILED) has a NaN gradient by"
+                " design: leave it out of the loss. Otherwise, if the loss's gradient is finite, a "
+                "derivative of the dynamics or cost (often a second derivative, e.g. of abs(.)**1.5 or sqrt"
+                " at 0) is not finite at the solution, or the true gradient is infinite there (e.g. "
+                "dc.sqrt(p) at p = 0); make the functions smooth there")
         return grad, None
 
 
