@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "terminal_constrained_lqr.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    batches, repeats = ([1, 32], 5) if args.quick else ([1, 32, 256], 15)
+    batches, repeats = ([1, 32], 5) if args.quick else ([1, 32, 256], 7)
     rows = ["| box | batch | with goal | without | ratio | goal met to | goal's Newton steps (mean) | "
             "active controls |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for box in (False, True):

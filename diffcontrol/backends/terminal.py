@@ -118,17 +118,21 @@ def solve(solve_inner: Callable, vjp_inner: Callable, cost: Callable, data: dict
     inner = {key: v for key, v in data.items() if key not in KEYS}
     r_tol = residual_tolerance(ops, data, tol)
 
-    def evaluate(nu, u):
-        """The solve at nu: its trajectory, dual value, residual and M."""
+    bounded = ops.known_any(xp.isfinite(data["lo"]) | xp.isfinite(data["hi"])) is not False
+
+    def evaluate(nu, u, M=None):
+        """The solve at nu: its trajectory, dual value, residual and M (``M`` given: kept, as
+        without a box, where it does not depend on nu)."""
         d = _with_multipliers(ops, inner, nu, G)
         (x, u_new), _, saved = solve_inner(d, options, ops, u)
         r = mv(G, x[:, -1]) - g
-        M = G @ _sensitivity(ops, vjp_inner, d, G, saved, u.shape[1], u.shape[2])
+        if M is None:
+            M = G @ _sensitivity(ops, vjp_inner, d, G, saved, u.shape[1], u.shape[2])
         return u_new, cost(d, x, u_new) - (nu * g).sum(-1), r, M
 
     def body(state: _DualState) -> _DualState:
         trial = state.nu + state.alpha[:, None] * state.direction
-        u, dual, r, M = evaluate(trial, state.u)
+        u, dual, r, M = evaluate(trial, state.u, None if bounded else state.M)
         slack = 10 * ops.eps(dual) * (1 + xp.abs(state.dual))
         rise = (state.r * state.direction).sum(-1)  # the directional derivative, >= 0
         # (near the goal D's rise drops below roundoff before the residual does: a step that
