@@ -152,8 +152,9 @@ def test_declarations_that_give_time_varying_no_meaning_raise():
 def test_explain_marks_per_stage_data_and_other_backends_say_why_not():
     text = _problem().explain()
     assert "(from A, per stage)" in text and "(from w, r, per stage)" in text and "(from r, at stage T)" in text
-    assert "cone: 'cone' needs data that do not vary over time" in text
-    with pytest.raises(dc.BackendError, match="time-varying parameters reach 'lqr' and 'ilqr'"):
+    assert "cone: fits, but 'lqr' comes first" in text
+    # w * sum_squares(x - r) with both w and r parameters is not DPP: cone says so, naming it
+    with pytest.raises(dc.ModelError, match="cost at t = 0 is convex .DCP. but not DPP"):
         _problem().compile(backend="cone")
 
 
@@ -213,3 +214,47 @@ def test_ilqr_tracks_a_time_varying_reference_with_nonlinear_dynamics():
         e[t] = eps
         fd = (layer(ref=torch.tensor(rows + e))[1].sum() - layer(ref=torch.tensor(rows - e))[1].sum()) / (2 * eps)
         np.testing.assert_allclose(r.grad[t].item(), fd.item(), rtol=1e-5, atol=1e-7)
+
+
+def _dpp_problem(box: bool, goal: bool = False):
+    """The problem of :func:`_problem` with the weight w fixed (w * sum_squares(x - r) with both
+    w and r parameters is not DPP, so cvxpylayers could not take it), per-stage bounds, and
+    optionally a goal constraint."""
+    x, u = dc.State(n, name="x"), dc.Control(m, name="u")
+    A = dc.Parameter((n, n), name="A", time_varying=True)
+    r = dc.Parameter(n, name="r", time_varying=True)
+    umax = dc.Parameter(m, name="umax", time_varying=True)
+    x0 = dc.Parameter(n, name="x0")
+    return dc.ControlProblem(dynamics=x.next == A @ x + B_NP @ u,
+                             cost=1.5 * dc.sum_squares(x - r) + 0.1 * dc.sum_squares(u),
+                             terminal_cost=dc.sum_squares(x - r), horizon=T, initial_state=x0,
+                             constraints=[-umax <= u, u <= umax] if box else [],
+                             terminal_constraints=[x[0] == r[0]] if goal else [])
+
+
+@pytest.mark.parametrize("box", [False, True])
+def test_cone_takes_time_varying_data_and_agrees_with_lqr_and_cvxpy(box):
+    """cone writes the problem stage by stage (a cvxpy Parameter per stage for A_t, r_t, umax_t):
+    its solution against cvxpy written out directly, its gradients against lqr's."""
+    v = _values(4, tv_bound=True)
+    v["w"] = np.full(T + 1, 1.5)
+    X, U = _reference(v, box)
+    v.pop("w")
+    compiled = _dpp_problem(box).compile(backend="cone")
+    assert "(time-varying: at t = 3)" in compiled.explain()
+    values = {k: a.requires_grad_() for k, a in _torch(v).items() if box or k != "umax"}
+    _, us = compiled.to_torch()(**values)
+    np.testing.assert_allclose(us.detach().numpy(), U, atol=1e-5)
+    us.square().sum().backward()
+    lqr_values = {k: a.detach().clone().requires_grad_() for k, a in values.items()}
+    _dpp_problem(box).compile(backend="lqr").to_torch()(**lqr_values)[1].square().sum().backward()
+    for k in values:
+        np.testing.assert_allclose(values[k].grad.numpy(), lqr_values[k].grad.numpy(), atol=2e-4)
+
+
+def test_cone_time_varying_goal_reads_row_T_like_lqr():
+    v = _values(5, tv_bound=True)
+    values = {k: a for k, a in _torch(v).items() if k not in ("w", "umax")}
+    _, u_cone = _dpp_problem(False, goal=True).compile(backend="cone").to_torch()(**values)
+    _, u_lqr = _dpp_problem(False, goal=True).compile(backend="lqr").to_torch()(**values)
+    np.testing.assert_allclose(u_cone.numpy(), u_lqr.numpy(), atol=1e-5)

@@ -25,9 +25,6 @@ from diffcontrol.backends.base import (
 from diffcontrol.facts import QUADRATIC, SMOOTH, ConstraintKind, Form, Kind
 
 _NONE = frozenset({Form.NONE})
-_TIME_INVARIANT = Requirement("time structure", frozenset({Form.FINITE_HORIZON, Form.NONE}),
-                              "data that do not vary over time",
-                              "time-varying parameters reach 'lqr' and 'ilqr' in this version")
 _BOX_ONLY = frozenset({ConstraintKind.BOX})
 _PER_STAGE_QP = {
     "qp_max_iter": option(20, "projected-Newton iterations of each stage's box QP", POSITIVE_INT),
@@ -167,7 +164,6 @@ CONE = Backend(
             "diffcp's derivative of the cone program's optimality conditions",
     kinds=frozenset({Kind.CONTROL, Kind.GENERIC}),
     requirements=(
-        _TIME_INVARIANT,
         Requirement("convexity", frozenset({Form.CONVEX}), "a convex problem (affine dynamics, convex "
                     "objective and constraints by DCP rules)",
                     "'ilqr' and 'ift_cg' take smooth nonconvex problems without constraints"),

@@ -55,11 +55,12 @@ class ControlProgram:
         for keys, exprs, piece, *batched in pieces:
             names, opaque = self._dependencies(keys, exprs)
             per_stage = names & self._time_varying
+            piece_params = params
             if per_stage and keys[0] in TERMINAL_KEYS:  # terminal terms read p_T
-                params = {**params, **{k: params[k][:, T] for k in per_stage}}
+                piece_params = {**params, **{k: params[k][:, T] for k in per_stage}}
                 per_stage = set()
             if names or opaque:  # a dc.Function's weights may change
-                sub = {k: v for k, v in params.items() if k in names}
+                sub = {k: v for k, v in piece_params.items() if k in names}
                 rows, ref = B, like
                 if per_stage:  # the stage data of p_t: one row per (example, stage), example-major
                     sub = {k: _stages(v, T) if k in per_stage else repeat_rows(xp, v, T) for k, v in sub.items()}

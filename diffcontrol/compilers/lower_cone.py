@@ -59,11 +59,19 @@ class ConeProgram:
         """The derived parameters' values, each (B, *shape), vectorised over the batch."""
         names = {p.name for p in nodes_of_type([d.expr for d in self.derived], Parameter)}
         sub = {k: v for k, v in params.items() if k in names}
+        stages: dict[int | None, list[int]] = {}
+        for i, d in enumerate(self.derived):
+            stages.setdefault(d.stage, []).append(i)
 
         def one(p: dict, ref: Any) -> list:
-            env = {id(q): p[q.name] for q in self.parameters if q.name in p}
-            values = evaluate([d.expr for d in self.derived], env, fw, ref)
-            return [TRANSFORMS[d.transform](fw.xp, v) for d, v in zip(self.derived, values)]
+            out: list = [None] * len(self.derived)
+            for t, indices in stages.items():  # time-varying parameters (T+1, ...) give row t
+                env = {id(q): p[q.name][t] if q.time_varying else p[q.name]
+                       for q in self.parameters if q.name in p and (t is not None or not q.time_varying)}
+                values = evaluate([self.derived[i].expr for i in indices], env, fw, ref)
+                for i, v in zip(indices, values):
+                    out[i] = TRANSFORMS[self.derived[i].transform](fw.xp, v)
+            return out
 
         values = fw.vmap(one)(sub, like) if self.derived else []
         return {"layer": self.layer(fw.name), "derived": values, "like": like, "size": self.size,
@@ -150,6 +158,8 @@ def _control(p: ControlProblem, derived: dict) -> tuple[cp.Problem, tuple]:
     n, m, T = p.n, p.m, p.horizon
     X = cp.Variable((n, T + 1), name=p.state.name)
     U = cp.Variable((m, T), name=p.control.name)
+    if any(q.time_varying for q in p.parameters()):
+        return _control_per_stage(p, derived, X, U)
     stage = Translator({id(p.state): Value(X[:, :T], True), id(p.control): Value(U, True)}, derived, T)
     later = Translator({id(p.state): Value(X[:, 1:], True)}, derived, T)
     final = Translator({id(p.state): Value(X[:, T], False)}, derived)
@@ -161,6 +171,41 @@ def _control(p: ControlProblem, derived: dict) -> tuple[cp.Problem, tuple]:
     cost = stage(p.cost)
     objective = cp.sum(cost.expr) if cost.timed else T * cost.expr
     terms = [("cost", objective)]
+    if p.terminal_cost is not None:
+        terminal = final(p.terminal_cost).expr
+        objective = objective + terminal
+        terms.append(("terminal_cost", terminal))
+    return _checked(objective, terms, pieces), (X, U)
+
+
+def _control_per_stage(p: ControlProblem, derived: dict, X: Any, U: Any) -> tuple[cp.Problem, tuple]:
+    """:func:`_control` written stage by stage, for time-varying parameters: stage t's
+    expressions read their row t (a cvxpy Parameter per stage), x_t's state constraints row
+    t, the terminal terms row T. Parameters' expressions that vary with no stage stay one
+    cvxpy Parameter."""
+    T = p.horizon
+
+    def at(t: int, control: bool = True) -> Translator:
+        leaves = {id(p.state): Value(X[:, t], False)}
+        if control:
+            leaves[id(p.control)] = Value(U[:, t], False)
+        return Translator(leaves, derived, stage=t)
+
+    with_control = [c for c in p.constraints if nodes_of_type([c.lhs, c.rhs], Control)]
+    state_only = [c for c in p.constraints if not nodes_of_type([c.lhs, c.rhs], Control)]
+    pieces = [("initial_state", X[:, 0] == at(0)(p.initial_state).expr)]
+    objective, terms = 0, []
+    for t in range(T):
+        stage = at(t)
+        pieces.append((f"dynamics at t = {t}", X[:, t + 1] == stage(p.transition).expr))
+        pieces += [(f"{c} at t = {t}", _constraint(stage, c)) for c in with_control]
+        cost = stage(p.cost).expr
+        objective = objective + cost
+        terms.append((f"cost at t = {t}", cost))
+    for t in range(1, T + 1):
+        pieces += [(f"{c} at t = {t}", _constraint(at(t, control=False), c)) for c in state_only]
+    final = at(T, control=False)
+    pieces += [(f"{c} (terminal)", _constraint(final, c)) for c in p.terminal_constraints]
     if p.terminal_cost is not None:
         terminal = final(p.terminal_cost).expr
         objective = objective + terminal

@@ -47,10 +47,13 @@ class DerivedParameter:
     parameter: cp.Parameter
     expr: Expression
     transform: str = "value"
+    #: the stage t whose rows of the time-varying parameters it reads (None: none)
+    stage: int | None = None
 
     def describe(self) -> str:
         what = {"value": "{}", "reciprocal": "1 / ({})", "psd_factor": "cholesky({})^T"}[self.transform]
-        return f"{self.parameter.name()} = {what.format(self.expr)}"
+        at = "" if self.stage is None else f"   (time-varying: at t = {self.stage})"
+        return f"{self.parameter.name()} = {what.format(self.expr)}{at}"
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,12 @@ class Translator:
     translator), so one DSL sub-expression becomes one cvxpy Parameter.
     """
 
-    def __init__(self, leaves: dict[int, Value], derived: dict[tuple[int, str], DerivedParameter], horizon: int = 1):
+    def __init__(self, leaves: dict[int, Value], derived: dict[tuple, DerivedParameter], horizon: int = 1,
+                 stage: int | None = None):
         self.leaves = leaves
         self.derived = derived
         self.T = horizon
+        self.stage = stage  # the stage t of a per-stage translator: time-varying parameters read row t
         self._facts: dict[int, NodeFacts] = {}
         self._memo: dict[int, Value] = {}
 
@@ -114,13 +119,19 @@ class Translator:
         if not _uses_parameters(node):
             value = np.asarray(evaluate([node], {}, _NumpyFramework, None)[0], dtype=float)
             return Value(TRANSFORMS[transform](np, value) if transform != "value" else value, False)
-        key = (id(node), transform)
+        per_stage = any(q.time_varying for q in nodes_of_type([node], Parameter))
+        if per_stage and self.stage is None:
+            raise ModelError(f"{node} uses a time-varying parameter where no stage is known (an internal "
+                             "lowering error: please report it)")
+        stage = self.stage if per_stage else None
+        key = (id(node), transform) if stage is None else (id(node), transform, stage)
         if key not in self.derived:
             # 1/v keeps v's sign; cvxpy needs signs to certify e.g. p * square(x) convex
             sign = expression_facts(node, self._facts).sign if transform != "psd_factor" else None
             name = node.name if isinstance(node, Parameter) and transform == "value" else f"p{len(self.derived)}"
+            name = name if stage is None else f"{name}_{stage}"
             param = cp.Parameter(node.shape, name=name, nonneg=sign == NONNEG, nonpos=sign == NONPOS)
-            self.derived[key] = DerivedParameter(param, node, transform)
+            self.derived[key] = DerivedParameter(param, node, transform, stage)
         return Value(self.derived[key].parameter, False)
 
     # ---- shape helpers ------------------------------------------------------------------------
