@@ -206,13 +206,56 @@ def test_goal_on_lqr_equals_goal_on_cone():
     np.testing.assert_allclose(lqr(**values)[1].numpy(), cone(**values)[1].numpy(), atol=1e-5)
 
 
-def test_nonlinear_problems_refuse_terminal_constraints_naming_the_way_out():
+def _pendulum_to_a_goal(umax=None):
     x, u = dc.State(2, name="x"), dc.Control(1, name="u")
-    prob = dc.ControlProblem(dynamics=x.next == dc.stack([x[0] + 0.1 * x[1], x[1] + 0.1 * dc.sin(u[0])]),
-                             cost=dc.sum_squares(u), horizon=5, initial_state=np.zeros(2),
-                             terminal_constraints=[x == np.ones(2)])
-    with pytest.raises(dc.BackendError, match="terminal_cost|terminal cost w"):
-        prob.compile(backend="ilqr")
+    goal = dc.Parameter(2, name="goal")
+    return dc.ControlProblem(
+        dynamics=x.next == dc.stack([x[0] + 0.1 * x[1], x[1] + 0.1 * (-9.8 * dc.sin(x[0]) + u[0])]),
+        cost=0.1 * dc.sum_squares(u) + 0.01 * dc.sum_squares(x), horizon=20, initial_state=np.zeros(2),
+        constraints=[] if umax is None else [-umax <= u, u <= umax], terminal_constraints=[x == goal])
+
+
+def _pendulum_slsqp(goal, umax, start):
+    from scipy.optimize import minimize
+
+    def rollout(U):
+        X, J = np.zeros(2), 0.0
+        for t in range(20):
+            J += 0.1 * U[t] ** 2 + 0.01 * (X ** 2).sum()
+            X = np.array([X[0] + 0.1 * X[1], X[1] + 0.1 * (-9.8 * np.sin(X[0]) + U[t])])
+        return J, X
+
+    bounds = None if umax is None else [(-umax, umax)] * 20
+    return minimize(lambda U: rollout(U)[0], start, method="SLSQP", bounds=bounds,
+                    constraints=[{"type": "eq", "fun": lambda U: rollout(U)[1] - goal}],
+                    options={"ftol": 1e-14, "maxiter": 1000}).x
+
+
+@pytest.mark.parametrize("umax", [None, 1.8])
+def test_ilqr_meets_a_goal_on_nonlinear_dynamics_with_exact_gradients(umax):
+    """A pendulum driven to a goal state exactly: against SLSQP with the equality written out;
+    gradients w.r.t. the goal against central differences of re-solves; JAX = torch."""
+    compiled = _pendulum_to_a_goal(umax).compile(tol=1e-10)
+    assert compiled.backend == "ilqr"
+    layer = compiled.to_torch()
+    g0 = np.array([1.0, 0.0])
+    goal = torch.tensor(g0, requires_grad=True)
+    xs, us, info = layer(goal=goal, return_info=True)
+    assert bool(info.converged)
+    np.testing.assert_allclose(xs[-1].detach().numpy(), g0, atol=1e-9)
+    reference = _pendulum_slsqp(g0, umax, 0.9 * us.detach().numpy()[:, 0])
+    np.testing.assert_allclose(us.detach().numpy()[:, 0], reference, atol=1e-5)
+    if umax is not None:
+        assert (us.detach().abs() >= umax - 1e-9).any()  # the box is active
+    us.sum().backward()
+    eps = 1e-5
+    fd = [(layer(goal=torch.tensor(g0 + eps * e))[1].sum() - layer(goal=torch.tensor(g0 - eps * e))[1].sum()).item()
+          / (2 * eps) for e in np.eye(2)]
+    np.testing.assert_allclose(goal.grad.numpy(), fd, rtol=1e-5, atol=1e-7)
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    grad = jax.grad(lambda g: compiled.to_jax()(goal=g)[1].sum())(jax.numpy.asarray(g0))
+    np.testing.assert_allclose(np.asarray(grad), goal.grad.numpy(), rtol=1e-7, atol=1e-9)
 
 
 def test_terminal_constraint_declaration_errors():

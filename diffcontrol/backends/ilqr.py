@@ -46,7 +46,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, NamedTuple
 
-from diffcontrol.backends import kkt
+from diffcontrol.backends import kkt, terminal
 from diffcontrol.backends.base import Info
 from diffcontrol.backends.ops import Ops, cholesky_failure
 from diffcontrol.backends.riccati import adjoint, frozen_lqr_adjoint, riccati_sweep, rollout
@@ -107,6 +107,10 @@ class Saved(NamedTuple):
     CT: Any
     model: Any
     mode: str
+    #: with terminal equalities (:mod:`~diffcontrol.backends.terminal`): their multipliers
+    #: (B, k) and G dx_T/dnu (B, k, k)
+    nu: Any = None
+    M: Any = None
 
     FROM_DATA = {"model": "model"}
     STATIC = ("mode",)
@@ -116,11 +120,33 @@ class Saved(NamedTuple):
         return self.x, self.u
 
 
+def _cost(data: dict, x: Any, u: Any) -> Any:
+    """The total cost (B,) with the data's terminal linear term c_T^T x_T, if any."""
+    return _model(data).cost(x, u)
+
+
+def _model(data: dict) -> Any:
+    """The model with the terminal linear cost ``data["cT"]`` (B, n), if given (the multipliers
+    of terminal equalities, G^T nu)."""
+    model = data["model"]
+    return model if data.get("cT") is None else model.with_terminal_linear(data["cT"])
+
+
 def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tuple[Any, Any], Info, Saved]:
+    """Solve the batch; with terminal equalities G x_T = g where the data have them (``G``
+    (B, k, n), ``g`` (B, k)), by Newton on their multipliers around this solve."""
+    if "G" not in data:
+        return _solve(data, options, ops, u_init)
+    tol = options["tol"] if options["tol"] is not None else ops.eps(data["x0"]) ** 0.5
+    inner = terminal.Inner(_solve, _vjp, _cost, linear_key="cT", cotangent_key="grad_T", affine=False)
+    return terminal.solve(inner, data, options, ops, tol, u_init)
+
+
+def _solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tuple[Any, Any], Info, Saved]:
     """Solve the batch. ``data``: x0 (B, n), lo / hi (B, T, m) and ``model`` (see
     :class:`~diffcontrol.compilers.lower_ilqr.Model`). Returns (x, u), Info, and what the VJP needs."""
     xp = ops.xp
-    model, x0, lo, hi = data["model"], data["x0"], data["lo"], data["hi"]
+    model, x0, lo, hi = _model(data), data["x0"], data["lo"], data["hi"]
     B, T, m = lo.shape
     n = x0.shape[-1]
     bounded = ops.known_any(xp.isfinite(lo) | xp.isfinite(hi)) is not False
@@ -313,6 +339,15 @@ def _line_search(ops: Ops, model: Any, x0: Any, x: Any, u: Any, cost: Any, K: An
 
 
 def vjp(data: dict, saved: Saved, cotangents: tuple[Any, Any], ops: Ops, needs: Any = DATA_KEYS) -> dict:
+    """Cotangents of the KKT conditions' parameter-dependent parts; with terminal equalities,
+    also of their G and g (two LQR solves: :func:`~diffcontrol.backends.terminal.vjp`)."""
+    if saved.nu is not None:
+        inner = terminal.Inner(_solve, _vjp, _cost, linear_key="cT", cotangent_key="grad_T", affine=False)
+        return terminal.vjp(inner, data, saved, cotangents, ops, needs)
+    return _vjp(data, saved, cotangents, ops, needs)
+
+
+def _vjp(data: dict, saved: Saved, cotangents: tuple[Any, Any], ops: Ops, needs: Any = DATA_KEYS) -> dict:
     """Cotangents of the KKT conditions' parameter-dependent parts (:data:`DATA_KEYS`) given
     those of (x, u): one LQR solve on the Hessian of the Lagrangian (Gauss-Newton: of the
     cost only) with the active controls frozen."""

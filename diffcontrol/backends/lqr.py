@@ -374,7 +374,7 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
     def cost(d: dict, x: Any, u: Any) -> Any:
         return total_cost(ops, _over_time(ops, d), x, u)
 
-    return terminal.solve(_solve, _vjp, cost, data, options, ops, tol, u_init)
+    return terminal.solve(terminal.Inner(_solve, _vjp, cost), data, options, ops, tol, u_init)
 
 
 def _solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tuple[Any, Any], Info, Saved]:
@@ -428,7 +428,7 @@ def vjp(data: dict, saved: Saved, cotangents: tuple[Any, Any], ops: Ops, needs: 
     """Cotangents of the data named in ``needs`` (the others are None) given those of (x, u):
     one LQR solve with the active set frozen (two with terminal equalities)."""
     if saved.nu is not None:
-        return terminal.vjp(_vjp, data, saved, cotangents, ops, needs)
+        return terminal.vjp(terminal.Inner(_solve, _vjp, None), data, saved, cotangents, ops, needs)
     return _vjp(data, saved, cotangents, ops, needs)
 
 

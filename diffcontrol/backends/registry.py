@@ -77,9 +77,10 @@ ILQR = Backend(
         Requirement("terminal cost", _NONE | SMOOTH, "a smooth terminal cost", "write the cost with smooth atoms"),
         Requirement("constraints", _BOX_ONLY, "no constraints other than box bounds on the controls",
                     "'cone' takes general convex constraints"),
-        Requirement("terminal constraints", frozenset(), "no terminal constraints (not yet in this version)",
-                    "'lqr' meets affine terminal equalities exactly and 'cone' convex ones; for a nonlinear "
-                    "problem, a terminal cost w * dc.sum_squares(x - goal) approximates one"),
+        Requirement("terminal constraints", frozenset({ConstraintKind.TERMINAL_EQUALITY}),
+                    "terminal constraints that are affine equalities (x_T == goal)",
+                    "'cone' takes convex terminal inequalities (for convex problems); for a nonlinear one, "
+                    "a terminal cost w * dc.sum_squares(x - goal) approximates an equality"),
     ),
     options={
         **common_options(100, "iLQR iterations at most",

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from diffcontrol.backends.ops import Ops
@@ -37,12 +38,30 @@ from diffcontrol.errors import Status
 KEYS = ("G", "g")
 
 
-def _with_multipliers(ops: Ops, data: dict, nu: Any, G: Any) -> dict:
+@dataclass(frozen=True)
+class Inner:
+    """The solver the multipliers wrap: its ``solve`` and ``vjp`` (for data without
+    :data:`KEYS`), ``cost(data, x, u)`` (B,) its objective, the data key of the terminal
+    linear cost it takes (``linear_key``, absent: zero) and the VJP key of that term's
+    cotangent (``cotangent_key``); ``affine``: x_T is affine in that term for a fixed active
+    set (an LQ problem), so without a box M does not change with nu."""
+
+    solve: Callable
+    vjp: Callable
+    cost: Callable
+    linear_key: str = "cT"
+    cotangent_key: str = "cT"
+    affine: bool = True
+
+
+def _with_multipliers(inner: Inner, data: dict, nu: Any, G: Any) -> dict:
     """The inner solver's data (without :data:`KEYS`) with the terminal linear cost c_T + G^T nu."""
-    return {**{key: v for key, v in data.items() if key not in KEYS}, "cT": data["cT"] + vm(nu, G)}
+    base = data.get(inner.linear_key)
+    linear = vm(nu, G) if base is None else base + vm(nu, G)
+    return {**{key: v for key, v in data.items() if key not in KEYS}, inner.linear_key: linear}
 
 
-def _sensitivity(ops: Ops, vjp: Callable, data: dict, G: Any, saved: Any, T: int, m: int) -> Any:
+def _sensitivity(ops: Ops, inner: Inner, data: dict, G: Any, saved: Any, T: int, m: int) -> Any:
     """S = d x_T / d nu (B, n, k): one solver VJP for all k constraint rows at once, the data
     and the saved solve tiled k times along the batch (row j * B + b: row j of example b)."""
     xp = ops.xp
@@ -51,7 +70,8 @@ def _sensitivity(ops: Ops, vjp: Callable, data: dict, G: Any, saved: Any, T: int
     tiled_saved = _tile(xp, saved, B, k)
     rows = xp.concatenate([G[:, j] for j in range(k)], 0)  # (k * B, n)
     gx = xp.concatenate([ops.zeros((k * B, T, n), G), rows[:, None]], 1)
-    dcT = vjp(tiled_data, tiled_saved, (gx, ops.zeros((k * B, T, m), G)), ops, ("cT",))["cT"]
+    key = inner.cotangent_key
+    dcT = inner.vjp(tiled_data, tiled_saved, (gx, ops.zeros((k * B, T, m), G)), ops, (key,))[key]
     return xp.stack([dcT[j * B:(j + 1) * B] for j in range(k)], -1)
 
 
@@ -60,6 +80,8 @@ def _tile(xp: Any, tree: Any, B: int, k: int) -> Any:
     other leaves (scalars, None, strings) as they are."""
     if k == 1:
         return tree
+    if hasattr(tree, "tiled"):  # a model of the problem's functions (iLQR): its own copy-major tiling
+        return tree.tiled(k)
     if isinstance(tree, tuple) and hasattr(tree, "_fields"):
         return type(tree)(*(_tile(xp, v, B, k) for v in tree))
     if isinstance(tree, (tuple, list)):
@@ -101,17 +123,16 @@ class _DualState(NamedTuple):
     steps: Any
 
 
-def solve(solve_inner: Callable, vjp_inner: Callable, cost: Callable, data: dict, options: dict, ops: Ops,
-          tol: float, u_init: Any = None) -> tuple:
-    """Solve with the terminal equalities of ``data`` (keys :data:`KEYS`). ``solve_inner`` and
-    ``vjp_inner``: the solver's own, for data without them; ``cost(data, x, u)`` (B,): its
-    objective. Returns the inner solver's (outputs, info, saved), with ``saved.nu`` and
-    ``saved.M`` set and the info marking the examples whose goal was not met.
+def solve(inner_solver: Inner, data: dict, options: dict, ops: Ops, tol: float, u_init: Any = None) -> tuple:
+    """Solve with the terminal equalities of ``data`` (keys :data:`KEYS`) around
+    ``inner_solver``. Returns its (outputs, info, saved), with ``saved.nu`` and ``saved.M``
+    set and the info marking the examples whose goal was not met.
 
     The multipliers maximise the concave dual D(nu) = min over the trajectory of the cost
     plus nu^T (G x_T - g), whose gradient is r and (generalised) Hessian M: Newton ascent
     steps, halved per example until D rises (the box makes D piecewise quadratic, where
-    full steps can cycle), one solve per trial."""
+    full steps can cycle), one solve per trial. (For nonlinear dynamics D is concave near
+    a strict local minimum; a step that halves the residual is taken too.)"""
     xp = ops.xp
     G, g = data["G"], data["g"]
     B, k, n = G.shape
@@ -119,20 +140,21 @@ def solve(solve_inner: Callable, vjp_inner: Callable, cost: Callable, data: dict
     r_tol = residual_tolerance(ops, data, tol)
 
     bounded = ops.known_any(xp.isfinite(data["lo"]) | xp.isfinite(data["hi"])) is not False
+    constant_M = inner_solver.affine and not bounded
 
     def evaluate(nu, u, M=None):
         """The solve at nu: its trajectory, dual value, residual and M (``M`` given: kept, as
         without a box, where it does not depend on nu)."""
-        d = _with_multipliers(ops, inner, nu, G)
-        (x, u_new), _, saved = solve_inner(d, options, ops, u)
+        d = _with_multipliers(inner_solver, inner, nu, G)
+        (x, u_new), _, saved = inner_solver.solve(d, options, ops, u)
         r = mv(G, x[:, -1]) - g
         if M is None:
-            M = G @ _sensitivity(ops, vjp_inner, d, G, saved, u.shape[1], u.shape[2])
-        return u_new, cost(d, x, u_new) - (nu * g).sum(-1), r, M
+            M = G @ _sensitivity(ops, inner_solver, d, G, saved, u.shape[1], u.shape[2])
+        return u_new, inner_solver.cost(d, x, u_new) - (nu * g).sum(-1), r, M
 
     def body(state: _DualState) -> _DualState:
         trial = state.nu + state.alpha[:, None] * state.direction
-        u, dual, r, M = evaluate(trial, state.u, None if bounded else state.M)
+        u, dual, r, M = evaluate(trial, state.u, state.M if constant_M else None)
         slack = 10 * ops.eps(dual) * (1 + xp.abs(state.dual))
         rise = (state.r * state.direction).sum(-1)  # the directional derivative, >= 0
         # (near the goal D's rise drops below roundoff before the residual does: a step that
@@ -163,7 +185,7 @@ def solve(solve_inner: Callable, vjp_inner: Callable, cost: Callable, data: dict
                        xp.where(done, 0, 0))
     # (each trial is one solve; a kinky dual may take several times the inner solver's cap)
     end = ops.loop(unfinished, body, start, 4 * options["max_iter"])
-    (x, u), info, saved = solve_inner(_with_multipliers(ops, inner, end.nu, G), options, ops, end.u)
+    (x, u), info, saved = inner_solver.solve(_with_multipliers(inner_solver, inner, end.nu, G), options, ops, end.u)
     violation = xp.amax(xp.abs(mv(G, x[:, -1]) - g), -1)
     met = violation <= r_tol
     # the residual reported is the larger of the solve's and the goal's, both scaled to tol
@@ -175,7 +197,7 @@ def solve(solve_inner: Callable, vjp_inner: Callable, cost: Callable, data: dict
     return (x, u), info, saved._replace(nu=end.nu, M=M)
 
 
-def vjp(vjp_inner: Callable, data: dict, saved: Any, cotangents: tuple, ops: Ops, needs: Any) -> dict:
+def vjp(inner_solver: Inner, data: dict, saved: Any, cotangents: tuple, ops: Ops, needs: Any) -> dict:
     """Cotangents of the data (the inner solver's keys and :data:`KEYS`) named in ``needs``.
     An example whose goal was not met (its M is NaN) gets NaN where its outputs are used, and
     zeros where they are not."""
@@ -184,17 +206,18 @@ def vjp(vjp_inner: Callable, data: dict, saved: Any, cotangents: tuple, ops: Ops
     B = G.shape[0]
     failed = ~xp.isfinite(M).reshape(B, -1).all(-1)
     M = xp.where(failed[:, None, None], -ops.eye_like(M) + 0.0 * xp.nan_to_num(M), M)
-    inner = _with_multipliers(ops, data, nu, G)
-    wanted = tuple(set(needs) | {"cT"})
-    first = vjp_inner(inner, saved, cotangents, ops, wanted)
-    d_nu = mv(G, first["cT"])
+    inner = _with_multipliers(inner_solver, data, nu, G)
+    key = inner_solver.cotangent_key
+    wanted = tuple(set(needs) | {key})
+    first = inner_solver.vjp(inner, saved, cotangents, ops, wanted)
+    d_nu = mv(G, first[key])
     w = -_inverse_times(ops, M, d_nu)  # (M is symmetric)
     gx, gu = cotangents
     x_T = saved.x[:, -1]
     extra = xp.concatenate([0.0 * gx[:, :-1], vm(w, G)[:, None]], 1)
-    second = vjp_inner(inner, saved, (extra, 0.0 * gu), ops, wanted)
-    total = {key: None if first.get(key) is None else first[key] + second[key] for key in first}
-    total["G"] = nu[..., :, None] * total["cT"][..., None, :] + w[..., :, None] * x_T[..., None, :]
+    second = inner_solver.vjp(inner, saved, (extra, 0.0 * gu), ops, wanted)
+    total = {k: None if first.get(k) is None else first[k] + second[k] for k in first}
+    total["G"] = nu[..., :, None] * total[key][..., None, :] + w[..., :, None] * x_T[..., None, :]
     total["g"] = -w
     used = (xp.abs(gx).reshape(B, -1).sum(-1) + xp.abs(gu).reshape(B, -1).sum(-1)) > 0
     poison = xp.where(failed & used, float("nan"), 0.0) + 0.0 * w[:, 0]
@@ -205,4 +228,4 @@ def vjp(vjp_inner: Callable, data: dict, saved: Any, cotangents: tuple, ops: Ops
         rows = failed.reshape((B,) + (1,) * (v.ndim - 1))
         return xp.where(rows, poison.reshape(rows.shape) + 0.0 * v, v)
 
-    return {key: checked(total.get(key)) if key in needs else None for key in (*first.keys(), *KEYS)}
+    return {k: checked(total.get(k)) if k in needs else None for k in (*first.keys(), *KEYS)}

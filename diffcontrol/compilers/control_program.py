@@ -10,6 +10,7 @@ import numpy as np
 
 from diffcontrol.compilers.analysis import BoxBound
 from diffcontrol.compilers.evaluate import Framework, evaluate, evaluate_batched
+from diffcontrol.dsl.expression import Expression
 from diffcontrol.dsl.function import FunctionCall
 from diffcontrol.dsl.leaves import Parameter
 from diffcontrol.dsl.problems import ControlProblem
@@ -112,6 +113,31 @@ class ControlProgram:
             (("x0",), [self.problem.initial_state], self._initial_state, True),
             (("lo", "hi"), [b.bound for b in self.bounds], self._bounds),
         ]
+
+    def _terminal_pieces(self) -> list:
+        """The piece of :meth:`_evaluate_pieces` for the terminal equalities G x_T = g (none
+        without terminal constraints)."""
+        if not self.problem.terminal_constraints:
+            return []
+        return [(("G", "g"), self._terminal_sides(), self._terminal_equalities)]
+
+    def _terminal_sides(self) -> list[Expression]:
+        return [e for c in self.problem.terminal_constraints for e in (c.lhs, c.rhs)]
+
+    def _terminal_equalities(self, fw: Framework, p: dict, ref: Any) -> tuple:
+        """G (k, n) and g (k,) of the terminal equalities, stacked as G x_T = g (each side's
+        difference flattened; exact: they are affine)."""
+        xp = fw.xp
+
+        def residual(z):
+            env = self._env(p)
+            env[id(self.problem.state)] = z
+            sides = evaluate(self._terminal_sides(), env, fw, ref)
+            return xp.concatenate([(xp.zeros_like(a + b) + a - b).reshape(-1) for a, b in
+                                   zip(sides[::2], sides[1::2])])
+
+        zero = fw.constant(np.zeros(self.n), ref)
+        return fw.jacobian(residual)(zero), -residual(zero)
 
     def _env(self, p: dict[str, Any], tau: Any = None) -> dict[int, Any]:
         """Leaf values keyed by id: the parameters in ``p``, and x, u from tau = [x; u]."""

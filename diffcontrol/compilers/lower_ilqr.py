@@ -47,7 +47,7 @@ class ILQRProgram(ControlProgram):
 
     def data(self, fw: Framework, params: dict[str, Any], like: Any) -> dict[str, Any]:
         """x0 (B, n), lo / hi (B, T, m) and the :class:`Model` bound to ``params``."""
-        out = self._evaluate_pieces(fw, params, like, self._bound_pieces())
+        out = self._evaluate_pieces(fw, params, like, self._bound_pieces() + self._terminal_pieces())
         out["model"] = Model(self, fw, params, like)
         return out
 
@@ -59,8 +59,9 @@ class ILQRProgram(ControlProgram):
         model: Model = data["model"]
         x, u, lam = saved.x, saved.u, saved.lam
         grad_tau, next_x = model.lagrangian_gradient(x[:, :-1], u, lam[:, 1:])
-        return {"grad_tau": grad_tau, "next": next_x, "grad_T": model.terminal_gradient(x[:, -1]),
-                "x0": data["x0"], "lo": data["lo"], "hi": data["hi"]}
+        inputs = {"grad_tau": grad_tau, "next": next_x, "grad_T": model.terminal_gradient(x[:, -1]),
+                  "x0": data["x0"], "lo": data["lo"], "hi": data["hi"]}
+        return {**inputs, **{k: data[k] for k in ("G", "g") if k in data}}
 
 
 class Model:
@@ -87,8 +88,17 @@ class Model:
         self._time_varying = program._time_varying
         self._quadratic_stage: tuple | None = None  # (C, c at 0) once per call, if quadratic
         self._quadratic_terminal: tuple | None = None
+        #: an extra terminal linear cost c^T x_T (B, n) or None: the multipliers of terminal
+        #: equalities (not part of :meth:`terminal_gradient`, the KKT conditions' own term)
+        self.terminal_linear: Any = None
         roots = [r for r in (p.transition, p.cost, p.terminal_cost) if r is not None]
         self._constants = constant_arrays(roots, fw, like)
+
+    def with_terminal_linear(self, c: Any) -> Model:
+        """The same functions with the terminal linear cost c^T x_T (c (B, n)) added."""
+        out = copy.copy(self)
+        out.terminal_linear, out._tiled = c, {}
+        return out
 
     def tiled(self, copies: int) -> Model:
         """The same functions for ``copies`` stacked copies of the batch (copy-major rows
@@ -101,6 +111,8 @@ class Model:
         tiled = copy.copy(self)  # same names and constants
         tiled.params = {k: xp.concatenate([v] * copies, 0) for k, v in self.params.items()}
         tiled.like = xp.concatenate([self.like] * copies, 0)
+        if self.terminal_linear is not None:
+            tiled.terminal_linear = xp.concatenate([self.terminal_linear] * copies, 0)
         tiled._quadratic_stage = tiled._quadratic_terminal = None
         tiled._tiled = {}
         if self.fw.caches_arrays:  # (not across a jit trace: the arrays would leak its tracers)
@@ -193,6 +205,8 @@ class Model:
         stage = self._batched(self.program.problem.cost, "cost", x[:, :-1].reshape(B * T, n),
                               u.reshape(B * T, m), over_time=T)
         total = self.fw.xp.broadcast_to(stage, (B * T,)).reshape(B, T).sum(1)
+        if self.terminal_linear is not None:
+            total = total + (self.terminal_linear * x[:, -1]).sum(-1)
         if self.program.problem.terminal_cost is None:
             return total
         return total + self.fw.xp.broadcast_to(
@@ -223,7 +237,7 @@ class Model:
             C, c = self._per_stage("cost", lambda p, ref, t: (fw.hessian(self._l, argnums=2)(p, ref, t),
                                                               fw.grad(self._l, argnums=2)(p, ref, t)), tau)
         CT, cT = self._terminal_derivatives(x[:, -1])
-        return C, c, CT, cT
+        return C, c, CT, cT if self.terminal_linear is None else cT + self.terminal_linear
 
     def _terminal_derivatives(self, xT: Any) -> tuple[Any, Any]:
         fw = self.fw

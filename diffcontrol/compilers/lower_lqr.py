@@ -59,26 +59,7 @@ class LQRProgram(ControlProgram):
             (("C", "c"), [prob.cost], self._stage_cost),
             (("CT", "cT"), terminal, self._terminal_cost),
             *self._bound_pieces(),
-        ] + ([(("G", "g"), self._terminal_sides(), self._terminal_equalities)]
-             if self.problem.terminal_constraints else [])
-
-    def _terminal_sides(self) -> list[Expression]:
-        return [e for c in self.problem.terminal_constraints for e in (c.lhs, c.rhs)]
-
-    def _terminal_equalities(self, fw: Framework, p: dict, ref: Any) -> tuple:
-        """G (k, n) and g (k,) of the terminal equalities, stacked as G x_T = g (each side's
-        difference flattened; exact: they are affine)."""
-        xp = fw.xp
-
-        def residual(z):
-            env = self._env(p)
-            env[id(self.problem.state)] = z
-            sides = evaluate(self._terminal_sides(), env, fw, ref)
-            return xp.concatenate([(xp.zeros_like(a + b) + a - b).reshape(-1) for a, b in
-                                   zip(sides[::2], sides[1::2])])
-
-        zero = fw.constant(np.zeros(self.n), ref)
-        return fw.jacobian(residual)(zero), -residual(zero)
+        ] + self._terminal_pieces()
 
     def _affine_dynamics(self, fw: Framework, p: dict, like: Any) -> tuple:
         """F (b, n, N) and f (b, n) from the symbolic Jacobians, for batched parameters ``p``."""
