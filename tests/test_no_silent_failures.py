@@ -197,3 +197,35 @@ def test_ift_cg_refuses_a_start_outside_the_objectives_domain_and_solves_from_in
         layer(p=p_t)
     (y_star,) = layer(p=p_t, y_init=(torch.ones(2, 2, dtype=torch.float64),))
     torch.testing.assert_close(y_star, 1 / p_t)  # the closed form: p - 1/y = 0
+
+
+class _FrozenUnderNoGrad(torch.nn.Module):
+    """A pretrained model wrapped the common way, which hides it from autograd."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 2)
+
+    def forward(self, x, u):
+        with torch.no_grad():
+            return x + 0.1 * torch.tanh(self.lin(torch.cat([x, u])))
+
+
+def test_a_function_under_no_grad_is_named_not_taken_as_constant():
+    """It would look constant to the solver (zero derivatives in x and u): the solve would stop
+    at its start and report convergence. The layer refuses it, naming the function and the fix."""
+    fn = dc.Function(_FrozenUnderNoGrad(), 2, name="frozen")
+    x, u = dc.State(2, name="x"), dc.Control(1, name="u")
+    prob = dc.ControlProblem(dynamics=x.next == fn(x, u), cost=dc.sum_squares(x - 1.0) + dc.sum_squares(u),
+                             horizon=4, initial_state=np.zeros(2))
+    with pytest.raises(dc.ModelError, match=r"dc.Function frozen.*torch.no_grad\(\).*requires_grad_\(False\)"):
+        prob.compile().to_torch()
+    # freezing the weights the right way keeps the solve exact, and the layer takes it
+    module = _FrozenUnderNoGrad()
+    module.forward = lambda x, u: x + 0.1 * torch.tanh(module.lin(torch.cat([x, u])))
+    module.requires_grad_(False)
+    ok = dc.Function(module, 2, name="frozen_right")
+    layer = dc.ControlProblem(dynamics=x.next == ok(x, u), cost=dc.sum_squares(x - 1.0) + dc.sum_squares(u),
+                              horizon=4, initial_state=np.zeros(2)).compile().to_torch()
+    _, us, info = layer(return_info=True)
+    assert bool(info.converged) and int(info.iterations) > 0 and us.abs().max() > 0.1

@@ -12,7 +12,7 @@ from torch.autograd.function import once_differentiable
 from diffcontrol.backends.base import Info
 from diffcontrol.emitters import _common
 from diffcontrol.emitters.torch_ops import TorchFramework, TorchOps
-from diffcontrol.errors import InputError, NotConvergedWarning, SolverError, Status
+from diffcontrol.errors import InputError, ModelError, NotConvergedWarning, SolverError, Status
 
 _SUPPORTED = (torch.float32, torch.float64)
 
@@ -34,6 +34,7 @@ class TorchLayer(torch.nn.Module):
         # Registered so .parameters(), .to() and optimisers see the dc.Function weights.
         self.functions = torch.nn.ModuleList(
             [f.fn for f in compiled.problem.functions() if isinstance(f.fn, torch.nn.Module)])
+        _check_functions_differentiate(compiled.problem)
 
     def extra_repr(self) -> str:
         names = ", ".join(p.name for p in self.compiled.parameters)
@@ -91,6 +92,37 @@ class TorchLayer(torch.nn.Module):
         if self.compiled.options["on_nonconvergence"] == "raise":
             raise SolverError(message)
         warnings.warn(message, NotConvergedWarning, stacklevel=3)
+
+
+def _check_functions_differentiate(problem: Any) -> None:
+    """Each dc.Function of the decision variables, called once on random inputs that require
+    grad, must give an output that depends on them as autograd sees it. One that runs under
+    ``torch.no_grad()`` (a frozen pretrained model wrapped so) would look constant to the
+    solver: it would stop at its start and report convergence. A ModelError instead."""
+    from diffcontrol.compilers.analysis import expression_facts
+    from diffcontrol.dsl.function import FunctionCall
+    from diffcontrol.dsl.traverse import nodes_of_type
+
+    seen: set[int] = set()
+    for call in nodes_of_type(problem.expressions(), FunctionCall):
+        fn = call.function
+        if id(fn) in seen or not expression_facts(call).uses:  # (a function of parameters only may be constant)
+            continue
+        seen.add(id(fn))
+        weights = list(fn.fn.parameters()) if isinstance(fn.fn, torch.nn.Module) else []
+        dtype, device = (weights[0].dtype, weights[0].device) if weights else (torch.get_default_dtype(), "cpu")
+        args = [torch.randn(a.shape, dtype=dtype, device=device, requires_grad=True) for a in call.args]
+        try:
+            with torch.random.fork_rng(devices=[]), torch.enable_grad():  # (leave the user's random stream)
+                out = fn.fn(*args)
+        except Exception:  # noqa: BLE001  (the solve's own call reports a failing function, named)
+            continue
+        if isinstance(out, torch.Tensor) and out.is_floating_point() and not out.requires_grad:
+            raise ModelError(
+                f"dc.Function {fn.name}'s output does not depend on its inputs as autograd sees it: it runs under "
+                "torch.no_grad() (or detaches, or ignores its inputs). The solver needs its derivatives in the "
+                "states and controls even when its weights are frozen: remove the no_grad, and freeze the weights "
+                "with module.requires_grad_(False) instead")
 
 
 class _ImplicitSolve(torch.autograd.Function):
