@@ -269,3 +269,20 @@ def test_terminal_constraint_declaration_errors():
         dc.ControlProblem(**kw, terminal_constraints=["x == 1"])
     with pytest.raises(dc.ModelError, match="x.next"):
         dc.ControlProblem(**kw, terminal_constraints=[x.next == 1])
+
+
+def test_sensitivities_one_row_at_a_time_equal_the_tiled_batch(monkeypatch):
+    """Large batches compute d x_T / d nu one constraint row per VJP instead of one tiled VJP."""
+    import diffcontrol.backends.terminal as terminal
+
+    layer = _problem(0.8).compile().to_torch()
+    goals = torch.tensor(np.stack([GOAL, 0.5 * GOAL]), requires_grad=True)
+    _, tiled = layer(A=torch.tensor(A_NP), x0=torch.tensor(X0), goal=goals)
+    tiled.sum().backward()
+    grad_tiled = goals.grad.clone()
+    monkeypatch.setattr(terminal, "TILE_MAX_ROWS", 0)
+    goals.grad = None
+    _, rows = layer(A=torch.tensor(A_NP), x0=torch.tensor(X0), goal=goals)
+    rows.sum().backward()
+    np.testing.assert_allclose(rows.detach().numpy(), tiled.detach().numpy(), atol=1e-12)
+    np.testing.assert_allclose(goals.grad.numpy(), grad_tiled.numpy(), atol=1e-10)

@@ -61,16 +61,27 @@ def _with_multipliers(inner: Inner, data: dict, nu: Any, G: Any) -> dict:
     return {**{key: v for key, v in data.items() if key not in KEYS}, inner.linear_key: linear}
 
 
+#: up to this many rows (batch x constraint rows) the sensitivity VJPs run as one tiled batch;
+#: above, one VJP per constraint row (tiling copies every array k times: memory-bound there)
+TILE_MAX_ROWS = 64
+
+
 def _sensitivity(ops: Ops, inner: Inner, data: dict, G: Any, saved: Any, T: int, m: int) -> Any:
-    """S = d x_T / d nu (B, n, k): one solver VJP for all k constraint rows at once, the data
-    and the saved solve tiled k times along the batch (row j * B + b: row j of example b)."""
+    """S = d x_T / d nu (B, n, k): the solver's VJP of each constraint row's cotangent G_j on
+    x_T, read at its terminal linear term. Small batches run the k VJPs as one, on the data and
+    saved solve tiled k times (row j * B + b: row j of example b)."""
     xp = ops.xp
     B, k, n = G.shape
-    tiled_data = {key: _tile(xp, v, B, k) for key, v in data.items()}
+    key = inner.cotangent_key
+    if B * k > TILE_MAX_ROWS:
+        zero_x, zero_u = ops.zeros((B, T, n), G), ops.zeros((B, T, m), G)
+        columns = [inner.vjp(data, saved, (xp.concatenate([zero_x, G[:, j:j + 1]], 1), zero_u), ops, (key,))[key]
+                   for j in range(k)]
+        return xp.stack(columns, -1)
+    tiled_data = {name: _tile(xp, v, B, k) for name, v in data.items()}
     tiled_saved = _tile(xp, saved, B, k)
     rows = xp.concatenate([G[:, j] for j in range(k)], 0)  # (k * B, n)
     gx = xp.concatenate([ops.zeros((k * B, T, n), G), rows[:, None]], 1)
-    key = inner.cotangent_key
     dcT = inner.vjp(tiled_data, tiled_saved, (gx, ops.zeros((k * B, T, m), G)), ops, (key,))[key]
     return xp.stack([dcT[j * B:(j + 1) * B] for j in range(k)], -1)
 
