@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from diffcontrol.dsl.atoms import _aligned, _max_degree
+from diffcontrol.dsl.atoms import Elementwise, _aligned, _max_degree
 from diffcontrol.dsl.expression import (
     AFFINE,
     ANY_SIGN,
@@ -47,36 +47,19 @@ def _monotone_curvature(c: str, of: str, increasing: bool | None) -> str:
 # ---- elementwise ---------------------------------------------------------------------
 
 
-class _Elementwise(Expression):
-    """One argument, the result has its shape."""
+class _Elementwise(Elementwise):
+    """An elementwise atom whose monotonicity extends DCP composition beyond affine arguments."""
 
-    name = ""
-    of_affine = UNKNOWN
     increasing: bool | None = None
-    out_sign = ANY_SIGN
-
-    def __init__(self, a: Any):
-        a = as_expression(a)
-        self.args = (a,)
-        self.shape = a.shape
-
-    def degree(self, d):
-        return 0 if d[0] == 0 else None
 
     def curvature(self, c, s):
         return _monotone_curvature(c[0], self.of_affine, self.increasing)
-
-    def sign(self, s):
-        return self.out_sign
-
-    def render(self, s):
-        return f"{self.name}({s[0]})"
 
 
 class Pos(_Elementwise):
     """max(x, 0), elementwise."""
 
-    name, of_affine, increasing, out_sign, smooth = "pos", CONVEX, True, NONNEG, False
+    of_affine, increasing, out_sign, smooth = CONVEX, True, NONNEG, False
     smooth_alternative = ("dc.softplus(k * g) / k for a large k is a smooth ramp; a hard bound is "
                           "a constraint: g <= 0")
 
@@ -87,7 +70,7 @@ class Pos(_Elementwise):
 class Softplus(_Elementwise):
     """log(1 + exp(x)), elementwise (cvxpy's ``logistic``)."""
 
-    name, of_affine, increasing, out_sign = "softplus", CONVEX, True, NONNEG
+    of_affine, increasing, out_sign = CONVEX, True, NONNEG
 
     def evaluate(self, xp, values):
         v = values[0]
@@ -98,7 +81,7 @@ class Huber(_Elementwise):
     """x^2 where |x| <= M, else 2 M |x| - M^2, elementwise (cvxpy's ``huber``); C^1, with a
     piecewise constant second derivative, which smooth backends accept."""
 
-    name, of_affine, out_sign = "huber", CONVEX, NONNEG
+    of_affine, out_sign = CONVEX, NONNEG
 
     def __init__(self, a: Any, M: float = 1.0):
         super().__init__(a)
@@ -176,9 +159,11 @@ class Minimum(_Extremum):
 
 
 class Reduction(Expression):
-    """A reduction over all entries (``axis=None``, a scalar) or along one axis."""
+    """A reduction over all entries (``axis=None``, a scalar) or along one axis: a convex or
+    concave (``of``), nondecreasing function of the entries unless a subclass says otherwise."""
 
     name = ""
+    of = CONVEX
 
     def __init__(self, a: Any, axis: int | None = None):
         a = as_expression(a)
@@ -193,6 +178,12 @@ class Reduction(Expression):
                 raise ModelError(f"axis {axis} is out of range for {a} of shape {a.shape}")
             k = self.axis % a.ndim
             self.shape = a.shape[:k] + a.shape[k + 1:]
+
+    def degree(self, d):
+        return 0 if d[0] == 0 else None
+
+    def curvature(self, c, s):
+        return _monotone_curvature(c[0], self.of, True)
 
     def event_axes(self) -> tuple[int, ...]:
         """The axes of the batched value (b, *shape) this reduction removes."""
@@ -219,11 +210,6 @@ class Max(Reduction):
     name, smooth = "max", False
     smooth_alternative = "dc.logsumexp(k * x) / k for a large k is a smooth maximum; or a constraint x <= t"
 
-    degree = staticmethod(lambda d: 0 if d[0] == 0 else None)
-
-    def curvature(self, c, s):
-        return _monotone_curvature(c[0], CONVEX, True)
-
     def sign(self, s):
         return s[0]
 
@@ -232,13 +218,8 @@ class Max(Reduction):
 
 
 class Min(Reduction):
-    name, smooth = "min", False
+    name, smooth, of = "min", False, CONCAVE
     smooth_alternative = "-dc.logsumexp(-k * x) / k for a large k is a smooth minimum"
-
-    degree = staticmethod(lambda d: 0 if d[0] == 0 else None)
-
-    def curvature(self, c, s):
-        return _monotone_curvature(c[0], CONCAVE, True)
 
     def sign(self, s):
         return s[0]
@@ -253,11 +234,6 @@ class LogSumExp(Reduction):
 
     name = "logsumexp"
 
-    degree = staticmethod(lambda d: 0 if d[0] == 0 else None)
-
-    def curvature(self, c, s):
-        return _monotone_curvature(c[0], CONVEX, True)
-
     def reduce(self, xp, v, axes):
         m = xp.amax(v, axes)
         kept = tuple(1 if i in axes else n for i, n in enumerate(v.shape))
@@ -267,8 +243,6 @@ class LogSumExp(Reduction):
 class Norm1(Reduction):
     name, smooth = "norm1", False
     smooth_alternative = "dc.sum(dc.huber(x, M)) for a small M, or dc.sum_squares(x)"
-
-    degree = staticmethod(lambda d: 0 if d[0] == 0 else None)
 
     def curvature(self, c, s):
         # increasing in nonnegative entries, decreasing in nonpositive ones (as cvxpy)
