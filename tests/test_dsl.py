@@ -170,3 +170,25 @@ def test_generic_problem_variables_in_order_of_appearance():
         dc.Minimize(a)
     with pytest.raises(dc.ModelError, match="belong in dc.ControlProblem"):
         dc.Problem(dc.Minimize(dc.sum_squares(dc.State(2))))
+
+
+def test_problems_print_as_math_and_repr_in_one_line():
+    x, u = dc.State(2, name="x"), dc.Control(1, name="u")
+    r = dc.Parameter(2, name="r", time_varying=True)
+    prob = dc.ControlProblem(dynamics=x.next == x + u, cost=dc.sum_squares(x - r) + dc.sum_squares(u), horizon=3,
+                             initial_state=np.zeros(2), terminal_cost=dc.sum_squares(x),
+                             constraints=[-1 <= u, x[0] <= 2], terminal_constraints=[x == 1])
+    assert str(prob).splitlines() == [
+        "minimize   sum over t = 0..2 of (sum_squares(x - r) + sum_squares(u))  +  (sum_squares(x)) at t = 3",
+        "subject to x_(t+1) = x + u,  t = 0..2",
+        "           x_0 = [0, 0]",
+        "           -1 <= u,  t = 0..2",
+        "           x[0] <= 2,  t = 1..3",
+        "           x == 1,  at t = 3 (terminal)",
+    ]
+    assert repr(prob) == ("ControlProblem(state x in R^2, control u in R^1, horizon 3; parameters: r(2,) per stage; "
+                          "2 constraints, 1 terminal)")
+    y = dc.Variable(2, name="y")
+    generic = dc.Problem(dc.Minimize(dc.sum_squares(y)), [y >= 1, dc.sum(y) <= 3])
+    assert str(generic).splitlines() == ["minimize   sum_squares(y)", "subject to 1 <= y", "           sum(y) <= 3"]
+    assert repr(generic) == "Problem(variables: y(2,); parameters: none; 2 constraints)"

@@ -104,6 +104,16 @@ class Problem(_ProblemBase):
     def expressions(self) -> list[Expression]:
         return [self.objective.expr] + [e for c in self.constraints for e in (c.lhs, c.rhs)]
 
+    def __str__(self) -> str:
+        lines = [f"minimize   {self.objective.expr}"]
+        lines += [f"{'subject to' if i == 0 else '':<10} {c}" for i, c in enumerate(self.constraints)]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{v.name}{v.shape}" for v in self.variables())
+        return (f"Problem(variables: {sizes}; parameters: {_names(self.parameters())}; "
+                f"{len(self.constraints)} constraints)")
+
     def variables(self) -> list[Variable]:
         """The variables, in order of first appearance: the order of the layer's results."""
         return nodes_of_type(self.expressions(), Variable)
@@ -168,6 +178,25 @@ class ControlProblem(_ProblemBase):
             exprs.append(self.terminal_cost)
         exprs.append(self.initial_state)
         return exprs + [e for c in self.constraints + self.terminal_constraints for e in (c.lhs, c.rhs)]
+
+    def __str__(self) -> str:
+        x, T = self.state.name, self.horizon
+        cost = f"sum over t = 0..{T - 1} of ({self.cost})"
+        if self.terminal_cost is not None:
+            cost += f"  +  ({self.terminal_cost}) at t = {T}"
+        lines = [f"minimize   {cost}",
+                 f"subject to {x}_(t+1) = {self.transition},  t = 0..{T - 1}",
+                 f"           {x}_0 = {self.initial_state}"]
+        for c in self.constraints:
+            when = f"t = 0..{T - 1}" if nodes_of_type([c.lhs, c.rhs], Control) else f"t = 1..{T}"
+            lines.append(f"           {c},  {when}")
+        lines += [f"           {c},  at t = {T} (terminal)" for c in self.terminal_constraints]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"ControlProblem(state {self.state.name} in R^{self.n}, control {self.control.name} in R^{self.m}, "
+                f"horizon {self.horizon}; parameters: {_names(self.parameters())}; {len(self.constraints)} "
+                f"constraints, {len(self.terminal_constraints)} terminal)")
 
     def time_lengths(self, parameter: Parameter) -> tuple[int, ...]:
         """The time-axis lengths a time-varying parameter's value may have: T+1, and T where it
@@ -295,6 +324,10 @@ def _split_dynamics(dynamics: Any) -> tuple[State, Expression]:
     if rhs.shape != (n,):
         raise ModelError(f"the dynamics' right side must have the state's shape ({n},), got {rhs.shape} for {rhs}")
     return lhs.state, rhs
+
+
+def _names(parameters: list[Parameter]) -> str:
+    return ", ".join(f"{p.name}{p.shape}" + (" per stage" if p.time_varying else "") for p in parameters) or "none"
 
 
 def _scalar(expr: Any, what: str) -> Expression:
