@@ -237,6 +237,7 @@ def test_ilqr_meets_a_goal_on_nonlinear_dynamics_with_exact_gradients(umax):
     gradients w.r.t. the goal against central differences of re-solves; JAX = torch."""
     compiled = _pendulum_to_a_goal(umax).compile(tol=1e-10)
     assert compiled.backend == "ilqr"
+    assert "terminal equalities  x == goal at x_T: met exactly" in compiled.explain()
     layer = compiled.to_torch()
     g0 = np.array([1.0, 0.0])
     goal = torch.tensor(g0, requires_grad=True)

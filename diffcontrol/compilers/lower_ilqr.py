@@ -321,6 +321,10 @@ def explain_lowering(program: Any, options: dict) -> list[str]:
         f"  terminal    {p.terminal_cost if p.terminal_cost is not None else 'none'}",
         f"  x_0 = {p.initial_state}   ({feeds([p.initial_state])})",
         "  control box  " + ("; ".join(str(b.source) for b in program.bounds) if program.bounds else "none"),
+        "  terminal equalities  " + ("; ".join(map(str, p.terminal_constraints)) + " at x_T: met exactly by Newton "
+                                     "on their multipliers around the iLQR solve (sensitivities from its exact "
+                                     "backward; the gradient adds one more LQR solve)"
+                                     if p.terminal_constraints else "none"),
         "  derivatives:",
         f"    dynamics Jacobian F_t (B,{T},{n},{n + m}): {how}",
         f"    cost Hessian C_t, gradient c_t: {how}"
