@@ -54,6 +54,7 @@ class ConstraintKind(str, Enum):
     TERMINAL_EQUALITY = "affine equality on x_T"
     TERMINAL_INEQUALITY = "inequality on x_T"
     TERMINAL_NONLINEAR = "nonlinear equality on x_T"
+    NONSMOOTH = "nonsmooth constraint"
     GENERAL = "general"
 
     def __str__(self) -> str:

@@ -129,7 +129,7 @@ def test_lq_with_state_constraint_goes_to_cone_and_explain_says_why():
     text = prob.explain()
     assert "Backend: cone" in text
     assert "lqr: 'lqr' needs no constraints other than box bounds on the controls" in text
-    assert "state constraint: -0.09 <= x[0]" in text and "ilqr: 'ilqr' needs no constraints other" in text
+    assert "state constraint: -0.09 <= x[0]" in text and "ilqr: fits, but leaves it to 'cone'" in text
     ref = _lq_state_direct(_lq_state_values())
     assert np.isclose(ref[0][1:, 0].min(), -0.09, atol=1e-7)  # the state constraint is active
     assert np.isclose(np.abs(ref[1]).max(), 0.5, atol=1e-7)  # and so is the box

@@ -175,6 +175,9 @@ class Backend:
     packages: tuple[str, ...] = ()
     #: rules between options: each returns what is wrong with the resolved options, or None
     option_rules: tuple[Callable[[dict], str | None], ...] = ()
+    #: in auto-selection, later backends this one yields to when they take the problem too:
+    #: (name, rule) pairs, the rule giving the reason to yield for a ProblemForm, or None
+    yields_to: tuple[tuple[str, Callable[[Any], str | None]], ...] = ()
 
     @property
     def backward_modes(self) -> tuple[str, ...]:

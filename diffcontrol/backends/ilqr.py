@@ -46,7 +46,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, NamedTuple
 
-from diffcontrol.backends import kkt, terminal
+from diffcontrol.backends import augmented, kkt, terminal
 from diffcontrol.backends.base import Info
 from diffcontrol.backends.ops import Ops, cholesky_failure
 from diffcontrol.backends.riccati import adjoint, frozen_lqr_adjoint, riccati_sweep, rollout
@@ -111,6 +111,10 @@ class Saved(NamedTuple):
     #: (B, k) and G dx_T/dnu (B, k, k)
     nu: Any = None
     M: Any = None
+    #: with general path / terminal constraints (:mod:`~diffcontrol.backends.augmented`): the
+    #: multipliers and penalty of the last solve, and the active rows with their Jacobians
+    multipliers: Any = None
+    path: Any = None
 
     FROM_DATA = {"model": "model"}
     STATIC = ("mode",)
@@ -133,11 +137,14 @@ def _model(data: dict) -> Any:
 
 
 def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tuple[Any, Any], Info, Saved]:
-    """Solve the batch; with terminal equalities G x_T = g where the data have them (``G``
-    (B, k, n), ``g`` (B, k)), by Newton on their multipliers around this solve."""
+    """Solve the batch; with general path or terminal constraints (the model's rows), by the
+    augmented Lagrangian around this solve; with only affine terminal equalities G x_T = g
+    (``G`` (B, k, n), ``g`` (B, k) in the data), by Newton on their multipliers."""
+    tol = options["tol"] if options["tol"] is not None else ops.eps(data["x0"]) ** 0.5
+    if data["model"].path_sizes != (0, 0):
+        return augmented.solve(_solve, data, options, ops, tol, u_init)
     if "G" not in data:
         return _solve(data, options, ops, u_init)
-    tol = options["tol"] if options["tol"] is not None else ops.eps(data["x0"]) ** 0.5
     inner = terminal.Inner(_solve, _vjp, _cost, linear_key="cT", cotangent_key="grad_T", affine=False)
     return terminal.solve(inner, data, options, ops, tol, u_init)
 
@@ -341,6 +348,8 @@ def _line_search(ops: Ops, model: Any, x0: Any, x: Any, u: Any, cost: Any, K: An
 def vjp(data: dict, saved: Saved, cotangents: tuple[Any, Any], ops: Ops, needs: Any = DATA_KEYS) -> dict:
     """Cotangents of the KKT conditions' parameter-dependent parts; with terminal equalities,
     also of their G and g (two LQR solves: :func:`~diffcontrol.backends.terminal.vjp`)."""
+    if saved.path is not None:
+        return augmented.vjp(_vjp, data, saved, cotangents, ops, needs)
     if saved.nu is not None:
         inner = terminal.Inner(_solve, _vjp, _cost, linear_key="cT", cotangent_key="grad_T", affine=False)
         return terminal.vjp(inner, data, saved, cotangents, ops, needs)

@@ -26,6 +26,10 @@ from diffcontrol.facts import QUADRATIC, SMOOTH, ConstraintKind, Form, Kind
 
 _NONE = frozenset({Form.NONE})
 _BOX_ONLY = frozenset({ConstraintKind.BOX})
+_SMOOTH_PATH = frozenset({ConstraintKind.BOX, ConstraintKind.CONTROL_EQUALITY, ConstraintKind.CONTROL_INEQUALITY,
+                          ConstraintKind.MIXED, ConstraintKind.STATE})
+_SMOOTH_TERMINAL = frozenset({ConstraintKind.TERMINAL_EQUALITY, ConstraintKind.TERMINAL_INEQUALITY,
+                              ConstraintKind.TERMINAL_NONLINEAR})
 _PER_STAGE_QP = {
     "qp_max_iter": option(20, "projected-Newton iterations of each stage's box QP", POSITIVE_INT),
     "ls_decay": option(0.5, "step shrink factor of the line search", UNIT_INTERVAL),
@@ -67,20 +71,19 @@ LQR = Backend(
 
 ILQR = Backend(
     name="ilqr",
-    summary="box-constrained iLQR for smooth nonlinear dynamics and costs; backward = one LQR solve "
-            "on the Hessian of the Lagrangian (exact implicit gradients)",
+    summary="box-constrained iLQR for smooth nonlinear dynamics and costs, general smooth path and terminal "
+            "constraints by an augmented Lagrangian around it; backward = one LQR solve on the Hessian of the "
+            "Lagrangian (exact implicit gradients), plus one per active constraint row",
     kinds=frozenset({Kind.CONTROL}),
     requirements=(
         Requirement("dynamics", frozenset({Form.AFFINE, Form.SMOOTH, Form.OPAQUE}), "smooth dynamics",
                     "write the dynamics with smooth atoms"),
         Requirement("stage cost", SMOOTH, "a smooth stage cost", "write the cost with smooth atoms"),
         Requirement("terminal cost", _NONE | SMOOTH, "a smooth terminal cost", "write the cost with smooth atoms"),
-        Requirement("constraints", _BOX_ONLY, "no constraints other than box bounds on the controls",
-                    "'cone' takes general convex constraints"),
-        Requirement("terminal constraints", frozenset({ConstraintKind.TERMINAL_EQUALITY}),
-                    "terminal constraints that are affine equalities (x_T == goal)",
-                    "'cone' takes convex terminal inequalities (for convex problems); for a nonlinear one, "
-                    "a terminal cost w * dc.sum_squares(x - goal) approximates an equality"),
+        Requirement("constraints", _SMOOTH_PATH, "smooth constraints in x and u",
+                    "write them with smooth atoms ('cone' takes nonsmooth convex ones in convex problems)"),
+        Requirement("terminal constraints", _SMOOTH_TERMINAL, "smooth terminal constraints",
+                    "write them with smooth atoms ('cone' takes nonsmooth convex ones in convex problems)"),
     ),
     options={
         **common_options(100, "iLQR iterations at most",
@@ -106,7 +109,22 @@ ILQR = Backend(
                           one_of("newton", "gauss_newton", words="'newton' or 'gauss_newton'")),
         "newton_switch": option(1e-3, "scaled residual below which hessian='newton' uses the Lagrangian's Hessian",
                                 NONNEGATIVE),
+        "constraint_tol": option(None, "largest violation accepted of a general path or terminal constraint (in "
+                                       "the constraint's units); None: tol ** 0.75 (1.3e-6 in float64, 2.5e-3 in "
+                                       "float32)", POSITIVE_OR_NONE),
+        "penalty": option(1.0, "first penalty rho of the augmented Lagrangian of general constraints",
+                          Rule(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+                               "a positive number")),
+        "penalty_factor": option(10.0, "rho grows by this factor where a solve did not cut the violation by 4",
+                                 Rule(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 1,
+                                      "a number above 1")),
+        "outer_max_iter": option(30, "augmented-Lagrangian updates of the multipliers at most (each one iLQR "
+                                     "solve, warm-started)", POSITIVE_INT),
     },
+    yields_to=(("cone", lambda form: "a convex problem with constraints beyond the control box: 'cone' solves it "
+                                     "globally (force backend='ilqr' for its speed)"
+                if form.value("convexity") is Form.CONVEX and (form.other_constraints or not (
+                    form.value("terminal constraints") <= {ConstraintKind.TERMINAL_EQUALITY})) else None),),
     solver="diffcontrol.backends.ilqr",
     lowering="diffcontrol.compilers.lower_ilqr:lower_ilqr",
     explain="diffcontrol.compilers.lower_ilqr:explain_lowering",
@@ -167,7 +185,8 @@ CONE = Backend(
     requirements=(
         Requirement("convexity", frozenset({Form.CONVEX}), "a convex problem (affine dynamics, convex "
                     "objective and constraints by DCP rules)",
-                    "'ilqr' and 'ift_cg' take smooth nonconvex problems without constraints"),
+                    "'ilqr' takes smooth nonconvex control problems (with smooth constraints), 'ift_cg' "
+                    "unconstrained generic ones"),
     ),
     options={
         "solver": option("SCS", "the cone solver diffcp calls: 'SCS' or 'Clarabel'", one_of("SCS", "Clarabel")),

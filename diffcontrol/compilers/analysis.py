@@ -146,7 +146,8 @@ def _analyse_control(p: ControlProblem) -> ProblemForm:
         parts = []
         if boxes:
             parts.append("box on controls: " + ", ".join(str(b.source) for b in boxes))
-        parts += [f"{kind}: {c}" for kind, c in others]
+        parts += [f"{kind}: {c}" + (f" ({nonsmooth_note(c.lhs - c.rhs)})" if kind is ConstraintKind.NONSMOOTH else "")
+                  for kind, c in others]
         facts["constraints"] = Fact(kinds, "; ".join(parts), others[0][1] if others else None)
     facts["terminal constraints"] = _terminal_constraints_fact(p)
     terms = [("cost", p.cost)] + ([("terminal cost", p.terminal_cost)] if p.terminal_cost is not None else [])
@@ -162,7 +163,9 @@ def _terminal_constraints_fact(p: ControlProblem) -> Fact:
     kinds, parts, culprit = [], [], None
     for c in p.terminal_constraints:
         degree = _max_known_degree([c.lhs, c.rhs])
-        if isinstance(c, Inequality):
+        if not (expression_facts(c.lhs).smooth and expression_facts(c.rhs).smooth):
+            kind = ConstraintKind.NONSMOOTH
+        elif isinstance(c, Inequality):
             kind = ConstraintKind.TERMINAL_INEQUALITY
         elif degree is not None and degree <= 1:
             kind = ConstraintKind.TERMINAL_EQUALITY
@@ -171,7 +174,8 @@ def _terminal_constraints_fact(p: ControlProblem) -> Fact:
         if kind is not ConstraintKind.TERMINAL_EQUALITY and culprit is None:
             culprit = c
         kinds.append(kind)
-        parts.append(f"{c} at x_T ({kind})")
+        note = f"; {nonsmooth_note(c.lhs - c.rhs)}" if kind is ConstraintKind.NONSMOOTH else ""
+        parts.append(f"{c} at x_T ({kind}{note})")
     return Fact(ConstraintKinds(kinds), "; ".join(parts), culprit)
 
 
@@ -222,6 +226,8 @@ def _cost_fact(expr: Expression, what: str) -> Fact:
 def _classify_constraint(c: Constraint, p: ControlProblem) -> tuple[ConstraintKind, BoxBound | None]:
     """Name the constraint's kind; a box bound on the control also gets its BoxBound."""
     uses = expression_facts(c.lhs).uses | expression_facts(c.rhs).uses
+    if uses and not (expression_facts(c.lhs).smooth and expression_facts(c.rhs).smooth):
+        return ConstraintKind.NONSMOOTH, None
     if id(p.state) in uses:
         return (ConstraintKind.STATE if id(p.control) not in uses else ConstraintKind.MIXED), None
     if not uses:

@@ -25,14 +25,17 @@ from typing import Any
 
 import numpy as np
 
-from diffcontrol.compilers.analysis import ProblemForm
+from diffcontrol.compilers.analysis import ProblemForm, expression_facts
+from diffcontrol.compilers.augmented import PathConstraints, path_constraints
 from diffcontrol.compilers.control_program import ControlProgram, check_bounds, repeat_rows
 from diffcontrol.compilers.evaluate import Framework, constant_arrays, evaluate, evaluate_batched
+from diffcontrol.dsl.constraints import Equality
 from diffcontrol.dsl.function import FunctionCall
 from diffcontrol.dsl.leaves import Parameter
 from diffcontrol.dsl.problems import ControlProblem
 from diffcontrol.dsl.traverse import nodes_of_type
 from diffcontrol.explain import feeds
+from diffcontrol.facts import ConstraintKind
 
 _QUADRATIC = ("quadratic, convex", "quadratic, convexity unknown")
 
@@ -44,10 +47,14 @@ class ILQRProgram(ControlProgram):
     #: whether the stage / terminal cost is quadratic (its Hessian is then evaluated once per call)
     quadratic_cost: bool = False
     quadratic_terminal: bool = False
+    #: the general path and terminal constraints as augmented-Lagrangian rows, or None (then
+    #: affine terminal equalities, if any, are met by Newton on their multipliers)
+    path: PathConstraints | None = None
 
     def data(self, fw: Framework, params: dict[str, Any], like: Any) -> dict[str, Any]:
         """x0 (B, n), lo / hi (B, T, m) and the :class:`Model` bound to ``params``."""
-        out = self._evaluate_pieces(fw, params, like, self._bound_pieces() + self._terminal_pieces())
+        terminal = self._terminal_pieces() if self.path is None else []
+        out = self._evaluate_pieces(fw, params, like, self._bound_pieces() + terminal)
         out["model"] = Model(self, fw, params, like)
         return out
 
@@ -55,13 +62,30 @@ class ILQRProgram(ControlProgram):
         """The parameter-dependent parts of the KKT conditions at the solution (x, u, lam)
         in ``saved``, recorded by the framework's autodiff: the stationarity residual
         ``grad_tau`` (B, T, N) = grad of l_t + lam_{t+1}^T f_t, the dynamics' values ``next``
-        (B, T, n), the terminal gradient ``grad_T`` (B, n), and x0, lo, hi."""
+        (B, T, n), the terminal gradient ``grad_T`` (B, n), and x0, lo, hi; with path
+        constraints, the Lagrangian includes their multipliers' terms, and their rows' values
+        ``path`` (B, T, k_s) and ``path_T`` (B, k_T) join (the active ones are KKT conditions)."""
         model: Model = data["model"]
+        if getattr(saved, "multipliers", None) is not None:
+            model = model.with_multipliers(*saved.multipliers)
         x, u, lam = saved.x, saved.u, saved.lam
         grad_tau, next_x = model.lagrangian_gradient(x[:, :-1], u, lam[:, 1:])
         inputs = {"grad_tau": grad_tau, "next": next_x, "grad_T": model.terminal_gradient(x[:, -1]),
                   "x0": data["x0"], "lo": data["lo"], "hi": data["hi"]}
+        if self.path is not None:
+            inputs["path"], inputs["path_T"] = model.path_values(x, u)
         return {**inputs, **{k: data[k] for k in ("G", "g") if k in data}}
+
+    @property
+    def _time_varying(self) -> set[str]:
+        own = {p.name for p in self.parameters if p.time_varying}
+        return own | self.path.time_varying if self.path is not None else own
+
+    def _env(self, p: dict[str, Any], tau: Any = None) -> dict[int, Any]:
+        env = super()._env(p, tau)
+        if self.path is not None:
+            env.update({id(q): p[q.name] for q in self.path.hidden if q.name in p})
+        return env
 
 
 class Model:
@@ -77,13 +101,25 @@ class Model:
     def __init__(self, program: ILQRProgram, fw: Framework, params: dict[str, Any], like: Any):
         self._tiled: dict[int, Model] = {}
         self.program, self.fw, self.params, self.like = program, fw, params, like
-        p = program.problem
-        self._names = {
-            "dynamics": {q.name for q in nodes_of_type([p.transition], Parameter)},
-            "cost": {q.name for q in nodes_of_type([p.cost], Parameter)},
-            "terminal": {q.name for q in nodes_of_type([p.terminal_cost], Parameter)}
-            if p.terminal_cost is not None else set(),
-        }
+        p, path = program.problem, program.path
+        #: the stage and terminal costs the solver minimises: the problem's, plus the path
+        #: constraints' augmented-Lagrangian terms (zero until :meth:`with_multipliers`)
+        self.stage_cost, self.final_cost = p.cost, p.terminal_cost
+        if path is not None:
+            self.stage_cost = p.cost + path.stage_term() if path.stage is not None else p.cost
+            if path.terminal is not None:
+                term = path.terminal_term()
+                self.final_cost = term if p.terminal_cost is None else p.terminal_cost + term
+            self.params = {**params, **self._multiplier_values(path, like, None, None, None)}
+
+        def names(root: Any) -> set:
+            return {q.name for q in nodes_of_type([root], Parameter)} if root is not None else set()
+
+        self._names = {"dynamics": names(p.transition), "cost": names(self.stage_cost),
+                       "terminal": names(self.final_cost)}
+        if path is not None:
+            self._names["path"] = names(path.stage.values if path.stage is not None else None)
+            self._names["path_terminal"] = names(path.terminal.values if path.terminal is not None else None)
         self._names["lagrangian"] = self._names["dynamics"] | self._names["cost"]
         self._time_varying = program._time_varying
         self._quadratic_stage: tuple | None = None  # (C, c at 0) once per call, if quadratic
@@ -91,8 +127,101 @@ class Model:
         #: an extra terminal linear cost c^T x_T (B, n) or None: the multipliers of terminal
         #: equalities (not part of :meth:`terminal_gradient`, the KKT conditions' own term)
         self.terminal_linear: Any = None
-        roots = [r for r in (p.transition, p.cost, p.terminal_cost) if r is not None]
+        roots = [r for r in (p.transition, self.stage_cost, self.final_cost) if r is not None]
         self._constants = constant_arrays(roots, fw, like)
+
+    # -- path constraints (augmented Lagrangian) -------------------------------------------------
+
+    @property
+    def path_sizes(self) -> tuple[int, int]:
+        """(k_s, k_T): the numbers of stage and terminal constraint rows (0, 0 without)."""
+        path = self.program.path
+        if path is None:
+            return 0, 0
+        return (path.stage.size if path.stage is not None else 0,
+                path.terminal.size if path.terminal is not None else 0)
+
+    def path_masks(self) -> tuple[Any, Any, Any, Any]:
+        """Constants (as arrays of the model's dtype and device): the stage weights (T+1, k_s),
+        1 where a row binds; the terminal weights (k_T,); which stage rows (k_s,) and which
+        terminal rows (k_T,) are equalities (1.0) rather than inequalities (0.0)."""
+        path, fw = self.program.path, self.fw
+        ks, kT = self.path_sizes
+        weights = path.stage_weights(self.program.T) if ks else np.zeros((self.program.T + 1, 1))
+        eq_s = path.stage.equality.astype(float) if ks else np.zeros(1)
+        eq_T = path.terminal.equality.astype(float) if kT else np.zeros(1)
+        return (fw.constant(weights, self.like), fw.constant(np.ones(max(kT, 1)) * (kT > 0), self.like),
+                fw.constant(eq_s, self.like), fw.constant(eq_T, self.like))
+
+    def _multiplier_values(self, path: PathConstraints, like: Any, lam: Any, lam_T: Any, rho: Any) -> dict:
+        """The hidden parameters' values: multipliers lam (B, T+1, k_s), lam_T (B, k_T) and the
+        penalty rho (B,); None: the model without the constraints' terms (weights 0)."""
+        xp = self.fw.xp
+        B, T = like.shape[0], self.program.T
+        ks, kT = max(path.stage.size if path.stage else 0, 1), max(path.terminal.size if path.terminal else 0, 1)
+        if lam is None:
+            zero = 0.0 * like
+            return {path.multipliers.name: xp.broadcast_to(zero[:, None, None], (B, T + 1, ks)),
+                    path.weights.name: xp.broadcast_to(zero[:, None, None], (B, T + 1, ks)),
+                    path.terminal_multipliers.name: xp.broadcast_to(zero[:, None], (B, kT)),
+                    path.terminal_weights.name: xp.broadcast_to(zero[:, None], (B, kT)),
+                    path.penalty.name: zero + 1.0, path.half_inverse.name: zero + 0.5}
+        weights, weights_T, _, _ = self.path_masks()
+        return {path.multipliers.name: lam, path.weights.name: xp.broadcast_to(weights, (B, T + 1, ks)),
+                path.terminal_multipliers.name: lam_T, path.terminal_weights.name: xp.broadcast_to(weights_T, (B, kT)),
+                path.penalty.name: rho, path.half_inverse.name: 0.5 / rho}
+
+    def with_multipliers(self, lam: Any, lam_T: Any, rho: Any) -> Model:
+        """The model whose costs carry the path constraints' augmented-Lagrangian terms with
+        multipliers lam (B, T+1, k_s), lam_T (B, k_T) and penalty rho (B,)."""
+        out = copy.copy(self)
+        out.params = {**self.params, **self._multiplier_values(self.program.path, self.like, lam, lam_T, rho)}
+        out._tiled, out._quadratic_stage, out._quadratic_terminal = {}, None, None
+        return out
+
+    def path_values(self, x: Any, u: Any) -> tuple[Any, Any]:
+        """The constraint rows' values: c_t (B, T, k_s) at (x_t, u_t, p_t), t < T, and c_T
+        (B, k_T) at (x_T, p_T) (zeros (B, T, 1), (B, 1) for an empty set)."""
+        path, xp = self.program.path, self.fw.xp
+        B, T, m = u.shape
+        n = x.shape[-1]
+        if path.stage is not None:
+            c = self._batched(path.stage.values, "path", x[:, :-1].reshape(B * T, n), u.reshape(B * T, m),
+                              over_time=T)
+            c = xp.broadcast_to(c, (B * T, path.stage.size)).reshape(B, T, path.stage.size)
+        else:
+            c = 0.0 * x[:, :-1, :1]
+        if path.terminal is not None:
+            c_T = xp.broadcast_to(self._batched(path.terminal.values, "path_terminal", x[:, -1]),
+                                  (B, path.terminal.size))
+        else:
+            c_T = 0.0 * x[:, -1, :1]
+        return c, c_T
+
+    def path_jacobians(self, x: Any, u: Any) -> tuple[Any, Any]:
+        """The rows' Jacobians: J_t (B, T, k_s, N) in tau_t = [x_t; u_t], J_T (B, k_T, n) in x_T
+        (zeros with one row for an empty set)."""
+        path, fw = self.program.path, self.fw
+        if path.stage is not None:
+            def rows(p: dict, ref: Any, tau: Any) -> Any:
+                out = evaluate([path.stage.values], self.program._env(p, tau), fw, ref)[0]
+                return fw.xp.broadcast_to(out, (path.stage.size,))
+
+            J = self._per_stage("path", fw.jacobian(rows, argnums=2), self._tau(x[:, :-1], u))
+        else:
+            J = 0.0 * self._tau(x[:, :-1], u)[:, :, None, :]
+        if path.terminal is not None:
+            p, ref = self._params("path_terminal")
+
+            def rows_T(p: dict, ref: Any, z: Any) -> Any:
+                env = self.program._env(p)
+                env[id(self.program.problem.state)] = z
+                return fw.xp.broadcast_to(evaluate([path.terminal.values], env, fw, ref)[0], (path.terminal.size,))
+
+            J_T = fw.vmap(fw.jacobian(rows_T, argnums=2))(p, ref, x[:, -1])
+        else:
+            J_T = 0.0 * x[:, -1, None, :]
+        return J, J_T
 
     def with_terminal_linear(self, c: Any) -> Model:
         """The same functions with the terminal linear cost c^T x_T (c (B, n)) added."""
@@ -125,7 +254,7 @@ class Model:
         """The parameters ``which`` uses (B, ...) and the reference array (B,) for dtype and
         device; for the terminal cost, the time-varying ones at t = T."""
         p = {name: self.params[name] for name in self._names[which]}
-        if which == "terminal":
+        if which in ("terminal", "path_terminal"):
             p = {k: v[:, -1] if k in self._time_varying else v for k, v in p.items()}
         return p, self.like
 
@@ -158,12 +287,12 @@ class Model:
         return evaluate([self.program.problem.transition], self.program._env(p, tau), self.fw, ref)[0]
 
     def _l(self, p: dict, ref: Any, tau: Any) -> Any:
-        return evaluate([self.program.problem.cost], self.program._env(p, tau), self.fw, ref)[0]
+        return evaluate([self.stage_cost], self.program._env(p, tau), self.fw, ref)[0]
 
     def _lT(self, p: dict, ref: Any, x: Any) -> Any:
         env = self.program._env(p)
         env[id(self.program.problem.state)] = x
-        return evaluate([self.program.problem.terminal_cost], env, self.fw, ref)[0]
+        return evaluate([self.final_cost], env, self.fw, ref)[0]
 
     def _tau(self, x: Any, u: Any) -> Any:
         return self.fw.xp.concatenate([x, u], -1)
@@ -202,15 +331,14 @@ class Model:
         """The total cost (B',) of trajectories x (B', T+1, n), u (B', T, m)."""
         B, T, m = u.shape
         n = x.shape[-1]
-        stage = self._batched(self.program.problem.cost, "cost", x[:, :-1].reshape(B * T, n),
+        stage = self._batched(self.stage_cost, "cost", x[:, :-1].reshape(B * T, n),
                               u.reshape(B * T, m), over_time=T)
         total = self.fw.xp.broadcast_to(stage, (B * T,)).reshape(B, T).sum(1)
         if self.terminal_linear is not None:
             total = total + (self.terminal_linear * x[:, -1]).sum(-1)
-        if self.program.problem.terminal_cost is None:
+        if self.final_cost is None:
             return total
-        return total + self.fw.xp.broadcast_to(
-            self._batched(self.program.problem.terminal_cost, "terminal", x[:, -1]), (B,))
+        return total + self.fw.xp.broadcast_to(self._batched(self.final_cost, "terminal", x[:, -1]), (B,))
 
     def linearize(self, x: Any, u: Any) -> Any:
         """F (B, T, n, N): the dynamics' Jacobians along x (B, T+1, n), u (B, T, m)."""
@@ -241,7 +369,7 @@ class Model:
 
     def _terminal_derivatives(self, xT: Any) -> tuple[Any, Any]:
         fw = self.fw
-        if self.program.problem.terminal_cost is None:
+        if self.final_cost is None:
             zero = 0.0 * xT
             return zero[..., None] * zero[..., None, :], zero
         p, ref = self._params("terminal")
@@ -258,7 +386,7 @@ class Model:
 
     def terminal_gradient(self, xT: Any) -> Any:
         """grad of the terminal cost (B, n) at x_T (B, n); zeros without a terminal cost."""
-        if self.program.problem.terminal_cost is None:
+        if self.final_cost is None:
             return 0.0 * xT
         p, ref = self._params("terminal")
         return self.fw.vmap(self.fw.grad(self._lT, argnums=2))(p, ref, xT)
@@ -299,11 +427,39 @@ class Model:
         return self._per_stage("lagrangian", point, self._tau(x, u), lam_next)
 
 def lower_ilqr(problem: ControlProblem, form: ProblemForm) -> ILQRProgram:
-    """Check the box bounds' shapes and freeze the program."""
+    """Check the box bounds' shapes and freeze the program. General path constraints, or
+    terminal constraints other than affine equalities, become augmented-Lagrangian rows."""
     check_bounds(problem, form.box_bounds)
+    general = [c for _, c in form.other_constraints]
+    affine_goal = form.value("terminal constraints") <= {ConstraintKind.TERMINAL_EQUALITY}
+    path = path_constraints(problem, general) if general or not affine_goal else None
     return ILQRProgram(problem, form.box_bounds, tuple(problem.parameters()),
-                       quadratic_cost=form.value("stage cost") in _QUADRATIC,
-                       quadratic_terminal=form.value("terminal cost") in _QUADRATIC)
+                       quadratic_cost=form.value("stage cost") in _QUADRATIC and path is None,
+                       quadratic_terminal=form.value("terminal cost") in _QUADRATIC and path is None, path=path)
+
+
+def _constraint_lines(program: ILQRProgram) -> list[str]:
+    """Each general constraint: where it binds and how it is met."""
+    p = program.problem
+    if program.path is None:
+        if not p.terminal_constraints:
+            return ["  constraints  none beyond the box"]
+        return ["  terminal equalities  " + "; ".join(map(str, p.terminal_constraints)) + " at x_T: met exactly by "
+                "Newton on their multipliers around the iLQR solve (sensitivities from its exact backward; the "
+                "gradient adds one more LQR solve)"]
+    lines = ["  constraints  (augmented Lagrangian around iLQR: multipliers updated after each solve, penalty rho "
+             "raised where the violation stalls; backward: one LQR solve per active row, batched, with the active "
+             "rows as equalities)"]
+    general = program.path.general
+    u = p.control
+    for c in general:
+        uses_u = id(u) in (expression_facts(c.lhs).uses | expression_facts(c.rhs).uses)
+        where = f"t = 0..{p.horizon - 1}" if uses_u else f"x_1..x_{p.horizon}"
+        lines.append(f"    {c}   ({'equality' if isinstance(c, Equality) else 'inequality'}, "
+                     f"{int(np.prod(c.shape)) if c.shape else 1} row(s) per stage, binds at {where})")
+    for c in p.terminal_constraints:
+        lines.append(f"    {c}   (terminal {'equality' if isinstance(c, Equality) else 'inequality'}, at x_T)")
+    return lines
 
 
 def explain_lowering(program: Any, options: dict) -> list[str]:
@@ -321,10 +477,7 @@ def explain_lowering(program: Any, options: dict) -> list[str]:
         f"  terminal    {p.terminal_cost if p.terminal_cost is not None else 'none'}",
         f"  x_0 = {p.initial_state}   ({feeds([p.initial_state])})",
         "  control box  " + ("; ".join(str(b.source) for b in program.bounds) if program.bounds else "none"),
-        "  terminal equalities  " + ("; ".join(map(str, p.terminal_constraints)) + " at x_T: met exactly by Newton "
-                                     "on their multipliers around the iLQR solve (sensitivities from its exact "
-                                     "backward; the gradient adds one more LQR solve)"
-                                     if p.terminal_constraints else "none"),
+    ] + _constraint_lines(program) + [
         "  derivatives:",
         f"    dynamics Jacobian F_t (B,{T},{n},{n + m}): {how}",
         f"    cost Hessian C_t, gradient c_t: {how}"

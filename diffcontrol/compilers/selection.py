@@ -37,6 +37,15 @@ def rejection(backend: Backend, form: ProblemForm) -> str | None:
     return None
 
 
+def _yields(backend: Backend, form: ProblemForm, reasons: dict) -> str | None:
+    """Why ``backend``, which fits, leaves the problem to a later one that fits too, or None."""
+    for other, rule in backend.yields_to:
+        why = rule(form) if reasons.get(other) is None else None
+        if why is not None:
+            return f"fits, but leaves it to '{other}': {why}"
+    return None
+
+
 def select(form: ProblemForm, backend: str = "auto") -> Decision:
     """Pick ``backend`` (or, for "auto", the first in order of preference that fits)."""
     reasons = {b.name: rejection(b, form) for b in BACKENDS}
@@ -52,6 +61,10 @@ def select(form: ProblemForm, backend: str = "auto") -> Decision:
     order = ", ".join(b.name for b in BACKENDS)
     for b in BACKENDS:
         if reasons[b.name] is None:
+            yielded = _yields(b, form, reasons)
+            if yielded is not None:
+                reasons[b.name] = yielded
+                continue
             met = "; ".join(f"{r.fact}: {form.facts[r.fact].value}" for r in b.requirements)
             why = (f"'{b.name}' is the first backend in order of preference ({order}) that takes "
                    f"the problem ({met})")

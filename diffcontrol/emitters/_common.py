@@ -187,6 +187,10 @@ def nonconvergence_message(n_bad: int, batch: int, worst: float, tol: float, sta
     if statuses and all(s is Status.GOAL_NOT_MET for s in statuses):
         advice = ("their outputs are not solutions and their gradients are NaN: check that the goal can be reached "
                   "(controllability, the box), or raise max_iter")
+    elif statuses and all(s is Status.INFEASIBLE_SOLUTION for s in statuses):
+        advice = ("their outputs violate the constraints and their gradients rest on that point: check that the "
+                  "constraints can be met together (with x_0 and the box); for ilqr, raise outer_max_iter or "
+                  "constraint_tol")
     else:
         advice = ("their gradients rest on a fixed point that was not reached. Raise max_iter, warm-start, "
                   "or pass on_nonconvergence='raise' to stop here")
