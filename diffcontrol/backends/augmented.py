@@ -40,6 +40,8 @@ from diffcontrol.errors import GradientFallbackWarning, Status
 
 #: the implicit inputs of the rows' values: stage rows (B, T, k_s), terminal rows (B, k_T)
 KEYS = ("path", "path_T")
+#: the inner solves' tolerance relative to the violation, until it reaches tol
+INEXACT = 1e-2
 #: rho stops growing here (the subproblems' conditioning worsens with it)
 PENALTY_MAX = 1e8
 
@@ -65,26 +67,32 @@ class Active(NamedTuple):
 
 
 class _Outer(NamedTuple):
+    """The outer loop's state: multipliers, warm start, violation (B,), which examples are
+    done, their inner iterations, and last step's active rows (B, rows)."""
+
     lam: Multipliers
     u: Any
     violation: Any
     done: Any
     iterations: Any
+    active: Any
 
 
 def constraint_tolerance(options: dict, tol: float) -> float:
-    return options["constraint_tol"] if options.get("constraint_tol") is not None else tol ** 0.75
+    return options["constraint_tol"] if options.get("constraint_tol") is not None else tol
 
 
-def _violation(ops: Ops, c: Any, c_T: Any, masks: tuple) -> tuple[Any, Any]:
-    """The largest violation (B,): |c| of equality rows, max(c, 0) of inequality rows, where
-    they bind; and the per-row violations of the stage (B, T, k_s) and terminal rows."""
+def _violation(ops: Ops, c: Any, c_T: Any, lam: Multipliers, masks: tuple) -> Any:
+    """The largest violation (B,) of the KKT conditions the rows add, where they bind: |c| of an
+    equality row, |max(c, -lam / rho)| of an inequality row, which is small once c <= 0 nearly
+    and either c = 0 or lam = 0 (feasibility and complementarity; Nocedal & Wright, 17.4)."""
     xp = ops.xp
     weights, weights_T, eq, eq_T = masks
     T = c.shape[1]
-    v = xp.where(eq > 0.5, xp.abs(c), xp.maximum(c, 0.0 * c)) * weights[:T]
-    v_T = xp.where(eq_T > 0.5, xp.abs(c_T), xp.maximum(c_T, 0.0 * c_T)) * weights_T
-    return xp.maximum(xp.amax(v, (1, 2)), xp.amax(v_T, -1)), (v, v_T)
+    rho = lam.penalty
+    v = xp.where(eq > 0.5, c, xp.maximum(c, -lam.stage[:, :T] / rho[:, None, None]))
+    v_T = xp.where(eq_T > 0.5, c_T, xp.maximum(c_T, -lam.terminal / rho[:, None]))
+    return xp.maximum(xp.amax(xp.abs(v) * weights[:T], (1, 2)), xp.amax(xp.abs(v_T) * weights_T, -1))
 
 
 def _updated(ops: Ops, lam: Multipliers, c: Any, c_T: Any, masks: tuple) -> tuple[Any, Any]:
@@ -99,10 +107,20 @@ def _updated(ops: Ops, lam: Multipliers, c: Any, c_T: Any, masks: tuple) -> tupl
             xp.where(eq_T > 0.5, s_T, xp.maximum(s_T, 0.0 * s_T)) * weights_T)
 
 
-def solve(inner: Callable, data: dict, options: dict, ops: Ops, tol: float, u_init: Any = None) -> tuple:
+def _active(ops: Ops, stage: Any, terminal: Any, masks: tuple, T: int) -> tuple[Any, Any]:
+    """Which rows are active (B, T, k_s), (B, k_T): equalities where they bind, inequalities
+    with a positive multiplier."""
+    weights, weights_T, eq, eq_T = masks
+    return (((stage[:, :T] != 0) | (eq > 0.5)) & (weights[:T] > 0),
+            ((terminal != 0) | (eq_T > 0.5)) & (weights_T > 0))
+
+
+def solve(inner: Callable, inner_vjp: Callable, data: dict, options: dict, ops: Ops, tol: float,
+          u_init: Any = None) -> tuple:
     """Solve with the path and terminal constraints of ``data["model"]`` by the augmented
-    Lagrangian around ``inner`` (the unconstrained solve). Returns its (outputs, info,
-    saved), with ``saved.multipliers`` and ``saved.path`` set."""
+    Lagrangian around ``inner`` (the unconstrained solve; ``inner_vjp`` its VJP, for the
+    Newton updates of the multipliers). Returns its (outputs, info, saved), with
+    ``saved.multipliers`` and ``saved.path`` set."""
     xp = ops.xp
     model = data["model"]
     lo = data["lo"]
@@ -112,24 +130,51 @@ def solve(inner: Callable, data: dict, options: dict, ops: Ops, tol: float, u_in
     c_tol = constraint_tolerance(options, tol)
     like = data["x0"]
 
-    def run(lam: Multipliers, u: Any) -> tuple:
+    def run(lam: Multipliers, u: Any, inner_tol: Any = tol) -> tuple:
         d = {**data, "model": model.with_multipliers(*lam)}
-        return inner(d, options, ops, u)
+        return inner(d, {**options, "tol": inner_tol}, ops, u)
 
     def body(state: _Outer) -> _Outer:
-        (x, u), info, _ = run(state.lam, state.u)
+        # far from feasibility the subproblems need not be solved to tol (Nocedal & Wright,
+        # Alg. 17.4: the inner tolerance shrinks with the violation); the last one is
+        zero = 0.0 * state.lam.penalty
+        inexact = xp.where(state.done, zero + tol,
+                           xp.maximum(zero + tol, INEXACT * xp.minimum(state.violation, zero + 1.0)))
+        (x, u), info, saved = run(state.lam, state.u, inexact)
         c, c_T = model.path_values(x, u)
-        violation, _ = _violation(ops, c, c_T, masks)
+        violation = _violation(ops, c, c_T, state.lam, masks)
         stage, terminal = _updated(ops, state.lam, c, c_T, masks)
-        done = state.done | (info.converged & (violation <= c_tol))
-        keep = state.done  # a finished example keeps the multipliers of its solution
+        on, on_T = _active(ops, stage, terminal, masks, T)
+        active = xp.concatenate([on.reshape(B, -1), on_T], -1)
+        # once the active set repeats, Newton on the active rows' multipliers (the dual's
+        # Hessian is -J K^{-1} J^T, from the inner VJPs): quadratic where first-order updates
+        # crawl at a rate of about 1 / rho
+        settled = (active == state.active).all(-1) & (violation <= 0.25 * state.violation)
+        if ops.known_any(settled) is not False:
+            J, J_T = model.path_jacobians(x, u)
+            rows = _rows(ops, on, on_T, J, J_T)
+            G, _ = _schur(ops, inner_vjp, saved, rows, [])
+            c_r = rows.select(xp.concatenate([c.reshape(B, -1), c_T], -1))
+            lam_r = rows.select(xp.concatenate([state.lam.stage[:, :T].reshape(B, -1), state.lam.terminal], -1))
+            step = ops.cho_solve(ops.cholesky(G, strict=False), c_r[..., None])[..., 0]
+            newton = rows.scatter(xp.where(rows.present, lam_r + step, 0.0 * step))
+            eq_all = xp.concatenate([xp.broadcast_to(masks[2], (T, ks if ks else 1)).reshape(-1), masks[3]], -1)
+            newton = xp.where(eq_all > 0.5, newton, xp.maximum(newton, 0.0 * newton))
+            ok = settled & xp.isfinite(newton).all(-1)
+            first = xp.concatenate([stage[:, :T].reshape(B, -1), terminal], -1)
+            chosen = xp.where(ok[:, None] & active, newton, first)
+            stage = xp.concatenate([chosen[:, :T * stage.shape[-1]].reshape(B, T, -1), stage[:, T:]], 1)
+            terminal = chosen[:, T * stage.shape[-1]:]
+
+        done = state.done | ((info.residual <= tol) & (violation <= c_tol))
+        keep = done  # a finished example keeps the multipliers of its solution
         rho = state.lam.penalty
         grow = ~done & (violation > 0.25 * state.violation)
         rho = xp.where(grow, xp.minimum(rho * options["penalty_factor"], 0.0 * rho + PENALTY_MAX), rho)
         lam = Multipliers(xp.where(keep[:, None, None], state.lam.stage, stage),
                           xp.where(keep[:, None], state.lam.terminal, terminal), rho)
         return _Outer(lam, u, xp.where(keep, state.violation, violation), done,
-                      state.iterations + xp.where(state.done, 0, info.iterations))
+                      state.iterations + xp.where(state.done, 0, info.iterations), active)
 
     def unfinished(state: _Outer) -> Any:
         return (~state.done).any()
@@ -138,17 +183,18 @@ def solve(inner: Callable, data: dict, options: dict, ops: Ops, tol: float, u_in
     lam = Multipliers(ops.zeros((B, T + 1, max(ks, 1)), like), ops.zeros((B, max(kT, 1)), like),
                       zero + float(options["penalty"]))
     u = ops.zeros((B, T, m), like) if u_init is None else u_init
-    start = _Outer(lam, u, zero + float("inf"), xp.zeros_like(zero, dtype=bool), xp.where(zero > 0, 1, 0))
+    none = xp.zeros_like(ops.zeros((B, T * max(ks, 1) + max(kT, 1)), like), dtype=bool)
+    start = _Outer(lam, u, zero + float("inf"), xp.zeros_like(zero, dtype=bool), xp.where(zero > 0, 1, 0), none)
     end = ops.loop(unfinished, body, start, options["outer_max_iter"])
     # the final solve at each example's multipliers (warm: a finished one takes no iteration)
     (x, u), info, saved = run(end.lam, end.u)
     c, c_T = model.path_values(x, u)
-    violation, _ = _violation(ops, c, c_T, masks)
+    violation = _violation(ops, c, c_T, end.lam, masks)
     met = violation <= c_tol
     stage, terminal = _updated(ops, end.lam, c, c_T, masks)
     J, J_T = model.path_jacobians(x, u)
     weights, weights_T, eq, eq_T = masks
-    on, on_T = (stage[:, :T] != 0) & (weights[:T] > 0), (terminal != 0) & (weights_T > 0)
+    on, on_T = _active(ops, stage, terminal, masks, T)
     # strict complementarity fails where an inequality sits at zero with a zero multiplier: the
     # solution is then only one-sidedly differentiable there (the backward warns)
     weak = (((xp.abs(c) <= c_tol) & ~on & (weights[:T] > 0) & (eq < 0.5)).sum((1, 2))
@@ -161,53 +207,85 @@ def solve(inner: Callable, data: dict, options: dict, ops: Ops, tol: float, u_in
     return (x, u), info, saved._replace(multipliers=end.lam, path=active)
 
 
+class _Rows(NamedTuple):
+    """The active rows of each example, compacted to R (the most any example has): ``sel``
+    (B, R, rows) picks example b's r-th active row, ``present`` (B, R) marks real ones (the
+    rest pad), ``J`` (B, R, N) their Jacobians, ``onehot`` (B, R, T+1) their stages, and their
+    cotangents on the trajectory, gx (B, R, T+1, n) and gu (B, R, T, m)."""
+
+    sel: Any
+    present: Any
+    J: Any
+    onehot: Any
+    gx: Any
+    gu: Any
+
+    def select(self, values: Any) -> Any:
+        """(B, rows) -> the active rows' values (B, R)."""
+        return (self.sel @ values[..., None])[..., 0]
+
+    def scatter(self, values: Any) -> Any:
+        """(B, R) -> (B, rows), zero off the active rows."""
+        return (values[..., None] * self.sel).sum(1)
+
+
+def _rows(ops: Ops, on: Any, on_T: Any, J: Any, J_T: Any) -> _Rows:
+    """The active rows (stage rows t-major, then terminal ones) of ``on`` (B, T, k_s) and ``on_T``
+    (B, k_T), with their Jacobians J (B, T, k_s, N), J_T (B, k_T, n)."""
+    xp = ops.xp
+    B, T, ks, N = J.shape
+    kT, n = J_T.shape[1:]
+    m = N - n
+    active = xp.concatenate([on.reshape(B, T * ks), on_T], -1)
+    J_all = xp.concatenate([J.reshape(B, T * ks, N), xp.concatenate([J_T, ops.zeros((B, kT, m), J)], -1)], 1)
+    stage_of = ops.cast_like(ops.as_array([t for t in range(T) for _ in range(ks)] + [T] * kT, J), J)
+    known = ops.known_any(active)
+    # (under jax.jit the count is not known: every row gets a slot)
+    R = max(int(ops.to_numpy(active.sum(-1)).max()) if known is not None else active.shape[-1], 1)
+    ones = xp.where(active, 1.0 + 0.0 * J_all[..., 0], 0.0 * J_all[..., 0])
+    position = xp.cumsum(ones, -1) - 1
+    ranks = ops.cast_like(ops.as_array(list(range(R)), J), J)
+    sel = ones[:, None, :] * xp.where(xp.abs(position[:, None, :] - ranks[None, :, None]) < 0.5, 1.0, 0.0)
+    present = sel.sum(-1) > 0.5
+    Jr = sel @ J_all
+    t_r = (sel @ stage_of[:, None])[..., 0]
+    steps = ops.cast_like(ops.as_array(list(range(T + 1)), J), J)
+    onehot = xp.where(xp.abs(t_r[..., None] - steps) < 0.5, 1.0 + 0.0 * t_r[..., None], 0.0 * t_r[..., None])
+    gx, gu = onehot[..., None] * Jr[:, :, None, :n], onehot[:, :, :T, None] * Jr[:, :, None, n:]
+    return _Rows(sel, present, Jr, onehot, gx, gu)
+
+
+def _schur(ops: Ops, inner_vjp: Callable, saved: Any, rows: _Rows, vectors: list) -> tuple[Any, list]:
+    """G = J_A K^{-1} J_A^T (B, R, R), identity on the padding rows, and J_A K^{-1} v (B, R)
+    for each cotangent pair v = (gx, gu) in ``vectors``: one tiled batch of R + len(vectors)
+    inner VJPs (copy-major rows r * B + b). The inner VJP's cotangent of the stationarity
+    residual is -K^{-1} v (K the Hessian of the augmented Lagrangian, on the free controls)."""
+    xp = ops.xp
+    B, R, T1, n = rows.gx.shape
+    copies = R + len(vectors)
+    gx = xp.concatenate([rows.gx[:, r] for r in range(R)] + [v[0] for v in vectors], 0)
+    gu = xp.concatenate([rows.gu[:, r] for r in range(R)] + [v[1] for v in vectors], 0)
+    P = inner_vjp({}, _tile(xp, saved, B, copies), (gx, gu), ops, ("grad_tau", "grad_T"))
+    last = xp.concatenate([P["grad_T"], 0.0 * P["grad_tau"][:, 0, n:]], -1)[:, None]
+    Pz = xp.concatenate([P["grad_tau"], last], 1)  # (copies B, T+1, N)
+    Pz = xp.stack([Pz[r * B:(r + 1) * B] for r in range(copies)], 1)  # (B, copies, T+1, N)
+    JKv = -((rows.onehot[:, None] @ Pz) * rows.J[:, None]).sum(-1)  # (B, copies, R): J_i K^{-1} (column)
+    G = xp.swapaxes(JKv[:, :R], -1, -2)
+    pad = ~(rows.present[..., None] & rows.present[:, None, :])
+    G = xp.where(pad, 0.0 * G, G) + ops.eye_like(G) * xp.where(rows.present, 0.0, 1.0)[..., None]
+    return 0.5 * (G + xp.swapaxes(G, -1, -2)), [JKv[:, R + i] for i in range(len(vectors))]
+
+
 def vjp(inner_vjp: Callable, data: dict, saved: Any, cotangents: tuple, ops: Ops, needs: Any) -> dict:
     """Cotangents of the data named in ``needs`` (the inner solver's keys and :data:`KEYS`)."""
     xp = ops.xp
     gx, gu = cotangents
     B, T, m = gu.shape
-    n = gx.shape[-1]
-    N = n + m
     act = saved.path
-    ks, kT = act.stage.shape[-1], act.terminal.shape[-1]
-    # all rows, stage rows first (t-major), then the terminal ones: (B, R) with R = T k_s + k_T
-    active = xp.concatenate([act.stage.reshape(B, T * ks), act.terminal], -1)
-    J_all = xp.concatenate([act.J.reshape(B, T * ks, N),
-                            xp.concatenate([act.J_T, ops.zeros((B, kT, m), gx)], -1)], 1)  # (B, R, N)
-    stage_of = ops.cast_like(ops.as_array([t for t in range(T) for _ in range(ks)] + [T] * kT, gx), gx)
-    known = ops.known_any(active)
-    count = ops.to_numpy(active.sum(-1)) if known is not None else None
-    R = max(int(count.max()) if count is not None else active.shape[-1], 1)
-    # the active rows, compacted: sel[b, r, i] = 1 where row i is example b's r-th active row
-    ones = xp.where(active, 1.0 + 0.0 * J_all[..., 0], 0.0 * J_all[..., 0])
-    position = xp.cumsum(ones, -1) - 1
-    ranks = ops.cast_like(ops.as_array(list(range(R)), gx), gx)
-    sel = ones[:, None, :] * xp.where(xp.abs(position[:, None, :] - ranks[None, :, None]) < 0.5, 1.0, 0.0)
-    present = sel.sum(-1) > 0.5  # (B, R)
-    Jr = sel @ J_all  # (B, R, N)
-    t_r = (sel @ stage_of[:, None])[..., 0]  # (B, R)
-    steps = ops.cast_like(ops.as_array(list(range(T + 1)), gx), gx)
-    onehot = xp.where(xp.abs(t_r[..., None] - steps) < 0.5, 1.0 + 0.0 * t_r[..., None], 0.0 * t_r[..., None])
-    gx_r = onehot[..., None] * Jr[:, :, None, :n]  # (B, R, T+1, n)
-    gu_r = onehot[:, :, :T, None] * Jr[:, :, None, n:]  # (B, R, T, m)
-    # one tiled batch of R + 1 inner VJPs (copy-major rows r * B + b): the rows, then v
-    tiled_gx = xp.concatenate([gx_r[:, r] for r in range(R)] + [gx], 0)
-    tiled_gu = xp.concatenate([gu_r[:, r] for r in range(R)] + [gu], 0)
-    keys = ("grad_tau", "grad_T")
-    P = inner_vjp(_tile(xp, data, B, R + 1), _tile(xp, saved, B, R + 1), (tiled_gx, tiled_gu), ops, keys)
-    Pz = xp.concatenate([P["grad_tau"], xp.concatenate([P["grad_T"], 0.0 * P["grad_tau"][:, 0, n:]], -1)[:, None]],
-                        1)  # (R+1)B, T+1, N
-    Pz = xp.stack([Pz[r * B:(r + 1) * B] for r in range(R + 1)], 1)  # (B, R+1, T+1, N)
-    at_rows = onehot[:, None] @ Pz  # (B, R+1, R, N): column r's solution at row i's stage
-    JP = (at_rows * Jr[:, None]).sum(-1)  # (B, R+1, R): J_i P(column r)
-    # P(v) = -K^{-1} v (the inner VJP's cotangent of the stationarity residual), so
-    # -S = J K^{-1} J^T: positive definite where the active rows are independent; the padding
-    # rows get -1 on the diagonal
-    S = -xp.swapaxes(JP[:, :R], -1, -2)
-    pad = ~(present[..., None] & present[:, None, :])
-    S = xp.where(pad, 0.0 * S, S) + ops.eye_like(S) * xp.where(present, 0.0, 1.0)[..., None]
-    L = ops.cholesky(0.5 * (S + xp.swapaxes(S, -1, -2)), strict=False)
-    eta = -ops.cho_solve(L, JP[:, R][..., None])[..., 0]  # S_P^{-1} J P(v), S_P = J P(J^T)
+    ks = act.stage.shape[-1]
+    rows = _rows(ops, act.stage, act.terminal, act.J, act.J_T)
+    G, (JKv,) = _schur(ops, inner_vjp, saved, rows, [(gx, gu)])
+    eta = ops.cho_solve(ops.cholesky(G, strict=False), JKv[..., None])[..., 0]  # G^{-1} J K^{-1} v
     singular = ~xp.isfinite(eta).all(-1)
     if ops.known_any(act.weak > 0):
         weak = [int(b) for b in ops.to_numpy(act.weak).nonzero()[0]]
@@ -218,12 +296,12 @@ def vjp(inner_vjp: Callable, data: dict, saved: Any, cotangents: tuple, ops: Ops
     if ops.known_any(singular):
         warnings.warn(f"{int(singular.sum())} of {B} examples have linearly dependent active constraints (no "
                       "unique multipliers): their gradients are NaN", GradientFallbackWarning, stacklevel=3)
-    eta = xp.where(present, eta, 0.0 * eta)
-    reduced = (gx - (eta[..., None, None] * gx_r).sum(1), gu - (eta[..., None, None] * gu_r).sum(1))
+    eta = xp.where(rows.present, eta, 0.0 * eta)
+    reduced = (gx - (eta[..., None, None] * rows.gx).sum(1), gu - (eta[..., None, None] * rows.gu).sum(1))
     out = inner_vjp(data, saved, reduced, ops, tuple(set(needs) - set(KEYS)))
-    rows = ((-eta)[..., None] * sel).sum(1)  # (B, rows)
-    out["path"] = rows[:, :T * ks].reshape(B, T, ks)
-    out["path_T"] = rows[:, T * ks:]
+    values = rows.scatter(-eta)  # the active rows' values' cotangent
+    out["path"] = values[:, :T * ks].reshape(B, T, ks)
+    out["path_T"] = values[:, T * ks:]
     used = (xp.abs(gx).reshape(B, -1).sum(-1) + xp.abs(gu).reshape(B, -1).sum(-1)) > 0
     poison = xp.where(singular & used, float("nan") + 0.0 * eta[:, 0], 0.0 * eta[:, 0])
 

@@ -142,7 +142,7 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
     (``G`` (B, k, n), ``g`` (B, k) in the data), by Newton on their multipliers."""
     tol = options["tol"] if options["tol"] is not None else ops.eps(data["x0"]) ** 0.5
     if data["model"].path_sizes != (0, 0):
-        return augmented.solve(_solve, data, options, ops, tol, u_init)
+        return augmented.solve(_solve, _vjp, data, options, ops, tol, u_init)
     if "G" not in data:
         return _solve(data, options, ops, u_init)
     inner = terminal.Inner(_solve, _vjp, _cost, linear_key="cT", cotangent_key="grad_T", affine=False)

@@ -110,8 +110,8 @@ ILQR = Backend(
         "newton_switch": option(1e-3, "scaled residual below which hessian='newton' uses the Lagrangian's Hessian",
                                 NONNEGATIVE),
         "constraint_tol": option(None, "largest violation accepted of a general path or terminal constraint (in "
-                                       "the constraint's units); None: tol ** 0.75 (1.3e-6 in float64, 2.5e-3 in "
-                                       "float32)", POSITIVE_OR_NONE),
+                                       "the constraint's units, with complementarity: |max(c, -lam / rho)| for "
+                                       "c <= 0); None: the same as tol", POSITIVE_OR_NONE),
         "penalty": option(1.0, "first penalty rho of the augmented Lagrangian of general constraints",
                           Rule(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
                                "a positive number")),
