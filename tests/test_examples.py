@@ -117,6 +117,14 @@ def _tracked(rows, out):
     assert float(moving["mean position error (steady)"]) < 0.1 * float(held["mean position error (steady)"])
 
 
+def _learned_radius(rows, out):
+    by_step = {r["step"]: r for r in rows}
+    first, final = by_step["0"], by_step["final"]
+    # from a guess of half the radius, the imitation loss falls and the radius grows toward 0.5
+    assert float(final["imitation loss"]) < 0.2 * float(first["imitation loss"])
+    assert abs(float(final["radius"]) - 0.5) < abs(float(first["radius"]) - 0.5) * 0.5
+
+
 EXAMPLES = {
     "lqr_imitation.py": ("lqr_imitation", True, _learned_lqr),
     "pendulum_imitation.py": ("pendulum_imitation", True, _learned_pendulum),
@@ -128,6 +136,7 @@ EXAMPLES = {
     "cartpole_from_observations.py": ("cartpole_from_observations", True, _learned_cartpole),
     "cartpole_imitation.py": ("cartpole_imitation", True, _learned_cartpole_imitation),
     "receding_horizon_tracking.py": ("receding_horizon_tracking", True, _tracked),
+    "obstacle_avoidance.py": ("obstacle_avoidance", True, _learned_radius),
 }
 
 

@@ -292,3 +292,46 @@ def test_nonsmooth_constraint_is_refused_naming_the_smooth_form():
                                               r"smooth"):
         prob.compile()
     assert "write them with smooth atoms" in prob.explain()
+
+
+def test_an_infeasible_example_is_flagged_and_leaves_the_others_gradients_alone():
+    values = _lq_values()
+    x0s = torch.tensor([[0.5, -1.6], [0.3, -1.6]], dtype=torch.float64, requires_grad=True)
+    # cvxpy's verdict on the second start: no trajectory keeps x[0] >= -0.09
+    X, U = cp.Variable((T_LQ + 1, 2)), cp.Variable((T_LQ, 1))
+    cons = [X[0] == x0s[1].detach().numpy()]
+    for t in range(T_LQ):
+        cons += [X[t + 1] == values["A"] @ X[t] + values["B"] @ U[t], X[t + 1, 0] >= values["lo"],
+                 X[t, 1] + 0.5 * U[t, 0] <= 0.1, U[t] >= -0.5, U[t] <= 0.5]
+    problem = cp.Problem(cp.Minimize(0), cons)
+    problem.solve(solver="CLARABEL")
+    assert problem.status == "infeasible"
+    layer = _lq().compile(backend="ilqr").to_torch()
+    fixed = {k: torch.tensor(v, dtype=torch.float64) for k, v in values.items() if k != "x0"}
+    with pytest.warns(dc.NotConvergedWarning, match="1 of 2 examples"):
+        x, u, info = layer(x0=x0s, **fixed, return_info=True)
+    assert info.status == [dc.Status.CONVERGED, dc.Status.INFEASIBLE_SOLUTION]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dc.GradientFallbackWarning)
+        (x[0].sum() + u[0].sum()).backward()  # the failed example is not used: no NaN, no error
+    one = x0s[:1].detach().clone().requires_grad_()
+    x1, u1 = layer(x0=one, **fixed)
+    (x1.sum() + u1.sum()).backward()
+    assert torch.allclose(x0s.grad[0], one.grad[0], atol=1e-9) and (x0s.grad[1] == 0).all()
+
+
+def test_linearly_dependent_active_constraints_give_loud_nan_gradients():
+    x, u = dc.State(2, name="x"), dc.Control(1, name="u")
+    lo = dc.Parameter((), name="lo")
+    prob = dc.ControlProblem(
+        dynamics=x.next == np.array([[1.0, 0.2], [0.0, 1.0]]) @ x + np.array([[0.05], [1.0]]) @ u,
+        cost=dc.sum_squares(x) + 0.1 * dc.sum_squares(u), terminal_cost=dc.sum_squares(x), horizon=8,
+        initial_state=np.array([0.5, -1.6]), constraints=[x[0] >= lo, 2 * x[0] >= 2 * lo])  # the same row twice
+    layer = prob.compile(backend="ilqr").to_torch()
+    v = _t(0.2, requires_grad=True)
+    xs, us, info = layer(lo=v, return_info=True)
+    assert bool(info.converged) and abs(xs[1:, 0].min().item() - 0.2) < 1e-8  # active
+    # no unique multipliers: the backward says so, and the layer's guard refuses the NaN gradient
+    with pytest.warns(dc.GradientFallbackWarning, match="linearly dependent active constraints"), \
+            pytest.raises(dc.SolverError, match="contains NaN"):
+        (xs.sum() + us.sum()).backward()

@@ -4,27 +4,33 @@ loop forward, and an exact implicit backward with the active constraints as equa
 Forward (as ALTRO, Howell, Jackson & Manchester 2019; Nocedal & Wright, Alg. 17.4): the
 model's costs carry, per constraint row, the term of the augmented Lagrangian with
 multiplier lam and penalty rho (:mod:`diffcontrol.compilers.augmented`). Each outer
-step solves that smooth problem by iLQR (warm-started from the last controls), then
-sets lam <- max(0, lam + rho c) (inequalities; lam + rho c for equalities) and, per
-example, raises rho by ``penalty_factor`` where the violation did not fall by 4. An
-example is done once its solve converged and no row is violated by more than
-``constraint_tol``; one still violated after ``outer_max_iter`` steps is reported
-with ``Status.INFEASIBLE_SOLUTION`` (never returned as if solved).
+step solves that smooth problem by iLQR (warm-started from the last controls; far from
+feasibility only to 1e-2 x the violation), then sets lam <- max(0, lam + rho c)
+(inequalities; lam + rho c for equalities) and, per example, raises rho by
+``penalty_factor`` where the violation did not fall by 4. Once the active set repeats
+(and the violation fell by 4), the active rows' multipliers take a Newton step on the
+dual instead, lam_A <- lam_A + (J_A K^{-1} J_A^T)^{-1} c_A (the Schur complement below),
+which converges quadratically where the first-order update crawls at a rate near 1/rho.
+An example is done once its solve converged to ``tol`` and every row's
+|max(c, -lam/rho)| (|c| of an equality) is below ``constraint_tol``: feasible and
+complementary. One that is not after ``outer_max_iter`` steps is reported with
+``Status.INFEASIBLE_SOLUTION`` (never returned as if solved).
 
 Backward (implicit function theorem on the KKT conditions of the constrained problem,
 strictly complementary case): the active rows A (equalities, and inequalities with
 lam > 0) are equalities there. With K the Hessian of the augmented Lagrangian, which
 at c_A = 0 is the Lagrangian's plus rho J_A^T J_A (the same KKT solution, and positive
-definite where the constrained minimum is strict), and P the inner solver's VJP
-(v -> K^{-1} v up to sign, the box-active controls frozen):
+definite where the constrained minimum is strict), the inner solver's VJP gives
+-K^{-1} v (on the free controls, the box-active ones frozen):
 
-    S = J_A P(J_A^T)   (k_A x k_A, from k_A inner VJPs run as one tiled batch)
-    eta = S^{-1} J_A P(v),   cotangent of the data = P-side VJP of (v - J_A^T eta),
+    G = J_A K^{-1} J_A^T   (k_A x k_A, from k_A inner VJPs run as one tiled batch)
+    eta = G^{-1} J_A K^{-1} v,   cotangent of the data = the inner VJP of v - J_A^T eta,
     cotangent of the active rows' values = -eta.
 
-So the backward is k_A + 1 LQR solves, batched. An example whose S is singular (active
+So the backward is k_A + 1 LQR solves, batched. An example whose G is singular (active
 constraints that are linearly dependent: no unique multipliers) gets NaN gradients
-where its outputs are used, with a warning.
+where its outputs are used, and one with a weakly active row (at zero with a zero
+multiplier: only one-sidedly differentiable) the one-sided gradient, each with a warning.
 """
 
 from __future__ import annotations
@@ -296,7 +302,9 @@ def vjp(inner_vjp: Callable, data: dict, saved: Any, cotangents: tuple, ops: Ops
     if ops.known_any(singular):
         warnings.warn(f"{int(singular.sum())} of {B} examples have linearly dependent active constraints (no "
                       "unique multipliers): their gradients are NaN", GradientFallbackWarning, stacklevel=3)
-    eta = xp.where(rows.present, eta, 0.0 * eta)
+    # (a singular example's eta is NaN: zero it here, so the solves below stay finite, and
+    # poison its gradients at the end instead)
+    eta = xp.where(rows.present & ~singular[:, None], eta, 0.0 * xp.nan_to_num(eta))
     reduced = (gx - (eta[..., None, None] * rows.gx).sum(1), gu - (eta[..., None, None] * rows.gu).sum(1))
     out = inner_vjp(data, saved, reduced, ops, tuple(set(needs) - set(KEYS)))
     values = rows.scatter(-eta)  # the active rows' values' cotangent
