@@ -43,8 +43,13 @@ def test_a_missing_cone_extra_is_named_by_selection_explain_and_a_forced_compile
     assert "cone: 'cone' would take it, but needs cvxpy, cvxpylayers, diffcp: pip install 'diffcontrol[cone]'" in text
     with pytest.raises(dc.BackendError, match=r"pip install 'diffcontrol\[cone\]'"):
         prob.compile(backend="cone")
+    # without the cone stack the smooth state constraint goes to ilqr; a nonsmooth one to none
+    assert prob.compile().backend == "ilqr"
+    x, u = dc.State(2, name="x"), dc.Control(1, name="u")
+    nonsmooth = dc.ControlProblem(dynamics=x.next == x + u[0], cost=dc.sum_squares(x) + dc.sum_squares(u), horizon=3,
+                                  initial_state=np.ones(2), constraints=[dc.norm1(x) <= 1.5])
     with pytest.raises(dc.BackendError, match=r"(?s)no available backend.*diffcontrol\[cone\]"):
-        prob.compile()
+        nonsmooth.compile()
 
 
 def test_the_command_line_tells_its_version():

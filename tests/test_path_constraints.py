@@ -335,3 +335,14 @@ def test_linearly_dependent_active_constraints_give_loud_nan_gradients():
     with pytest.warns(dc.GradientFallbackWarning, match="linearly dependent active constraints"), \
             pytest.raises(dc.SolverError, match="contains NaN"):
         (xs.sum() + us.sum()).backward()
+
+
+def test_a_constrained_layer_pickles_and_deep_copies():
+    import copy
+    import pickle
+
+    layer = _lq().compile(backend="ilqr").to_torch()
+    values = {k: torch.tensor(v, dtype=torch.float64) for k, v in _lq_values().items()}
+    x = layer(**values)[0]
+    for other in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer)):
+        assert torch.equal(other(**values)[0], x)
