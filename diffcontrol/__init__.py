@@ -56,14 +56,14 @@ from diffcontrol.errors import (
     SolverError,
     Status,
 )
-from diffcontrol.mpc import shift
+from diffcontrol.mpc import MPCPolicy, shift
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendError", "CompiledProblem", "Constraint", "Control", "ControlProblem", "Equality",
     "Expression", "Function", "GradientFallbackWarning", "Inequality", "InputError", "Maximize",
-    "Minimize", "ModelError",
+    "MPCPolicy", "Minimize", "ModelError",
     "NotConvergedWarning", "Parameter", "Problem", "SolverError", "State", "Status", "Variable", "abs",
     "atan2", "concat", "cos", "diag", "exp", "hstack", "huber", "log", "log_sum_exp", "logistic",
     "logsumexp", "max", "maximum", "mean", "min", "minimum", "models", "multiply", "norm", "norm1",

@@ -6,10 +6,6 @@ import argparse
 from collections.abc import Iterable
 from pathlib import Path
 
-import torch
-
-import diffcontrol as dc
-
 
 def arguments(doc: str) -> argparse.Namespace:
     """Every example's command line: ``--quick`` and ``--out`` (default examples_output)."""
@@ -26,21 +22,6 @@ def progress(items: Iterable, desc: str) -> Iterable:
     except ImportError:
         return items
     return tqdm(items, desc=desc, leave=False)
-
-
-def mpc_controller(layer, values: dict):
-    """Receding-horizon MPC with a control layer: solve from the observed state, apply the
-    first control; each solve is warm-started from the previous plan shifted by one step.
-    ``values``: the layer's parameters but x0. obs (E, n) -> u (E, m)."""
-    plan = {}
-
-    def act(obs):
-        with torch.no_grad():
-            _, u = layer(**values, x0=obs, u_init=plan.get("u"))
-        plan["u"] = dc.shift(u, axis=1)
-        return u[:, 0]
-
-    return act
 
 
 def write_table(path: Path, header: list[str], rows: list[list], title: str = "") -> Path:

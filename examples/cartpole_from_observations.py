@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import arguments, mpc_controller, progress, pyplot, save_figure, write_table
+from _common import arguments, progress, pyplot, save_figure, write_table
 
 import diffcontrol as dc
 
@@ -200,7 +200,7 @@ def mpc_policy(layer, goal: torch.Tensor):
     """The MPC student in closed loop (receding horizon, warm-started): state (B, 4) -> u (B, 1).
     Solves that stop at the iteration cap are not reported: the episode's cost says how well
     the controller does."""
-    act = mpc_controller(layer, {"goal": goal})
+    act = dc.MPCPolicy(layer, goal=goal)
 
     def act_on_state(s: torch.Tensor) -> torch.Tensor:
         with warnings.catch_warnings():

@@ -28,9 +28,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from _common import arguments, mpc_controller, write_table
+from _common import arguments, write_table
 from _imitation import METHODS, experiment
 from _pendulum import gym_returns, pendulum_task
+
+import diffcontrol as dc
 
 TRIALS = 4  # the full run's, as the paper's Figure 6 (each trial: its own data sets and learners' starts)
 
@@ -43,9 +45,9 @@ def main() -> None:
     largest = trials[0][sizes[-1]]
     # the first trial's learners of the largest data set as closed-loop controllers in gymnasium's Pendulum-v1
     controllers = {"expert MPC (true g, m, l and cost)":
-                   lambda: mpc_controller(task.layer, {**task.expert_physical(), **task.expert_cost()})}
+                   lambda: dc.MPCPolicy(task.layer, **task.expert_physical(), **task.expert_cost())}
     for method in METHODS[1:]:
-        controllers[method] = lambda values=largest[method]["values"]: mpc_controller(task.layer, values)
+        controllers[method] = lambda values=largest[method]["values"]: dc.MPCPolicy(task.layer, **values)
     controllers["nn (LSTM)"] = lambda: (lambda obs: largest["nn"]["policy"](obs)[:, 0].detach())
     episodes, episode_steps = (3, 30) if args.quick else (10, 200)
     returns = gym_returns(controllers, episodes, episode_steps)

@@ -142,7 +142,8 @@ def solve(inner: Callable, inner_vjp: Callable, data: dict, options: dict, ops: 
 
     def body(state: _Outer) -> _Outer:
         # far from feasibility the subproblems need not be solved to tol (Nocedal & Wright,
-        # Alg. 17.4: the inner tolerance shrinks with the violation); the last one is
+        # Alg. 17.4: the inner tolerance shrinks with the violation); a finished example's
+        # solve, and the final one after the loop, are to tol
         zero = 0.0 * state.lam.penalty
         inexact = xp.where(state.done, zero + tol,
                            xp.maximum(zero + tol, INEXACT * xp.minimum(state.violation, zero + 1.0)))
