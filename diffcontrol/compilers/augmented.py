@@ -116,7 +116,7 @@ def _rows(constraints: list[Constraint]) -> Rows | None:
         return None
     pieces, equality, sources = [], [], []
     for c in constraints:
-        size = int(np.prod(c.shape)) if c.shape else 1
+        size = _size(c)
         pieces.append(_flat(c.expr))
         equality += [isinstance(c, Equality)] * size
         sources += [c] * size
