@@ -78,7 +78,7 @@ class ILQRProgram(ControlProgram):
 
     @property
     def _time_varying(self) -> set[str]:
-        own = {p.name for p in self.parameters if p.time_varying}
+        own = super()._time_varying
         return own | self.path.time_varying if self.path is not None else own
 
     def _env(self, p: dict[str, Any], tau: Any = None) -> dict[int, Any]:
@@ -158,7 +158,7 @@ class Model:
         penalty rho (B,); None: the model without the constraints' terms (weights 0)."""
         xp = self.fw.xp
         B, T = like.shape[0], self.program.T
-        ks, kT = max(path.stage.size if path.stage else 0, 1), max(path.terminal.size if path.terminal else 0, 1)
+        ks, kT = (max(k, 1) for k in self.path_sizes)
         if lam is None:
             zero = 0.0 * like
             return {path.multipliers.name: xp.broadcast_to(zero[:, None, None], (B, T + 1, ks)),
