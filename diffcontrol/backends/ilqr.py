@@ -195,7 +195,9 @@ def _solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tup
 
         def lagrangian():
             curvature = model.dynamics_curvature(x[:, :-1], u, lam[:, 1:])
-            H = C + xp.where(near[:, None, None, None], curvature, 0.0 * curvature)
+            # the examples not near the solution keep their Gauss-Newton model, regularised
+            H = C + xp.where(near[:, None, None, None], curvature, mu[:, None, None, None] * eye_N)
+            HT = CT + xp.where(near[:, None, None], 0.0 * CT, mu[:, None, None] * eye_n)
             near_box = box
             if bounded:
                 # Newton on the reduced problem: the controls at a bound that the gradient pushes
@@ -204,7 +206,7 @@ def _solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tup
                 g_u = approx.g_u
                 clamped = near[:, None, None] & (((u <= lo) & (g_u > 0)) | ((u >= hi) & (g_u < 0)))
                 near_box = tuple(xp.where(clamped, 0.0 * b, b) for b in box)
-            exact = riccati_sweep(ops, H, c, F, CT, cT, box=near_box, qp_max_iter=options["qp_max_iter"],
+            exact = riccati_sweep(ops, H, c, F, HT, cT, box=near_box, qp_max_iter=options["qp_max_iter"],
                                   strict=False)
             ok = xp.isfinite(exact.K).reshape(B, -1).all(-1) & xp.isfinite(exact.k).reshape(B, -1).all(-1)
             K, k = ops.cond((near & ~ok).any(), gauss_newton, lambda: (exact.K, exact.k))
