@@ -120,6 +120,11 @@ class Policy(NamedTuple):
         return self._replace(k=None, q_u=None, v=None)
 
 
+def _symmetric(V: Any) -> Any:
+    """(V + V^T) / 2 over the last two axes."""
+    return 0.5 * (V + V.mT)
+
+
 def riccati_sweep(
     ops: Ops,
     C: Any,
@@ -171,12 +176,14 @@ def riccati_sweep(
         # K^T (Qux + Quu K) and K^T (qu + Quu k), vanish: K's rows are zero on the clamped
         # controls, and on the free ones Quu K = -Qux and (qu + Quu k) = 0 (the box QP's
         # stationarity there). With W = L^{-1} [Q_ux q_u] on the free rows, V = Qxx - W_x^T W_x
-        # (symmetric by construction) and K = -L^{-T} W_x.
+        # and K = -L^{-T} W_x. V is symmetrised: the roundoff of A^T V A is not, and over a long
+        # horizon of unstable dynamics its skew part grows until Q_uu loses definiteness (a
+        # cartpole swing-up at T=200: Q_uu = -7e-4 where the symmetric recursion gives 3.8e-3).
         if box is not None:
             k, free_t, L = box_qp(ops, Quu, Zu[..., n], s["lo"], s["hi"], qp_max_iter, strict)
             Wx = ops.tri_solve(L, rhs[..., :n] * free_t[..., None])
             v = Zx[..., n] + mv(Zx[..., n + 1:], k)  # k is not zero on the clamped controls
-            P = xp.concatenate([Zx[..., :n] - Wx.mT @ Wx, v[..., None]], -1)
+            P = xp.concatenate([_symmetric(Zx[..., :n] - Wx.mT @ Wx), v[..., None]], -1)
             return P, (-ops.tri_solve(L, Wx, transpose=True), k, free_t)
         H = Quu
         if free is not None:
@@ -185,6 +192,7 @@ def riccati_sweep(
         L = ops.cholesky(H, strict)
         W = ops.tri_solve(L, rhs)
         P = ops.matmul_add(Zx[..., :n + 1], W[..., :n].mT, W, alpha=-1.0)
+        P = xp.concatenate([_symmetric(P[..., :n]), P[..., n:]], -1)
         return P, (L, W, Zu, P)
 
     _, out = ops.scan(stage, xp.concatenate([CT, cT[..., None]], -1), stages, reverse=True)
