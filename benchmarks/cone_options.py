@@ -5,18 +5,23 @@ solutions and gradients are compared with the lqr backend's (exact to roundoff),
 for each solver (SCS, Clarabel), tolerance and derivative mode (dense, lsmr).
 
     python benchmarks/cone_options.py [--out benchmarks/results/cone_options.md]
+    python benchmarks/cone_options.py --quick --out /tmp/cone_options.md    # small problem, batch 2
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import warnings
+from pathlib import Path
 
 import torch
 
 import diffcontrol as dc
-from benchmarks.common import timed, write_results
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import timed, write_results  # noqa: E402
 
 CASES = {"small (n=3, m=2, T=5)": (3, 2, 5), "large (n=12, m=4, T=50)": (12, 4, 50)}
 SETTINGS = [
@@ -55,12 +60,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/cone_options.md")
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--quick", action="store_true", help="the small problem only, batch 2")
     args = parser.parse_args()
+    cases = dict(list(CASES.items())[:1]) if args.quick else CASES
+    if args.quick:
+        args.batch = 2
     torch.set_num_threads(1)
     lines = [
         "# cone: solver options, accuracy and speed",
         "",
-        f"`python benchmarks/cone_options.py` on {platform.machine()}, torch {torch.__version__}, float64, "
+        f"`python benchmarks/cone_options.py{' --quick' if args.quick else ''}` on "
+        f"{platform.machine()}, torch {torch.__version__}, float64, "
         f"batch {args.batch}, n_jobs 1. Box-constrained LQ (x+ = A x + B u, |u| <= 1, cost "
         "||x||^2 + 0.1 ||u||^2), loss <w, u>; errors relative to the lqr backend (exact). Time: one "
         "forward + backward, median of 3 after a warm-up. The default is SCS, eps 1e-9, derivative "
@@ -70,7 +80,7 @@ def main() -> None:
         "| problem | solver | eps | derivative | solution err (max abs) | gradient err (rel) | time (s) |",
         "|---|---|---:|---|---:|---:|---:|",
     ]
-    for name, (n, m, T) in CASES.items():
+    for name, (n, m, T) in cases.items():
         prob, vals = lq(n, m, T), values(n, m, args.batch)
         w = torch.randn(args.batch, T, m, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
         u_ref, g_ref = run(prob.compile(backend="lqr").to_torch(), vals, w)

@@ -16,7 +16,7 @@ radius, the state bound), relative to central differences of our re-solves (h = 
 the forward is checked against SLSQP / cvxpy in tests/test_path_constraints.py.
 
     python benchmarks/constrained_ilqr.py            # writes benchmarks/results/constrained_ilqr.md
-    python benchmarks/constrained_ilqr.py --quick    # fewer repeats
+    python benchmarks/constrained_ilqr.py --quick    # batch 1, one round of one run
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", dc.NotConvergedWarning)  # (the table counts them)
-    repeats = 3 if args.quick else 5
+    repeats, rounds, batches = (1, 1, (1,)) if args.quick else (5, 3, (1, 16))
     rows = ["| case | batch | ilqr (fwd+bwd) | reference | reference time | iLQR iterations (mean) | "
             "max violation | gradient error (rel. to central differences) |",
             "|---|---:|---:|---|---:|---:|---:|---:|"]
@@ -168,12 +168,12 @@ def main() -> None:
         prob, values, slsqp, key, violation = case()
         layer = prob.compile(backend="ilqr").to_torch()
         cone = prob.compile(backend="cone", solver="Clarabel").to_torch() if slsqp is None else None
-        for batch in (1, 16):
+        for batch in batches:
             v = values(batch)
             ours, ref = [], []
             # interleaved rounds with the reference; the median of the rounds' medians (batch 16,
             # whose calls take seconds and have no reference: one round)
-            for _ in range(3 if batch == 1 else 1):
+            for _ in range(rounds if batch == 1 else 1):
                 ours.append(timed(lambda v=v, layer=layer, key=key: run(layer, v, key), repeats))
                 if cone is not None:
                     ref.append(timed(lambda v=v, cone=cone, key=key: run(cone, v, key), repeats))
@@ -196,7 +196,8 @@ def main() -> None:
     write_results(args.out, [
         "# General constraints on ilqr (augmented Lagrangian): time, iterations, violation, gradient error",
         "",
-        f"float64; 1 torch thread; medians of {repeats} runs after a warm-up, in 3 interleaved rounds at batch 1 "
+        f"float64; 1 torch thread; medians of {repeats} runs after a warm-up, in {rounds} interleaved rounds at "
+        f"batch 1 "
         f"(SLSQP: one solve per round), one round at batch 16; {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, load {load:.2f} at the end. Iterations: iLQR iterations summed over the "
         "augmented-Lagrangian updates. "

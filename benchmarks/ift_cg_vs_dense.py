@@ -9,6 +9,7 @@ a = 1.5 (f'' changes sign), c = 0.5. All three backward passes start from the sa
 the gradient error is relative to the dense oracle's gradient.
 
     python benchmarks/ift_cg_vs_dense.py [--out benchmarks/results/ift_cg_vs_dense.md]
+    python benchmarks/ift_cg_vs_dense.py --quick --out /tmp/ift_cg_vs_dense.md    # n = 10, 100
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
 import diffcontrol as dc
-from benchmarks.common import write_results
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_results  # noqa: E402
 
 A_COS, C_CHAIN, BATCH = 1.5, 0.5, 4
 
@@ -57,7 +62,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/ift_cg_vs_dense.md")
     parser.add_argument("--sizes", default="10,100,1000,4000")
+    parser.add_argument("--quick", action="store_true", help="sizes 10 and 100 only")
     args = parser.parse_args()
+    if args.quick:
+        args.sizes = "10,100"
     torch.set_num_threads(1)
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
@@ -90,7 +98,8 @@ def main() -> None:
     lines = [
         "# ift_cg: CG on Hessian-vector products vs the dense Hessian vs unrolled Newton",
         "",
-        f"`python benchmarks/ift_cg_vs_dense.py` on {platform.machine()} ({torch.get_num_threads()} torch "
+        f"`python benchmarks/ift_cg_vs_dense.py{' --quick' if args.quick else ''}` on "
+        f"{platform.machine()} ({torch.get_num_threads()} torch "
         f"thread), torch {torch.__version__}, float64, batch {BATCH}. Objective: "
         f"sum_i 1/2 (y_i - p_i)^2 + {A_COS} cos(y_i) + {C_CHAIN}/2 sum_i (y_(i+1) - y_i)^2 (nonconvex, "
         "coupled). Backward time = `loss.backward()` alone (the forward, warm-started at a converged "

@@ -63,3 +63,20 @@ def test_the_package_ships_its_typed_marker_and_licence():
     assert "Apache License" in (ROOT / "LICENSE").read_text()
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'license = "Apache-2.0"' in pyproject and '"py.typed"' in pyproject
+
+
+def test_every_benchmark_documents_a_quick_command_for_ci():
+    """CI runs each benchmark's documented ``--quick`` command (benchmarks/run_quick.py);
+    a benchmark without one would go untested."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import run_quick
+    finally:
+        sys.path.pop(0)
+    scripts = sorted(p for p in (ROOT / "benchmarks").glob("*.py") if p.name not in run_quick.HELPERS)
+    assert len(scripts) >= 10
+    for script in scripts:
+        commands = run_quick.quick_commands(script)
+        assert commands, script.name
+        assert all(words[1] == f"benchmarks/{script.name}" for words in commands)
+    assert "python benchmarks/run_quick.py" in (ROOT / ".ci" / "run").read_text()
