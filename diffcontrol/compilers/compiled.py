@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -58,15 +59,18 @@ class CompiledProblem:
 
         return report(self.problem, self.form, self.decision, self.program, self.options)
 
-    def to_torch(self) -> TorchLayer:
-        """A ``torch.nn.Module`` that solves the problem for given parameters, differentiably."""
+    def to_torch(self, variables: Sequence[Any] | None = None) -> TorchLayer:
+        """A ``torch.nn.Module`` that solves the problem for given parameters, differentiably.
+        ``variables``: the decision variables (or their names) it returns, in that order
+        (default: a ControlProblem's (x, u), a Problem's variables in order of first appearance)."""
         from diffcontrol.emitters.torch_layer import TorchLayer
 
-        return TorchLayer(self)
+        return TorchLayer(self, variables)
 
-    def to_jax(self) -> JaxLayer:
+    def to_jax(self, variables: Sequence[Any] | None = None) -> JaxLayer:
         """A JAX function with a custom VJP, jit / vmap / grad-able (the cone backend: eager
-        and grad only). Needs the ``jax`` extra: ``pip install 'diffcontrol[jax]'``."""
+        and grad only). Needs the ``jax`` extra: ``pip install 'diffcontrol[jax]'``.
+        ``variables``: as for :meth:`to_torch`."""
         try:
             import jax  # noqa: F401
         except ImportError:
@@ -75,7 +79,7 @@ class CompiledProblem:
             raise BackendError("to_jax() needs JAX: pip install 'diffcontrol[jax]'") from None
         from diffcontrol.emitters.jax_layer import JaxLayer
 
-        return JaxLayer(self)
+        return JaxLayer(self, variables)
 
 
 def _machine_epsilon(dtype: Any) -> float:

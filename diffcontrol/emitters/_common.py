@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from diffcontrol.dsl.leaves import Parameter
-from diffcontrol.errors import InputError, SolverError
+from diffcontrol.errors import InputError, ModelError, SolverError
 
 
 class Arrays(Protocol):
@@ -196,3 +196,49 @@ def nonconvergence_message(n_bad: int, batch: int, worst: float, tol: float, sta
                   "or pass on_nonconvergence='raise' to stop here")
     return (f"{n_bad} of {batch} examples did not converge (largest residual {worst:.2e} > tol "
             f"{tol:.1e}{'; ' + why if why else ''}); {advice}")
+
+
+def output_order(problem: Any, variables: Sequence[Any] | None) -> tuple[int, ...] | None:
+    """Which of the solve's results (a ControlProblem's (x, u), a Problem's variables in order
+    of first appearance) the layer returns, in the order of ``variables``: the decision
+    variables themselves or their names, each at most once. None: all, in the solve's order."""
+    if variables is None:
+        return None
+    from diffcontrol.dsl.problems import ControlProblem
+
+    results = [problem.state, problem.control] if isinstance(problem, ControlProblem) else problem.variables()
+    listed = ", ".join(v.name for v in results)
+    if isinstance(variables, (str, bytes)) or not isinstance(variables, Sequence):
+        raise ModelError(f"variables= takes a list of the problem's variables ({listed}) or their names, "
+                         f"got {variables!r}")
+    order = []
+    for v in variables:
+        if isinstance(v, str):
+            matches = [i for i, r in enumerate(results) if r.name == v]
+            if len(matches) > 1:
+                raise ModelError(f"two of the problem's variables are named {v!r}: pass the variables themselves")
+        else:
+            matches = [i for i, r in enumerate(results) if r is v]
+        if not matches:
+            raise ModelError(f"variables= names {getattr(v, 'name', v)!r}, which is not a decision variable of "
+                             f"this problem (its results: {listed})")
+        if matches[0] in order:
+            raise ModelError(f"variables= lists {results[matches[0]].name} twice")
+        order.append(matches[0])
+    return tuple(order)
+
+
+def warm_start_in_solve_order(problem: Any, order: tuple[int, ...] | None, y_init: Any) -> Any:
+    """A generic problem's ``y_init``, given in the layer's order (``order``, see
+    :func:`output_order`), in the solve's order; a warm start needs every variable."""
+    if order is None or y_init is None or not hasattr(problem, "variables"):
+        return y_init
+    n_results = len(problem.variables())
+    items = tuple(y_init) if isinstance(y_init, (tuple, list)) else (y_init,)
+    if len(order) != n_results or len(items) != n_results:
+        raise InputError(f"y_init warm-starts every variable: this layer returns {len(order)} of the problem's "
+                         f"{n_results}; compile a layer that returns all of them to warm-start it")
+    solve_order = [None] * n_results
+    for position, index in enumerate(order):
+        solve_order[index] = items[position]
+    return tuple(solve_order)

@@ -38,8 +38,9 @@ class JaxLayer:
     ``info.status`` (integer codes, see ``dc.Status.from_code``); ``info["converged"]`` works too.
     """
 
-    def __init__(self, compiled: Any):
+    def __init__(self, compiled: Any, variables: Any = None):
         self.compiled = compiled
+        self.order = _common.output_order(compiled.problem, variables)
         torch = sys.modules.get("torch")
         for f in compiled.problem.functions():
             if torch is not None and isinstance(f.fn, torch.nn.Module):
@@ -56,6 +57,7 @@ class JaxLayer:
         return f"JaxLayer(backend={self.compiled.backend!r}, parameters=({names}))"
 
     def __call__(self, *, u_init: Any = None, y_init: Any = None, return_info: bool = False, **params: Any):
+        y_init = _common.warm_start_in_solve_order(self.compiled.problem, self.order, y_init)
         values, init, batch, dtype = _common.bind_call(self.compiled, params, u_init, y_init, _JaxArrays)
         B = batch or 1
         outputs, info, empty_box = self._solve(values, init, jnp.zeros((B,), dtype))
@@ -64,6 +66,8 @@ class JaxLayer:
         if batch is None:
             outputs = tuple(o[0] for o in outputs)
             info = info.map(lambda a: a[0])
+        if self.order is not None:
+            outputs = tuple(outputs[i] for i in self.order)
         return (*outputs, info) if return_info else outputs
 
     # -- solving ---------------------------------------------------------------------------------

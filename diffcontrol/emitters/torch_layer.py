@@ -23,14 +23,15 @@ class TorchLayer(torch.nn.Module):
     Every parameter may carry one leading batch dimension B; unbatched ones
     broadcast. A ControlProblem returns ``(x, u)`` of shapes (B, T+1, n) and
     (B, T, m), a Problem one array (B, *shape) per variable in the order of
-    ``prob.variables()``; without B when nothing is batched. ``u_init=`` (control
-    problems) or ``y_init=`` (a tuple like the result) warm-starts the solver;
-    ``return_info=True`` appends the solver's Info.
+    ``prob.variables()`` (or those of ``to_torch(variables=...)``, in its order); without B
+    when nothing is batched. ``u_init=`` (control problems) or ``y_init=`` (a tuple like the
+    result) warm-starts the solver; ``return_info=True`` appends the solver's Info.
     """
 
-    def __init__(self, compiled: Any):
+    def __init__(self, compiled: Any, variables: Any = None):
         super().__init__()
         self.compiled = compiled
+        self.order = _common.output_order(compiled.problem, variables)
         # Registered so .parameters(), .to() and optimisers see the dc.Function weights.
         self.functions = torch.nn.ModuleList(
             [f.fn for f in compiled.problem.functions() if isinstance(f.fn, torch.nn.Module)])
@@ -42,6 +43,7 @@ class TorchLayer(torch.nn.Module):
 
     def forward(self, *, u_init: Any = None, y_init: Any = None, return_info: bool = False, **params: Any):
         compiled = self.compiled
+        y_init = _common.warm_start_in_solve_order(compiled.problem, self.order, y_init)
         values, init, batch, (dtype, device) = _common.bind_call(compiled, params, u_init, y_init, _TorchArrays)
         values = {k: _FiniteGradientGuard.apply(v, k) if v.requires_grad else v for k, v in values.items()}
         B = batch or 1
@@ -54,6 +56,8 @@ class TorchLayer(torch.nn.Module):
         if batch is None:
             outputs = tuple(o[0] for o in outputs)
             info = _unbatch(info)
+        if self.order is not None:
+            outputs = tuple(outputs[i] for i in self.order)
         return (*outputs, info) if return_info else outputs
 
     def _solve(self, values: dict, data: dict, u_init: Any):
