@@ -222,6 +222,9 @@ def test_a_function_under_no_grad_is_named_not_taken_as_constant():
         prob.compile().to_torch()
     # freezing the weights the right way keeps the solve exact, and the layer takes it
     module = _FrozenUnderNoGrad()
+    with torch.no_grad():  # fixed weights (the module's own initialisation is random per process)
+        module.lin.weight.copy_(torch.tensor([[0.5, 0.2, 1.0], [0.1, -0.3, 0.8]]))
+        module.lin.bias.zero_()
     module.forward = lambda x, u: x + 0.1 * torch.tanh(module.lin(torch.cat([x, u])))
     module.requires_grad_(False)
     ok = dc.Function(module, 2, name="frozen_right")
