@@ -53,6 +53,7 @@ from diffcontrol.errors import (
     InputError,
     ModelError,
     NotConvergedWarning,
+    SaddlePointWarning,
     SolverError,
     Status,
 )
@@ -64,7 +65,8 @@ __all__ = [
     "BackendError", "CompiledProblem", "Constraint", "Control", "ControlProblem", "Equality",
     "Expression", "Function", "GradientFallbackWarning", "Inequality", "InputError", "Maximize",
     "MPCPolicy", "Minimize", "ModelError",
-    "NotConvergedWarning", "Parameter", "Problem", "SolverError", "State", "Status", "Variable", "abs",
+    "NotConvergedWarning", "Parameter", "Problem", "SaddlePointWarning", "SolverError", "State", "Status",
+    "Variable", "abs",
     "atan2", "concat", "cos", "diag", "exp", "hstack", "huber", "log", "log_sum_exp", "logistic",
     "logsumexp", "max", "maximum", "mean", "min", "minimum", "models", "multiply", "norm", "norm1",
     "norm2", "norm_inf", "pos", "quad_form", "reshape", "shift", "sin", "softplus", "sqrt", "square", "stack",

@@ -32,6 +32,12 @@ class NotConvergedWarning(UserWarning):
     """A solver stopped before its tolerance; gradients rest on an unreached fixed point."""
 
 
+class SaddlePointWarning(UserWarning):
+    """Some examples converged to a stationary point that is not a local minimum: the Hessian
+    of the Lagrangian is not positive definite on their free controls there (a saddle, or a
+    maximum); ``info.status`` marks them ``Status.SADDLE_POINT``."""
+
+
 class GradientFallbackWarning(UserWarning):
     """Some examples' exact implicit gradient could not be formed (the Hessian of the
     Lagrangian is not positive definite on the free controls there: an unconverged point or
@@ -51,6 +57,9 @@ class Status(enum.Enum):
     INFEASIBLE_SOLUTION = "the returned solution violates the constraints by more than tol"
     GOAL_NOT_MET = ("a terminal equality was not met: the goal is out of reach (an uncontrollable direction, "
                     "or a box too tight), or its multipliers need more than 4 * max_iter steps")
+    SADDLE_POINT = ("converged to a stationary point that is not a local minimum (the Hessian of the Lagrangian "
+                    "is not positive definite on the free controls: a saddle or a maximum); its gradient is "
+                    "the Gauss-Newton one")
 
     @property
     def code(self) -> int:

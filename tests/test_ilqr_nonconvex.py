@@ -72,3 +72,40 @@ def test_batched_obstacles_converge_each_like_alone(dtype):
     for b in range(3):
         _, ub = layer(c=centres[b])
         np.testing.assert_allclose(us[b].numpy(), ub.numpy(), atol=1e-6 if dtype == torch.float64 else 1e-3)
+
+
+def _pendulum_shooting_cost(u: torch.Tensor, x0: torch.Tensor, v: dict, dt: float = 0.05) -> torch.Tensor:
+    """dc.models.pendulum's total cost as a function of the controls (T,), written out from
+    its equations (mpc.pytorch's PendulumDx): an independent single-shooting reference."""
+    q, p = v["q"], v["p"]
+    x, total = x0, torch.zeros((), dtype=u.dtype)
+    for t in range(u.shape[0]):
+        tau = torch.cat([x, u[t:t + 1]])
+        total = total + (0.5 * q * tau ** 2).sum() + (p * tau).sum()
+        th = torch.atan2(x[1], x[0])
+        dth = x[2] + dt * (3 * v["g"] / (2 * v["l"]) * x[1] + 3 * u[t] / (v["m"] * v["l"] ** 2))
+        th = th + dt * dth
+        x = torch.stack([torch.cos(th), torch.sin(th), dth])
+    return total + (0.5 * q[:3] * x ** 2).sum() + (p[:3] * x).sum()
+
+
+def test_a_saddle_is_flagged_per_example_and_a_minimum_is_not():
+    """Hanging at rest with zero torque is stationary (by symmetry) but not a minimum: either
+    push lowers the cost. ilqr stops there at once; the forward must say so for that example
+    (Status.SADDLE_POINT and a SaddlePointWarning) and not for its batch-mate at a minimum.
+    Reference: the Hessian of the single-shooting cost on the free controls, by autograd."""
+    T = 20
+    pend = dc.models.pendulum(horizon=T)
+    v = {k: torch.as_tensor(val, dtype=torch.float64) for k, val in pend.defaults().items()}
+    x0 = torch.tensor([[-1.0, 0.0, 0.0], [np.cos(0.2), np.sin(0.2), 0.0]], dtype=torch.float64)
+    layer = pend.problem.compile().to_torch()
+    with pytest.warns(dc.SaddlePointWarning, match="1 of 2 examples"):
+        _, u, info = layer(**v, x0=x0, return_info=True)
+    assert bool(info.converged.all())
+    assert info.status == [dc.Status.SADDLE_POINT, dc.Status.CONVERGED]
+    for b, minimum in ((0, False), (1, True)):
+        H = torch.autograd.functional.hessian(lambda w, b=b: _pendulum_shooting_cost(w, x0[b], v), u[b, :, 0])
+        free = (u[b, :, 0].abs() < 2.0 - 1e-6).nonzero().flatten()
+        assert len(free) >= T // 2
+        smallest = float(torch.linalg.eigvalsh(H[free][:, free]).min())
+        assert (smallest > 0) == minimum, (b, smallest)

@@ -266,8 +266,25 @@ def _solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tup
     converged = end.residual <= tol
     active_lo, active_hi = kkt.active_bounds(u, lo, hi, a.g_u)
     saved = Saved(x, u, a.lam, active_lo, active_hi, a.C, a.F, a.CT, model, options["backward"])
-    status = kkt.status_codes(ops, converged, end.stalled)
+    saddle = converged & _at_saddle(ops, model, x, u, a, ~(active_lo | active_hi))
+    status = kkt.status_codes(ops, converged, end.stalled, saddle)
     return (x, u), Info(converged, end.iterations, end.residual, status), saved
+
+
+def _at_saddle(ops: Ops, model: Any, x: Any, u: Any, a: Approximation, free: Any) -> Any:
+    """(B,) Where the Hessian of the Lagrangian (the cost's plus the costates times the
+    dynamics' second derivatives) at (x, u) is finite but not positive definite on the free
+    controls (B, T, m): the second-order condition of a strict local minimum fails (a saddle or
+    a maximum). A Riccati sweep with the clamped controls frozen factors exactly that reduced
+    Hessian, stage by stage; it fails somewhere iff the condition does. (A non-finite second
+    derivative is not a saddle: the backward refuses it with its own error.)"""
+    xp = ops.xp
+    B = u.shape[0]
+    H = a.C + model.dynamics_curvature(x[:, :-1], u, a.lam[:, 1:])
+    policy = riccati_sweep(ops, H, a.c, a.F, a.CT, a.cT, free=free, strict=False)
+    finite = xp.isfinite(H).reshape(B, -1).all(-1) & xp.isfinite(a.CT).reshape(B, -1).all(-1)
+    factored = xp.isfinite(policy.L).reshape(B, -1).all(-1) & xp.isfinite(policy.V).reshape(B, -1).all(-1)
+    return finite & ~factored
 
 
 def _simulate(ops: Ops, model: Any, x0: Any, u: Any) -> Any:

@@ -28,8 +28,10 @@ def active_bounds(u: Any, lo: Any, hi: Any, g_u: Any) -> tuple[Any, Any]:
     return (u - g_u <= lo) & (g_u > 0), (u - g_u >= hi) & (g_u < 0)
 
 
-def status_codes(ops: Ops, converged: Any, stalled: Any) -> Any:
-    """(B,) Status codes: CONVERGED, else LINE_SEARCH_FAILED where the iterate stalled, else MAX_ITER."""
+def status_codes(ops: Ops, converged: Any, stalled: Any, saddle: Any = None) -> Any:
+    """(B,) Status codes: CONVERGED (SADDLE_POINT where ``saddle`` (B,) says the converged point
+    is not a local minimum), else LINE_SEARCH_FAILED where the iterate stalled, else MAX_ITER."""
     xp = ops.xp
-    return xp.where(converged, Status.CONVERGED.code,
-                    xp.where(stalled, Status.LINE_SEARCH_FAILED.code, Status.MAX_ITER.code))
+    done = Status.CONVERGED.code if saddle is None else xp.where(saddle, Status.SADDLE_POINT.code,
+                                                                  Status.CONVERGED.code)
+    return xp.where(converged, done, xp.where(stalled, Status.LINE_SEARCH_FAILED.code, Status.MAX_ITER.code))

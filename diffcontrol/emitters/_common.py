@@ -177,6 +177,21 @@ def expand_to_batch(parameters: Sequence[Parameter], values: dict[str, Any], bat
     return out
 
 
+def report_saddles(statuses: list, batch: int) -> None:
+    """Warn (:class:`~diffcontrol.errors.SaddlePointWarning`) where converged examples sit at a
+    stationary point that is not a local minimum (``statuses``: each example's Status)."""
+    import warnings
+
+    from diffcontrol.errors import SaddlePointWarning, Status
+
+    n = sum(s is Status.SADDLE_POINT for s in statuses)
+    if n:
+        warnings.warn(f"{n} of {batch} examples converged to a stationary point that is not a local minimum "
+                      "(the Hessian of the Lagrangian is not positive definite on their free controls: a saddle "
+                      "or a maximum; info.status says which); start them elsewhere (u_init=) to reach a minimum",
+                      SaddlePointWarning, stacklevel=4)
+
+
 def nonconvergence_message(n_bad: int, batch: int, worst: float, tol: float, statuses: list = ()) -> str:
     counts: dict[str, int] = {}
     for s in statuses:

@@ -105,6 +105,7 @@ class JaxLayer:
         converged = concrete(info.converged)
         if converged is None:  # traced: the info carries it (return_info=True)
             return
+        _common.report_saddles([Status.from_code(c) for c in np.asarray(info.status).tolist()], batch)
         bad = ~converged.astype(bool)
         if not bad.any():
             return

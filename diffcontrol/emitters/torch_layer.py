@@ -86,6 +86,7 @@ class TorchLayer(torch.nn.Module):
         return flat, info
 
     def _report(self, info: Any, batch: int) -> None:
+        _common.report_saddles(info.status, batch)
         bad = ~info.converged
         if not bool(bad.any()):
             return
