@@ -115,6 +115,9 @@ class Saved(NamedTuple):
     #: multipliers and penalty of the last solve, and the active rows with their Jacobians
     multipliers: Any = None
     path: Any = None
+    #: the Hessian of the Lagrangian (B, T, N, N) at the solution, from the forward's
+    #: second-order check: the exact backward's stage Hessian
+    H: Any = None
 
     FROM_DATA = {"model": "model"}
     STATIC = ("mode",)
@@ -265,26 +268,28 @@ def _solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tup
 
     converged = end.residual <= tol
     active_lo, active_hi = kkt.active_bounds(u, lo, hi, a.g_u)
-    saved = Saved(x, u, a.lam, active_lo, active_hi, a.C, a.F, a.CT, model, options["backward"])
-    saddle = converged & _at_saddle(ops, model, x, u, a, ~(active_lo | active_hi))
+    saddle, H = _at_saddle(ops, model, x, u, a, ~(active_lo | active_hi))
+    saddle = converged & saddle
+    saved = Saved(x, u, a.lam, active_lo, active_hi, a.C, a.F, a.CT, model, options["backward"], H=H)
     status = kkt.status_codes(ops, converged, end.stalled, saddle)
     return (x, u), Info(converged, end.iterations, end.residual, status), saved
 
 
-def _at_saddle(ops: Ops, model: Any, x: Any, u: Any, a: Approximation, free: Any) -> Any:
+def _at_saddle(ops: Ops, model: Any, x: Any, u: Any, a: Approximation, free: Any) -> tuple[Any, Any]:
     """(B,) Where the Hessian of the Lagrangian (the cost's plus the costates times the
     dynamics' second derivatives) at (x, u) is finite but not positive definite on the free
     controls (B, T, m): the second-order condition of a strict local minimum fails (a saddle or
     a maximum). A Riccati sweep with the clamped controls frozen factors exactly that reduced
     Hessian, stage by stage; it fails somewhere iff the condition does. (A non-finite second
-    derivative is not a saddle: the backward refuses it with its own error.)"""
+    derivative is not a saddle: the backward refuses it with its own error.) Also returns that
+    Hessian H (B, T, N, N), which the exact backward reuses."""
     xp = ops.xp
     B = u.shape[0]
     H = a.C + model.dynamics_curvature(x[:, :-1], u, a.lam[:, 1:])
     policy = riccati_sweep(ops, H, a.c, a.F, a.CT, a.cT, free=free, strict=False)
     finite = xp.isfinite(H).reshape(B, -1).all(-1) & xp.isfinite(a.CT).reshape(B, -1).all(-1)
     factored = xp.isfinite(policy.L).reshape(B, -1).all(-1) & xp.isfinite(policy.V).reshape(B, -1).all(-1)
-    return finite & ~factored
+    return finite & ~factored, H
 
 
 def _simulate(ops: Ops, model: Any, x0: Any, u: Any) -> Any:
@@ -384,7 +389,12 @@ def _vjp(data: dict, saved: Saved, cotangents: tuple[Any, Any], ops: Ops, needs:
     T = u.shape[1]
     C = saved.C
     exact = saved.mode != "gauss_newton"
-    H = C + saved.model.dynamics_curvature(x[:, :-1], u, lam[:, 1:]) if exact else C
+    if not exact:
+        H = C
+    elif saved.H is not None:  # (the forward's second-order check formed it at this point)
+        H = saved.H
+    else:
+        H = C + saved.model.dynamics_curvature(x[:, :-1], u, lam[:, 1:])
     free = ~(saved.active_lo | saved.active_hi)
     gx, gu = cotangents
     g_tau = xp.concatenate([gx[:, :T], gu], -1)
