@@ -11,7 +11,7 @@ its gradient is the exact one of the constrained problem, with the active rows a
 equalities; a penalty approximation would give a different answer.
 
     python examples/obstacle_avoidance.py            # 60 steps of Adam
-    python examples/obstacle_avoidance.py --quick    # 12 steps
+    python examples/obstacle_avoidance.py --quick    # 12 steps, 4 starts
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def main() -> None:
     out = Path(args.out)
     steps = 12 if args.quick else 60
     layer = unicycle_layer()
-    x0 = starts(8)
+    x0 = starts(4 if args.quick else 8)
     with torch.no_grad():
         expert_x, expert_u, info = layer(radius=torch.tensor(TRUE_RADIUS, dtype=torch.float64),
                                          effort=torch.tensor(TRUE_EFFORT, dtype=torch.float64), x0=x0,
@@ -80,7 +80,8 @@ def main() -> None:
     rows.append(["final", f"{history[-1][1]:.2e}", f"{history[-1][2]:.4f}", f"{history[-1][3]:.4f}"])
     rows.append(["expert", "0", f"{TRUE_RADIUS:.4f}", f"{TRUE_EFFORT:.4f}"])
     write_table(out / "obstacle_avoidance.md", ["step", "imitation loss", "radius", "effort weight"], rows,
-                title=f"Learning an obstacle's radius through hard path constraints: unicycle, T={T}, 8 starts, "
+                title=f"Learning an obstacle's radius through hard path constraints: unicycle, T={T}, "
+                      f"{x0.shape[0]} starts, "
                       f"{steps} Adam steps, {seconds:.0f} s on this machine")
     plt = pyplot()
     if plt is not None:
