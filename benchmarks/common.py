@@ -56,6 +56,16 @@ def initial_states(name: str, batch: int, seed: int = 0) -> torch.Tensor:
     return torch.stack([pos, vel, th.cos(), th.sin(), dth], -1)
 
 
+def model_cost(vals: dict, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The cost of ``dc.models.pendulum`` / ``cartpole`` (values ``vals`` with q, p) of x (B, T+1, n),
+    u (B, T, m), written from their definition: (B,)."""
+    q, p = vals["q"], vals["p"]
+    n = x.shape[-1]
+    tau = torch.cat([x[:, :-1], u], -1)
+    xT = x[:, -1]
+    return ((0.5 * q * tau ** 2 + p * tau).sum((-1, -2)) + (0.5 * q[:n] * xT ** 2 + p[:n] * xT).sum(-1))
+
+
 def lqr_box_case(batch: int, n: int = 12, m: int = 4, horizon: int = 50) -> tuple[dc.ControlProblem, dict]:
     """An LQR with a control box [-1, 1] (x+ = A x + B u, cost |x|^2 + 0.1 |u|^2, terminal
     |x|^2) and NumPy values for a batch: random stable A (spectral radius <= 1), B, x0."""

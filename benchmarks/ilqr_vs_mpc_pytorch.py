@@ -26,18 +26,9 @@ import diffcontrol as dc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mpc_pytorch_reference  # noqa: E402
-from common import initial_states, timed, write_results  # noqa: E402
+from common import initial_states, model_cost, timed, write_results  # noqa: E402
 
 PHYSICAL = {"pendulum": ("g", "m", "l"), "cartpole": ("gravity", "masscart", "masspole", "length")}
-
-
-def true_cost(vals: dict, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """The models' cost, written from their definition: (B,)."""
-    q, p = vals["q"], vals["p"]
-    n = x.shape[-1]
-    tau = torch.cat([x[:, :-1], u], -1)
-    xT = x[:, -1]
-    return ((0.5 * q * tau ** 2 + p * tau).sum((-1, -2)) + (0.5 * q[:n] * xT ** 2 + p[:n] * xT).sum(-1))
 
 
 def loss_of(x, u):
@@ -112,7 +103,7 @@ def main():
                     row[key + "_fwd"] = timed(lambda s=solver, v=vals, x0=x0: s(v, x0, False), reps)
                     row[key + "_fb"] = timed(lambda s=solver, v=vals, x0=x0: s(v, x0, True), reps)
                     x, u, _, info = solver(vals, x0, False)
-                    row[key + "_cost"] = float(true_cost(vals, x, u).mean())
+                    row[key + "_cost"] = float(model_cost(vals, x, u).mean())
                     if info is not None:
                         row["iters"] = f"{float(info.iterations.float().mean()):.1f} / {int(info.iterations.max())}"
                         row["converged"] = float(info.converged.float().mean())

@@ -34,7 +34,7 @@ import diffcontrol as dc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mpc_pytorch_reference  # noqa: E402
-from common import initial_states, timed, write_results  # noqa: E402
+from common import initial_states, model_cost, timed, write_results  # noqa: E402
 
 
 def cartpole_swingup(horizon: int, dt: float = 0.05, force_limit: float = 20.0) -> dc.ControlProblem:
@@ -148,14 +148,6 @@ def _upright_at(x: torch.Tensor, dt: float = 0.05) -> float:
     return dt * (int(away[-1]) + 1) if len(away) else 0.0
 
 
-def pendulum_cost(vals: dict, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """``dc.models.pendulum``'s cost from its definition: (B,)."""
-    q, p = vals["q"], vals["p"]
-    n = x.shape[-1]
-    tau = torch.cat([x[:, :-1], u], -1)
-    return ((0.5 * q * tau ** 2 + p * tau).sum((-1, -2)) + (0.5 * q[:n] * x[:, -1] ** 2 + p[:n] * x[:, -1]).sum(-1))
-
-
 def pendulum_row(batch: int, T: int = 50) -> dict:
     model = dc.models.pendulum(horizon=T)
     layer = model.problem.compile().to_torch()
@@ -168,7 +160,7 @@ def pendulum_row(batch: int, T: int = 50) -> dict:
     start = time.perf_counter()
     xm, um, _, _ = mpc_pytorch_reference.solve("pendulum", vals, x0, T, lqr_iter=100)
     theirs_s = time.perf_counter() - start
-    ours, theirs = pendulum_cost(vals, x, u), pendulum_cost(vals, xm, um)
+    ours, theirs = model_cost(vals, x, u), model_cost(vals, xm, um)
     margin = 1e-6 * (1 + theirs.abs())
     higher = ours > theirs + margin
     row = {"batch": batch, "converged": float(info.converged.double().mean()),
