@@ -60,6 +60,8 @@ class Status(enum.Enum):
     SADDLE_POINT = ("converged to a stationary point that is not a local minimum (the Hessian of the Lagrangian "
                     "is not positive definite on the free controls: a saddle or a maximum); its gradient is "
                     "the Gauss-Newton one")
+    NON_FINITE = ("NaN or Inf in the solution (a function left its domain or overflowed, a matrix that must be "
+                  "positive definite was not, or a NaN input under jax.jit); the outputs and the gradient are NaN")
 
     @property
     def code(self) -> int:

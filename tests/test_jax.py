@@ -325,9 +325,95 @@ def test_info_nonconvergence_warning_and_raise():
     assert dc.Status.from_code(dc.Status.MAX_ITER.code) is dc.Status.MAX_ITER
     with pytest.raises(dc.SolverError, match="did not converge"):
         problem.compile(max_iter=1, on_nonconvergence="raise").to_jax()(**vj)
-    # under jit nothing can warn: the info says it
-    _, _, info = jax.jit(lambda v: problem.compile(max_iter=1).to_jax()(**v, return_info=True))(vj)
+    # under jit the report runs as a host callback when the values exist: the same warning, and
+    # in raise mode the jitted call fails with the SolverError's message
+    with pytest.warns(dc.NotConvergedWarning, match=r"of 5 examples did not converge"):
+        _, _, info = jax.jit(lambda v: problem.compile(max_iter=1).to_jax()(**v, return_info=True))(vj)
+        jax.block_until_ready(info)
     assert not bool(info.converged.all())
+    raising = problem.compile(max_iter=1, on_nonconvergence="raise").to_jax()
+    with pytest.raises(jax.errors.JaxRuntimeError, match="SolverError.*did not converge"):
+        jax.block_until_ready(jax.jit(lambda v: raising(**v))(vj))
+
+
+def _overflowing_ilqr():
+    """x' = x + exp(3 x) / 2 + u on ilqr: from x0 = 3 the zero-control rollout overflows (Inf by
+    stage 2); from x0 = -1 it is tame, a solution exists and the solve converges."""
+    x, u = dc.State(1), dc.Control(1)
+    x0 = dc.Parameter(1, name="x0")
+    prob = dc.ControlProblem(dynamics=x.next == x + 0.5 * dc.exp(3 * x) + u,
+                             cost=dc.sum_squares(x) + 0.1 * dc.sum_squares(u), horizon=10, initial_state=x0)
+    return prob.compile(backend="ilqr")
+
+
+def _indefinite_lqr():
+    """lqr with the control weight r per example: r = -1 is not strictly convex in u (no
+    minimiser), r = 1 is; the torch layer raises SolverError for the batch."""
+    x, u = dc.State(2), dc.Control(1)
+    x0, r = dc.Parameter(2, name="x0"), dc.Parameter(name="r")
+    prob = dc.ControlProblem(dynamics=x.next == x + u, cost=dc.sum_squares(x) + r * dc.sum_squares(u),
+                             horizon=5, initial_state=x0)
+    return prob.compile(backend="lqr")
+
+
+@pytest.mark.parametrize("case", ["overflow", "indefinite"])
+def test_eager_jax_raises_for_a_non_finite_solution_as_torch_does_naming_the_example(case):
+    """Finding 8: an overflowing rollout (ilqr) or an indefinite cost (lqr) made eager JAX calls
+    return NaN with a warning blaming the line search, where the torch layer raises."""
+    if case == "overflow":
+        compiled, bad = _overflowing_ilqr(), {"x0": [[3.0], [-1.0]]}
+    else:
+        compiled, bad = _indefinite_lqr(), {"x0": [[1.0, 0.0], [1.0, 0.0]], "r": [-1.0, 1.0]}
+    with pytest.raises(dc.SolverError):
+        compiled.to_torch()(**{k: torch.tensor(v, dtype=torch.float64) for k, v in bad.items()})
+    with pytest.raises(dc.SolverError, match=r"NaN or Inf in the solution of 1 of 2 examples \(batch elements 0\)"):
+        compiled.to_jax()(**{k: jnp.asarray(v) for k, v in bad.items()})
+    # the good example alone solves (the indefinite case: against the Riccati closed form below)
+    good = {k: jnp.asarray(v)[1:] for k, v in bad.items()}
+    xs, us, info = compiled.to_jax()(**good, return_info=True)
+    assert bool(info.converged.all()) and bool(jnp.isfinite(xs).all())
+    if case == "indefinite":  # x' = x + b u, b = (1, 1), cost sum_{t<5} |x_t|^2 + |u_t|^2: Riccati, P_5 = 0
+        b, P = np.ones((2, 1)), np.zeros((2, 2))
+        for _ in range(5):
+            K = np.linalg.solve(np.eye(1) + b.T @ P @ b, b.T @ P)  # u_t = -K x_t
+            P = np.eye(2) + P - P @ b @ K
+        assert abs(float(us[0, 0, 0]) + float((K @ np.array([1.0, 0.0]))[0])) < 1e-8
+
+
+def test_jitted_jax_gives_nan_outputs_and_nan_gradients_for_a_non_finite_example():
+    """Finding 9: under jax.jit a NaN input gave a finite gradient, so the documented
+    jnp.isfinite(grads) check passed. Now the example's outputs and gradients are NaN, its
+    status NON_FINITE (with a warning from the host); the other example keeps the gradient
+    finite differences give, and masking with info.converged keeps every gradient finite."""
+    n, m, T = 3, 2, 4
+    solve = lq_problem(n, m, T, -1.0, 1.0).problem.compile().to_jax()
+    vj = _to_jax(lq_values(n, m, 2, seed=1))
+    x0 = vj["x0"].at[0, 0].set(jnp.nan)
+
+    def loss(x0, vj, masked=False):
+        xs, us, info = solve(**{**vj, "x0": x0}, return_info=True)
+        if masked:
+            us = jnp.where(info.converged[:, None, None], us, 0.0)
+        return us.sum(), info
+
+    with pytest.warns(dc.NotConvergedWarning, match=r"NaN or Inf in the solution of 1 of 2 examples"):
+        (value, info), (g_x0, g_vals) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(x0, vj)
+        jax.block_until_ready(g_x0)
+    assert np.isnan(float(value))
+    assert [dc.Status.from_code(c) for c in np.asarray(info.status)] == [dc.Status.NON_FINITE, dc.Status.CONVERGED]
+    assert np.isnan(np.asarray(g_x0[0])).all() and np.isnan(np.asarray(g_vals["A"][0])).all()
+    assert np.isfinite(np.asarray(g_x0[1])).all()
+    # the good example's gradient is the one finite differences give
+    value_of = jax.jit(lambda a: solve(**{**vj, "x0": vj["x0"].at[1].set(a)})[1][1].sum())
+    fd = _central_differences(value_of, np.asarray(vj["x0"][1]), [(0,), (1,), (2,)])
+    assert np.abs(np.asarray(g_x0[1]) - fd).max() < 1e-6
+    # the documented recipe: mask with info.converged, and every gradient is finite
+    with pytest.warns(dc.NotConvergedWarning):
+        (_, _), (g_x0, g_vals) = jax.jit(jax.value_and_grad(lambda a, v: loss(a, v, masked=True),
+                                                            argnums=(0, 1), has_aux=True))(x0, vj)
+        jax.block_until_ready(g_x0)
+    assert all(bool(jnp.isfinite(g).all()) for g in (g_x0, *g_vals.values()))
+    assert np.abs(np.asarray(g_x0[1]) - fd).max() < 1e-6
 
 
 def test_bad_inputs_raise_before_any_solve():
@@ -341,6 +427,12 @@ def test_bad_inputs_raise_before_any_solve():
         solve(**{**vj, "x0": jnp.asarray([np.nan, 0.0, 0.0])})
     with pytest.raises(dc.InputError, match="float32 or float64"):
         solve(**{**vj, "A": vj["A"].astype(jnp.float16)})
+    with pytest.raises(dc.InputError, match="'A' has dtype bfloat16; diffcontrol solves in float32 or float64"):
+        solve(**{**vj, "A": vj["A"].astype(jnp.bfloat16)})
+    with pytest.raises(dc.InputError, match="'A' is a torch.Tensor: the JAX layer takes JAX or NumPy arrays"):
+        solve(**{**vj, "A": torch.tensor(np.array(vj["A"]))})
+    with pytest.raises(dc.InputError, match="parameter 'A' is None"):
+        solve(**{**vj, "A": None})
 
 
 def test_float32_agrees_with_float64():

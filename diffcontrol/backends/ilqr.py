@@ -186,10 +186,11 @@ def _solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tup
         C, c, CT, cT, F, lam = approx.C, approx.c, approx.CT, approx.cT, approx.F, approx.lam
         box = (lo - u, hi - u) if bounded else None
         finite = [xp.isfinite(a).reshape(B, -1).all(-1) for a in (C, c, F, CT, cT)]
-        if ops.known_any(~(finite[0] & finite[1] & finite[2] & finite[3] & finite[4])):
+        nonfinite = ~(finite[0] & finite[1] & finite[2] & finite[3] & finite[4])
+        if ops.known_any(nonfinite):
             # no regularisation mends NaN data: a function left its domain (not known under jit,
             # where the NaN policy makes that example's step fail instead)
-            raise cholesky_failure(nonfinite=True)
+            raise cholesky_failure(nonfinite=True, failed=ops.to_numpy(nonfinite))
 
         def gauss_newton():
             policy = riccati_sweep(ops, C + mu[:, None, None, None] * eye_N, c, F, CT + mu[:, None, None] * eye_n,

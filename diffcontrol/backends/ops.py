@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import numpy as np
+
 from diffcontrol.errors import SolverError
 
 _NOT_PD = ("a matrix that must be positive definite is not (the control block Q_uu = C_uu + F_u^T V F_u "
@@ -21,10 +23,17 @@ _NON_FINITE = ("NaN or Inf appeared during the solve: the dynamics, the cost or 
                "check the functions' domains and the scale of the inputs, or warm-start nearer a solution")
 
 
-def cholesky_failure(nonfinite: bool) -> SolverError:
+def cholesky_failure(nonfinite: bool, failed: Any = None) -> SolverError:
     """The error of a failed Cholesky factorisation: NaN/Inf in the matrix (a function that
-    left its domain) is a different failure from a matrix that is finite but not PD."""
-    return SolverError(_NON_FINITE if nonfinite else _NOT_PD)
+    left its domain) is a different failure from a matrix that is finite but not PD.
+    ``failed``: a NumPy-convertible bool array (B, ...) of the failed factorisations, whose
+    examples the message names."""
+    where = ""
+    if failed is not None and np.ndim(failed) >= 1:
+        rows = np.asarray(failed).reshape(np.shape(failed)[0], -1).any(-1).nonzero()[0].tolist()
+        shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+        where = f" [in {len(rows)} of {np.shape(failed)[0]} examples: batch elements {shown}]"
+    return SolverError((_NON_FINITE if nonfinite else _NOT_PD) + where)
 
 
 class Ops(Protocol):

@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+import numpy as np
+
 from diffcontrol.dsl.atoms import broadcast_batch
 from diffcontrol.dsl.expression import Expression
 from diffcontrol.dsl.function import FunctionCall
 from diffcontrol.dsl.leaves import Constant, Leaf
 from diffcontrol.dsl.traverse import walk
+from diffcontrol.errors import DiffControlError, ModelError
 
 
 class Framework(Protocol):
@@ -85,10 +88,39 @@ def constant_arrays(roots: Iterable[Expression], fw: Framework, like: Any) -> di
 
 def _call(node: FunctionCall, args: list[Any], fw: Framework) -> Any:
     """A dc.Function on batched arguments: called directly for a batch of one, else vmapped
-    over the batch (arguments shared by the batch broadcast to it)."""
-    if max(a.shape[0] for a in args) == 1:
-        return node.check_shape(node.function.fn(*[a[0] for a in args]))[None]
-    return node.check_shape(fw.vmap(node.function.fn)(*broadcast_batch(fw.xp, args)), batched=True)
+    over the batch (arguments shared by the batch broadcast to it). A function that fails,
+    or returns something other than an array of the layer's framework, is a ModelError that
+    names it."""
+    fn, batched = node.function.fn, max(a.shape[0] for a in args) > 1
+    try:
+        out = fw.vmap(fn)(*broadcast_batch(fw.xp, args)) if batched else fn(*[a[0] for a in args])
+    except DiffControlError:
+        raise
+    except Exception as err:  # noqa: BLE001  (the user's code: any failure is re-raised, named)
+        raise ModelError(_failure(node, args, err, batched)) from err
+    if isinstance(out, np.ndarray) or not hasattr(out, "shape"):
+        raise ModelError(f"dc.Function {node.function.name} returned a {type(out).__module__}.{type(out).__name__},"
+                         f" not an array of the layer's framework (like its inputs, {type(args[0]).__name__}): the "
+                         "solver differentiates it, so compute it with that framework's operations (torch for "
+                         "to_torch(), jax.numpy for to_jax()), without converting to NumPy")
+    return node.check_shape(out, batched=True) if batched else node.check_shape(out)[None]
+
+
+def _failure(node: FunctionCall, args: list[Any], err: Exception, batched: bool) -> str:
+    """The message for a dc.Function that raised: its name, the error, and the likely fix."""
+    name, dtype = node.function.name, getattr(args[0], "dtype", None)
+    message = f"dc.Function {name} raised {type(err).__name__} when the solver called it"
+    message += f" on a batch of {args[0].shape[0]} examples (vmapped)" if batched else ""
+    message += f" with inputs of dtype {dtype}: {err}. "
+    if "dtype" in str(err).lower() or "double" in str(err).lower() or "float" in str(err).lower():
+        return message + (f"Its computation must run in the layer's dtype ({dtype}, that of the parameters' "
+                          "values): convert its module's weights (module.double() or module.float()) or pass "
+                          "inputs in the weights' dtype")
+    if batched or "vmap" in str(err):
+        return message + ("A batch, and the derivatives, are evaluated with vmap (torch.func.vmap / jax.vmap), "
+                          "so the function must not branch in Python on values, call .item() or .numpy(), or "
+                          "modify its inputs in place; use where() for branches")
+    return message + "Check that it runs on arrays of the declared argument shapes"
 
 
 # Expressions are immutable, so each root keeps its post-order: solvers evaluate the same

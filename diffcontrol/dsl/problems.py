@@ -14,7 +14,7 @@ from diffcontrol.dsl.traverse import nodes_of_type
 from diffcontrol.errors import ModelError
 
 #: Keywords of the layers' call, so no parameter may take them.
-RESERVED_NAMES = ("u_init", "y_init", "return_info")
+RESERVED_NAMES = ("self", "u_init", "y_init", "return_info")  # the layer call's own keywords
 
 
 class Minimize:

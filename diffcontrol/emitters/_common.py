@@ -177,6 +177,38 @@ def expand_to_batch(parameters: Sequence[Parameter], values: dict[str, Any], bat
     return out
 
 
+def non_finite_examples(xp: Any, outputs: Sequence[Any], info: Any, values: Sequence[Any] = ()) -> Any:
+    """(B,) bool: the examples whose outputs or residual hold NaN or Inf, or whose ``values``
+    (inputs (B, ...): passed where the call could not check them, under ``jax.jit``) do. The
+    examples a solver's verdict already gives NaN outputs (cone: infeasible, unbounded,
+    failed) are left to that verdict."""
+    from diffcontrol.errors import Status
+
+    B = info.converged.shape[0]
+    bad = ~xp.isfinite(info.residual)
+    for a in (*outputs, *values):
+        bad = bad | ~xp.isfinite(a.reshape(B, -1)).all(-1)
+    for verdict in (Status.INFEASIBLE, Status.UNBOUNDED, Status.SOLVER_FAILED):
+        bad = bad & (info.status != verdict.code)
+    return bad
+
+
+def non_finite_message(statuses: list) -> str | None:
+    """The SolverError's message for the examples marked NON_FINITE, or None if there are none."""
+    from diffcontrol.errors import Status
+
+    examples = [i for i, s in enumerate(statuses) if s is Status.NON_FINITE]
+    if not examples:
+        return None
+    shown = ", ".join(map(str, examples[:10])) + (", ..." if len(examples) > 10 else "")
+    return (f"NaN or Inf in the solution of {len(examples)} of {len(statuses)} examples (batch elements {shown}): "
+            "either the dynamics, the cost or their derivatives (a dc.Function among them, or dc.log / dc.sqrt / "
+            "a division outside its domain) evaluated to a non-finite value or overflowed at an iterate the "
+            "solver reached, or a matrix that must be positive definite was not (a cost that is not strictly "
+            "convex in u on lqr: add e.g. 1e-6 * dc.sum_squares(u)). Check the functions' domains and the "
+            "inputs' scale, or warm-start nearer a solution")
+
+
 def report_saddles(statuses: list, batch: int) -> None:
     """Warn (:class:`~diffcontrol.errors.SaddlePointWarning`) where converged examples sit at a
     stationary point that is not a local minimum (``statuses``: each example's Status)."""
@@ -189,10 +221,26 @@ def report_saddles(statuses: list, batch: int) -> None:
         warnings.warn(f"{n} of {batch} examples converged to a stationary point that is not a local minimum "
                       "(the Hessian of the Lagrangian is not positive definite on their free controls: a saddle "
                       "or a maximum; info.status says which); start them elsewhere (u_init=) to reach a minimum",
-                      SaddlePointWarning, stacklevel=4)
+                      SaddlePointWarning, stacklevel=user_stacklevel())
 
 
-def nonconvergence_message(n_bad: int, batch: int, worst: float, tol: float, statuses: list = ()) -> str:
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for a ``warnings.warn`` in the caller that attributes the warning to
+    the first frame outside diffcontrol, torch and JAX (the user's line, so that filters such as
+    ``-W error::dc.NotConvergedWarning:mymodule`` match), however deep the call went."""
+    import sys
+
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in _LIBRARY_MODULES:
+        frame, level = frame.f_back, level + 1
+    return level if frame is not None else 1
+
+
+_LIBRARY_MODULES = ("diffcontrol", "torch", "jax", "jaxlib", "functools")
+
+
+def nonconvergence_message(n_bad: int, batch: int, worst: float, tol: float, statuses: list = (),
+                           raising: bool = False) -> str:
     counts: dict[str, int] = {}
     for s in statuses:
         counts[s.value] = counts.get(s.value, 0) + 1
@@ -207,7 +255,8 @@ def nonconvergence_message(n_bad: int, batch: int, worst: float, tol: float, sta
                   "constraints can be met together (with x_0 and the box); for ilqr, raise outer_max_iter or "
                   "constraint_tol")
     else:
-        advice = ("their gradients rest on a fixed point that was not reached. Raise max_iter, warm-start, "
+        advice = ("raise max_iter or warm-start (u_init= / y_init=)" if raising else
+                  "their gradients rest on a fixed point that was not reached. Raise max_iter, warm-start, "
                   "or pass on_nonconvergence='raise' to stop here")
     return (f"{n_bad} of {batch} examples did not converge (largest residual {worst:.2e} > tol "
             f"{tol:.1e}{'; ' + why if why else ''}); {advice}")

@@ -13,6 +13,7 @@ and ``jax.grad`` work, ``jax.jit`` / ``jax.vmap`` do not.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import warnings
 from typing import Any
@@ -95,6 +96,12 @@ class JaxLayer:
                                    "instead of vmap)") from None
         else:
             outputs, info = _implicit(program, solver, run)(values, init, like)
+        # NaN or Inf in an example's solution (or, under jit, in its inputs) is flagged, its
+        # outputs made NaN, and any gradient that uses them NaN: never finite numbers that hide it
+        bad = _common.non_finite_examples(jnp, outputs, info, tuple(values.values()))
+        outputs = _nan_where(values, bad, tuple(outputs))
+        info = Info(info.converged & ~bad, info.iterations, info.residual,
+                    jnp.where(bad, Status.NON_FINITE.code, info.status))
         empty_box = None
         if getattr(program, "bounds", ()):  # (the solve's data lives in its own trace: evaluate anew)
             data = program.data(JaxFramework, values, like)
@@ -102,20 +109,37 @@ class JaxLayer:
         return tuple(outputs), info, empty_box
 
     def _report(self, info: Info, batch: int) -> None:
-        converged = concrete(info.converged)
-        if converged is None:  # traced: the info carries it (return_info=True)
+        if concrete(info.status) is None:
+            # traced (jit, grad, vmap): the report runs on the host when the values exist, as a
+            # debug callback; one that raises fails the jitted call with a JaxRuntimeError that
+            # carries the SolverError's message
+            jax.debug.callback(functools.partial(self._report_values, traced=True),
+                               info.converged, info.status, info.residual)
             return
-        _common.report_saddles([Status.from_code(c) for c in np.asarray(info.status).tolist()], batch)
-        bad = ~converged.astype(bool)
+        self._report_values(info.converged, info.status, info.residual, traced=False)
+
+    def _report_values(self, converged: Any, status: Any, residual: Any, traced: bool) -> None:
+        """Raise or warn for the examples that did not converge (arrays (B,), or any shape under vmap)."""
+        raising = self.compiled.options["on_nonconvergence"] == "raise"
+        statuses = [Status.from_code(c) for c in np.asarray(status).reshape(-1).tolist()]
+        batch = len(statuses)
+        message = _common.non_finite_message(statuses)
+        if message is not None:
+            if raising or not traced:  # as the torch layer does; under jit, NaN outputs and a warning
+                raise SolverError(message)
+            warnings.warn(message, NotConvergedWarning, stacklevel=_common.user_stacklevel())
+            return
+        _common.report_saddles(statuses, batch)
+        bad = ~np.asarray(converged).reshape(-1).astype(bool)
         if not bad.any():
             return
-        residual = np.asarray(info.residual)
+        residual = np.asarray(residual)
         tol = self.compiled.tolerance(residual.dtype)
-        statuses = [Status.from_code(c) for c, b in zip(np.asarray(info.status).tolist(), bad.tolist()) if b]
-        message = _common.nonconvergence_message(int(bad.sum()), batch, float(np.max(residual)), tol, statuses)
-        if self.compiled.options["on_nonconvergence"] == "raise":
+        message = _common.nonconvergence_message(int(bad.sum()), batch, float(np.max(residual)), tol,
+                                                 [s for s, b in zip(statuses, bad.tolist()) if b], raising)
+        if raising:
             raise SolverError(message)
-        warnings.warn(message, NotConvergedWarning, stacklevel=3)
+        warnings.warn(message, NotConvergedWarning, stacklevel=_common.user_stacklevel())
 
 
 def _implicit(program: Any, solver: Any, run: Any) -> Any:
@@ -146,10 +170,11 @@ def _implicit(program: Any, solver: Any, run: Any) -> Any:
 
     def forward(values: dict, init: Any, like: Any) -> tuple:
         outputs, info, saved, data = run(values, init, like)
-        return (tuple(outputs), info), (values, init, like, split(saved))
+        bad = _common.non_finite_examples(jnp, outputs, info, tuple(values.values()))
+        return (tuple(outputs), info), (values, init, like, split(saved), bad)
 
     def backward(residuals: tuple, cotangents: tuple) -> tuple:
-        values, init, like, arrays = residuals
+        values, init, like, arrays, bad = residuals
         output_cotangents, _ = cotangents
 
         def inputs_of(values: dict) -> dict:
@@ -161,10 +186,45 @@ def _implicit(program: Any, solver: Any, run: Any) -> Any:
         grads = solver.vjp(inputs, full(arrays, data), tuple(output_cotangents), JaxOps, tuple(inputs))
         grads = {k: jnp.zeros_like(v) if grads.get(k) is None else grads[k] for k, v in inputs.items()}
         (value_cotangents,) = pullback(grads)
+        # a non-finite example's backward is NaN even where its cotangent is zero (0 * NaN): its
+        # share is zero here, and NaN through _nan_where where the loss uses it
+        value_cotangents = {k: jnp.where(_rows(bad, v), 0.0, v) for k, v in value_cotangents.items()}
         return value_cotangents, jax.tree_util.tree_map(jnp.zeros_like, init), jnp.zeros_like(like)
 
     solve.defvjp(forward, backward)
     return solve
+
+
+@jax.custom_vjp
+def _nan_where(values: dict, bad: Any, outputs: tuple) -> tuple:
+    """``outputs`` (each (B, ...)) with the examples ``bad`` (B,) made NaN. Backward: a loss
+    that uses a bad example's outputs gets NaN in the gradient of every input of that example
+    (all of an unbatched parameter's), where ``jnp.where`` would give a silent zero; a loss that
+    masks them out (``info.converged``) keeps the other examples' gradients finite."""
+    return tuple(jnp.where(_rows(bad, o), jnp.nan, o) for o in outputs)
+
+
+def _nan_where_forward(values: dict, bad: Any, outputs: tuple) -> tuple:
+    return _nan_where(values, bad, outputs), (values, bad)
+
+
+def _nan_where_backward(residuals: tuple, cotangents: tuple) -> tuple:
+    values, bad = residuals
+    used = bad & False
+    for c in cotangents:
+        used = used | (c.reshape(c.shape[0], -1) != 0).any(-1)
+    hit = bad & used
+    value_cotangents = {k: jnp.where(_rows(hit, v), jnp.nan, jnp.zeros_like(v)) for k, v in values.items()}
+    output_cotangents = tuple(jnp.where(_rows(bad, c), 0.0, c) for c in cotangents)
+    return value_cotangents, None, output_cotangents
+
+
+_nan_where.defvjp(_nan_where_forward, _nan_where_backward)
+
+
+def _rows(mask: Any, like: Any) -> Any:
+    """A (B,) mask shaped to broadcast against ``like`` (B, ...)."""
+    return mask.reshape(mask.shape + (1,) * (like.ndim - 1))
 
 
 # -- inputs ------------------------------------------------------------------------------------------
@@ -176,11 +236,15 @@ def _dtype(inputs: dict) -> Any:
     """float64 where an input is (and JAX's x64 mode is on), else float32."""
     floats = []
     for k, v in inputs.items():
+        if type(v).__module__.split(".")[0] == "torch":
+            raise InputError(f"input {k!r} is a {type(v).__module__}.{type(v).__name__}: the JAX layer takes JAX or "
+                             "NumPy arrays (torch's autograd would not see this solve); pass "
+                             "jnp.asarray(t.detach().cpu().numpy()), or use to_torch()")
         kind = getattr(v, "dtype", None)
         if kind is None:
             continue
         kind = np.dtype(kind)
-        if kind.kind == "c" or (kind.kind == "f" and kind.name not in _SUPPORTED):
+        if kind.kind not in "biuf" or (kind.kind == "f" and kind.name not in _SUPPORTED):
             raise InputError(f"input {k!r} has dtype {kind}; diffcontrol solves in float32 or float64")
         if kind.kind == "f":
             floats.append(kind)
@@ -193,6 +257,8 @@ def _dtype(inputs: dict) -> Any:
 
 
 def _to_array(name: str, value: Any, dtype: Any) -> Any:
+    if value is None:
+        raise InputError(f"parameter {name!r} is None; pass its value (an array or a number)")
     try:
         return jnp.asarray(value, dtype=dtype)
     except (TypeError, ValueError):

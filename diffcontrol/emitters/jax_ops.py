@@ -146,7 +146,8 @@ class JaxOps:
         if strict:
             failed = concrete(jnp.isnan(L).any())
             if failed is not None and bool(failed):
-                raise cholesky_failure(not bool(np.isfinite(np.asarray(A)).all()))
+                raise cholesky_failure(not bool(np.isfinite(np.asarray(A)).all()),
+                                       np.isnan(np.asarray(L)).any((-2, -1)))
         return L
 
     @classmethod

@@ -12,7 +12,7 @@ from torch.autograd.function import once_differentiable
 from diffcontrol.backends.base import Info
 from diffcontrol.emitters import _common
 from diffcontrol.emitters.torch_ops import TorchFramework, TorchOps
-from diffcontrol.errors import InputError, ModelError, NotConvergedWarning, SolverError, Status
+from diffcontrol.errors import BackendError, InputError, ModelError, NotConvergedWarning, SolverError, Status
 
 _SUPPORTED = (torch.float32, torch.float64)
 
@@ -42,6 +42,7 @@ class TorchLayer(torch.nn.Module):
         return f"backend={self.compiled.backend!r}, parameters=({names})"
 
     def forward(self, *, u_init: Any = None, y_init: Any = None, return_info: bool = False, **params: Any):
+        _refuse_functorch()
         compiled = self.compiled
         y_init = _common.warm_start_in_solve_order(compiled.problem, self.order, y_init)
         values, init, batch, (dtype, device) = _common.bind_call(compiled, params, u_init, y_init, _TorchArrays)
@@ -51,6 +52,7 @@ class TorchLayer(torch.nn.Module):
         data = compiled.program.data(TorchFramework, values, like)
         _check_box(data)
         outputs, info = self._solve(values, data, init)
+        info = _flag_non_finite(outputs, info)
         info.status = [Status.from_code(c) for c in info.status.tolist()]
         self._report(info, B)
         if batch is None:
@@ -86,17 +88,45 @@ class TorchLayer(torch.nn.Module):
         return flat, info
 
     def _report(self, info: Any, batch: int) -> None:
+        message = _common.non_finite_message(info.status)
+        if message is not None:
+            raise SolverError(message)
         _common.report_saddles(info.status, batch)
         bad = ~info.converged
         if not bool(bad.any()):
             return
         tol = self.compiled.tolerance(info.residual.dtype)
         statuses = [s for s, b in zip(info.status, bad.tolist()) if b]
+        raising = self.compiled.options["on_nonconvergence"] == "raise"
         message = _common.nonconvergence_message(int(bad.sum()), batch, float(info.residual.detach().max()),
-                                                 tol, statuses)
-        if self.compiled.options["on_nonconvergence"] == "raise":
+                                                 tol, statuses, raising)
+        if raising:
             raise SolverError(message)
-        warnings.warn(message, NotConvergedWarning, stacklevel=3)
+        warnings.warn(message, NotConvergedWarning, stacklevel=_common.user_stacklevel())
+
+
+def _refuse_functorch() -> None:
+    """A BackendError inside a torch.func transform (grad, vmap, jacrev, jvp), which would fail
+    deep inside with torch's internal error: the solve stops on data-dependent tests and its
+    backward is an autograd.Function without a vmap rule."""
+    level = getattr(torch._C._functorch, "maybe_current_level", lambda: None)()
+    if level is not None:
+        raise BackendError(
+            "the torch layer does not run inside torch.func transforms (grad, vmap, jacrev, jvp): its solve stops "
+            "on data-dependent tests. Batch by the layer's leading batch dimension instead of vmap; take gradients "
+            "with loss.backward() or torch.autograd.grad (torch.autograd.functional.jacobian works too); or use "
+            "to_jax(), whose layer runs under jax.vmap / jax.jacrev")
+
+
+def _flag_non_finite(outputs: tuple, info: Info) -> Info:
+    """The info with the examples whose solution holds NaN or Inf marked NON_FINITE (and not
+    converged): whatever path produced them, they raise rather than pass as a warning."""
+    with torch.no_grad():
+        bad = _common.non_finite_examples(torch, outputs, info)
+    if not bool(bad.any()):
+        return info
+    return Info(info.converged & ~bad, info.iterations, info.residual,
+                torch.where(bad, Status.NON_FINITE.code, info.status))
 
 
 def _check_functions_differentiate(problem: Any) -> None:
@@ -206,7 +236,7 @@ class _TorchArrays:
 
     @staticmethod
     def to_array(name: str, value: Any, target: tuple) -> torch.Tensor:
-        return _to_tensor(value, *target)
+        return _to_tensor(name, value, *target)
 
     @staticmethod
     def is_finite(a: torch.Tensor) -> bool:
@@ -230,6 +260,9 @@ def _dtype_and_device(inputs: dict[str, Any]) -> tuple[torch.dtype, torch.device
     for k, v in tensors.items():
         if v.is_complex() or (v.is_floating_point() and v.dtype not in _SUPPORTED):
             raise InputError(f"input {k!r} has dtype {v.dtype}; diffcontrol solves in float32 or float64")
+    for k, v in inputs.items():  # NumPy arrays are held to the same rule as tensors
+        if isinstance(v, np.ndarray) and v.dtype.kind in "fc" and v.dtype not in (np.float32, np.float64):
+            raise InputError(f"input {k!r} has dtype numpy.{v.dtype}; diffcontrol solves in float32 or float64")
     dtype = floats[0] if floats else torch.get_default_dtype()
     for d in floats[1:]:
         dtype = torch.promote_types(dtype, d)
@@ -237,13 +270,16 @@ def _dtype_and_device(inputs: dict[str, Any]) -> tuple[torch.dtype, torch.device
     return dtype, device
 
 
-def _to_tensor(value: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def _to_tensor(name: str, value: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.to(dtype=dtype, device=device)
+    if value is None:
+        raise InputError(f"parameter {name!r} is None; pass its value (an array, a tensor or a number)")
     try:
         return torch.as_tensor(np.asarray(value, dtype=float), dtype=dtype, device=device)
-    except (TypeError, ValueError):
-        raise InputError(f"cannot convert {type(value).__name__} to a tensor") from None
+    except (TypeError, ValueError) as err:
+        why = " (a ragged nested list: its rows differ in length)" if "inhomogeneous" in str(err) else ""
+        raise InputError(f"cannot convert {name!r} ({type(value).__name__}) to a tensor{why}") from None
 
 
 def _check_box(data: dict) -> None:

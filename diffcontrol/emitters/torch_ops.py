@@ -159,7 +159,7 @@ class TorchOps:
         failed = info > 0
         if bool(failed.any()):
             if strict:
-                raise cholesky_failure(not bool(torch.isfinite(A).all()))
+                raise cholesky_failure(not bool(torch.isfinite(A).all()), failed.cpu().numpy())
             L = torch.where(failed[..., None, None], torch.nan, L)
         return L
 
