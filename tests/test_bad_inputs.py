@@ -247,3 +247,19 @@ def test_nonconvergence_is_attributed_to_the_users_line_and_raise_mode_gives_no_
     with pytest.raises(dc.SolverError) as err:
         prob.compile(backend="ilqr", max_iter=1, on_nonconvergence="raise").to_torch()()
     assert "on_nonconvergence" not in str(err.value) and "max_iter" in str(err.value)
+
+
+def test_a_negative_value_of_a_nonneg_parameter_is_refused_not_solved_as_another_problem():
+    """r * |y|^2 with r declared nonneg: cone canonicalised it as convex, and r = -0.1 came back
+    'unbounded' (NaN) although M = I makes the problem bounded; ift_cg solved it. Both refuse
+    now; r = 0 (the boundary) solves: y = argmin |y - 1|^2 = 1."""
+    pytest.importorskip("cvxpylayers")
+    y = dc.Variable(3, name="y")
+    M, b, r = dc.Parameter((3, 3), name="M"), dc.Parameter(3, name="b"), dc.Parameter(name="r", nonneg=True)
+    prob = dc.Problem(dc.Minimize(dc.sum_squares(M @ y - b) + r * dc.sum_squares(y)))
+    for backend in ("cone", "ift_cg"):
+        layer = prob.compile(backend=backend).to_torch()
+        with pytest.raises(dc.InputError, match="'r' is declared nonneg=True"):
+            layer(M=np.eye(3), b=np.ones(3), r=torch.tensor([0.5, -0.1]))
+        (y_star,) = layer(M=np.eye(3), b=np.ones(3), r=0.0)
+        assert torch.allclose(y_star, torch.ones(3, dtype=y_star.dtype), atol=1e-6)

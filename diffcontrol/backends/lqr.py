@@ -143,28 +143,37 @@ def _simulate(ops: Ops, data: dict, u: Any) -> Any:
 
 class _RiccatiSolves:
     """The active-set method's linear algebra by Riccati sweeps (any horizon). Each solve is
-    a Newton step from one fixed reference, the warm start's trajectory ``x_ref``, so that its
-    result depends on the free set and the fixed controls only."""
+    a Newton step from the zero state with the fixed controls, so that its result depends on
+    the free set and the fixed controls only. (Not from the open-loop rollout of the warm
+    start: an unstable system amplifies that rollout, to 1e13 over 200 cartpole stages, and
+    the sweep's linear terms about it lose every digit; about zero, the defects are the data's
+    own, and the sweep's rollout is closed-loop.)"""
 
     def __init__(self, ops: Ops, data: dict):
         self.ops, self.data = ops, data
 
     def shared(self, u: Any) -> dict:
-        """What the solves read, per example: the data and the reference trajectory."""
-        return {**self.data, "x_ref": _simulate(self.ops, self.data, u)}
+        """What the solves read, per example: the data."""
+        return self.data
 
     def gradient(self, shared: dict, u: Any) -> Any:
         """The total cost's gradient w.r.t. u at the controls u (and their states)."""
         d = shared
-        return costates(self.ops, d["C"], d["c"], d["F"], d["CT"], d["cT"], d["x_ref"], u)[1]
+        return costates(self.ops, d["C"], d["c"], d["F"], d["CT"], d["cT"], _simulate(self.ops, d, u), u)[1]
 
     def solve_free(self, shared: dict, u_fix: Any, free: Any) -> tuple:
         """The LQ solution with the controls where ``free`` is False held at ``u_fix``: u, the
-        total cost's gradient w.r.t. u there, and the factors the backward can reuse."""
-        x_ref = shared["x_ref"]
-        x_new, u_new, policy = _newton_step(self.ops, shared, x_ref, u_fix, free)
-        g_u = control_gradient(policy, x_new[:, :-1] - x_ref[:, :-1], u_new - u_fix)
-        return u_new, g_u, policy.factorisation()
+        total cost's gradient w.r.t. u there, the factors the backward can reuse, and the
+        states (from the sweep's closed-loop rollout)."""
+        zero = self.no_states(u_fix)
+        x_new, u_new, policy = _newton_step(self.ops, shared, zero, u_fix, free)
+        g_u = control_gradient(policy, x_new[:, :-1], u_new - u_fix)
+        return u_new, g_u, policy.factorisation(), x_new
+
+    def no_states(self, u: Any) -> Any:
+        """Zero states (B, T+1, n), the placeholder of :meth:`solve_free`'s."""
+        B, T, _ = u.shape
+        return self.ops.zeros((B, T + 1, self.data["x0"].shape[-1]), u)
 
     def no_factors(self, u: Any) -> Policy:
         """Placeholders with the structure of :meth:`solve_free`'s factors."""
@@ -173,10 +182,14 @@ class _RiccatiSolves:
         return Policy(K=zeros_mn, k=None, free=xp.ones_like(u, dtype=bool), L=eye_m, Q_ux=zeros_mn,
                       Q_uu=eye_m, V=ops.zeros((B, T, n, n), u))
 
-    def finish(self, u: Any) -> tuple:
-        """x, the costates and the gradient w.r.t. u at the controls u, and the residual's terms."""
-        d = self.data
-        x = _simulate(self.ops, d, u)
+    def finish(self, u: Any, x_solved: Any, solved: Any) -> tuple:
+        """x, the costates and the gradient w.r.t. u at the controls u, and the residual's terms.
+        x is the last solve's closed-loop rollout ``x_solved`` where ``solved`` (B,) (its sets
+        repeated, so u is that solve's), else the open-loop rollout of u, whose roundoff an
+        unstable system amplifies."""
+        d, ops, xp = self.data, self.ops, self.ops.xp
+        x = ops.cond(solved.all(), lambda: x_solved,
+                     lambda: xp.where(solved[:, None, None], x_solved, _simulate(ops, d, u)))
         lam, g_u = costates(self.ops, d["C"], d["c"], d["F"], d["CT"], d["cT"], x, u)
         return x, lam, g_u, _control_terms(self.ops, d, x, u)
 
@@ -211,14 +224,17 @@ class _CondensedSolves:
         L = ops.cholesky(masked_hessian(ops, shared["H"], mask))
         u_new = u_fix - ops.cho_solve(L, _condensed_gradient(shared, u_fix) * mask)
         # the states are not needed inside the loop (the caller finds them once at its end)
-        return u_new.reshape(shape), _condensed_gradient(shared, u_new).reshape(shape), L
+        return u_new.reshape(shape), _condensed_gradient(shared, u_new).reshape(shape), L, None
+
+    def no_states(self, u: Any) -> None:
+        return None
 
     def no_factors(self, u: Any) -> Any:
         return 0.0 * self.cond.H + self.ops.eye_like(self.cond.H)
 
-    def finish(self, u: Any) -> tuple:
+    def finish(self, u: Any, x_solved: Any = None, solved: Any = None) -> tuple:
         """x, no costates (the VJP computes them with its own), the gradient w.r.t. u and the
-        residual's terms at the controls u."""
+        residual's terms at the controls u (short horizons: the states from u directly)."""
         B = u.shape[0]
         Hu = mv(self.cond.H, u.reshape(B, -1))
         return condensed.states(self.cond, u), None, (Hu + self.cond.h).reshape(u.shape), [Hu, self.cond.h]
@@ -258,8 +274,9 @@ def _active_set_method(ops: Ops, data: dict, solves: Any, u: Any, max_iter: int,
     ``warm``: ``u`` is a warm start; the initial sets are then the controls it holds at a
     bound the gradient pushes against, and the examples where it already meets ``tol`` take
     no iteration (without one, the first iteration is the unconstrained solve).
-    Returns u (clipped to the box), the iterations, and each example's factors of its last
-    solve with the free set they were made for.
+    Returns u (clipped to the box), the iterations, each example's factors of its last solve
+    with the free set they were made for, that solve's states (None where the solves give
+    none) and which examples' sets repeated.
     """
     xp = ops.xp
     lo, hi = data["lo"], data["hi"]
@@ -278,17 +295,18 @@ def _active_set_method(ops: Ops, data: dict, solves: Any, u: Any, max_iter: int,
         lo, hi = shared["lo"], shared["hi"]
         free = ~(at_lo | at_hi)
         u_fix = xp.where(at_lo, lo, xp.where(at_hi, hi, shared["u_ref"]))
-        u_new, g_u, factors = solves.solve_free(shared, u_fix, free)
+        u_new, g_u, factors, x_new = solves.solve_free(shared, u_fix, free)
         # a free control that leaves the box is clamped; a clamped one stays while its
         # multiplier (the gradient) pushes against the bound
         new_lo = xp.where(free, u_new < lo, at_lo & (g_u > 0))
         new_hi = xp.where(free, u_new > hi, at_hi & (g_u < 0))
         same = ~((new_lo ^ at_lo) | (new_hi ^ at_hi)).reshape(at_lo.shape[0], -1).any(-1)
-        return (new_lo, new_hi, (u_new, factors, free)), same
+        return (new_lo, new_hi, (u_new, factors, free, x_new)), same
 
-    start = (at_lo, at_hi, (u, solves.no_factors(u), xp.ones_like(u, dtype=bool)))
-    (_, _, (u, factors, free)), iterations, _ = ops.batch_loop(iteration, start, shared, settled, max_iter)
-    return xp.minimum(xp.maximum(u, lo), hi), iterations, (factors, free)
+    start = (at_lo, at_hi, (u, solves.no_factors(u), xp.ones_like(u, dtype=bool), solves.no_states(u)))
+    (_, _, (u, factors, free, x)), iterations, stopped = ops.batch_loop(iteration, start, shared, settled, max_iter)
+    # (a warm start that met tol took no solve: its states are its open-loop rollout)
+    return xp.minimum(xp.maximum(u, lo), hi), iterations, (factors, free), x, stopped & (iterations > 0)
 
 
 def _control_terms(ops: Ops, data: dict, x: Any, u: Any) -> list:
@@ -396,9 +414,9 @@ def _solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tup
     cond = condensed.condense(ops, data) if _condenses(options, T, m) else None
     if cond is not None or bounded:
         solves = _strategy(ops, data, cond)
-        u, iterations, (solve_factors, free_fwd) = _active_set_method(ops, data, solves, u, options["max_iter"], tol,
-                                                                      warm=u_init is not None)
-        x, lam, g_u, terms = solves.finish(u)
+        u, iterations, (solve_factors, free_fwd), x_solved, sets_repeated = _active_set_method(
+            ops, data, solves, u, options["max_iter"], tol, warm=u_init is not None)
+        x, lam, g_u, terms = solves.finish(u, x_solved, sets_repeated)
         solved = iterations > 0  # the examples whose factors come from a solve
     else:  # one exact solve; its sweep also gives the costates and the gradient for the check
         ref = (None, None) if u_init is None else (ops.zeros((B, T + 1, x0.shape[-1]), C), u)

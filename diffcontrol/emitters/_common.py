@@ -29,6 +29,9 @@ class Arrays(Protocol):
     def broadcast(self, a: Any, shape: tuple[int, ...]) -> Any:
         """``a`` broadcast to ``shape`` without a copy."""
 
+    def is_nonneg(self, a: Any) -> bool:
+        """Whether every entry is >= 0 (True where that is not known yet: a traced array)."""
+
 
 def bind_call(compiled: Any, params: dict[str, Any], u_init: Any, y_init: Any,
               arrays: Arrays) -> tuple[dict[str, Any], Any, int | None, Any]:
@@ -45,6 +48,7 @@ def bind_call(compiled: Any, params: dict[str, Any], u_init: Any, y_init: Any,
     values, shapes = with_time_axes(compiled.problem, parameters, values, arrays.xp)
     batch = batch_size_of(parameters, values, warm, shapes)
     check_finite({**values, **{k: v for k, (_, v) in warm.items()}}, arrays.is_finite)
+    check_nonneg(parameters, values, arrays.is_nonneg)
     B = batch or 1
     values = expand_to_batch(parameters, values, B, arrays.broadcast, shapes)
     init = [v if v.ndim > len(shape) else arrays.broadcast(v, (B, *shape)) for shape, v in warm.values()]
@@ -164,6 +168,16 @@ def check_finite(values: dict[str, Any], is_finite: Callable[[Any], bool]) -> No
     for name, value in values.items():
         if not is_finite(value):
             raise SolverError(f"input {name!r} contains NaN or Inf; no solve was attempted")
+
+
+def check_nonneg(parameters: Sequence[Parameter], values: dict[str, Any], is_nonneg: Callable[[Any], bool]) -> None:
+    """A negative value of a parameter declared ``nonneg=True`` raises InputError: the problem
+    was analysed (its convexity, the cone backend's canonicalisation) on that sign."""
+    for p in parameters:
+        if p.nonneg and not is_nonneg(values[p.name]):
+            raise InputError(f"parameter {p.name!r} is declared nonneg=True, but its value has a negative entry; "
+                             "the problem was compiled for nonnegative values of it (convexity rests on that "
+                             "sign): pass values >= 0, or declare it without nonneg=True")
 
 
 def expand_to_batch(parameters: Sequence[Parameter], values: dict[str, Any], batch: int,

@@ -270,6 +270,11 @@ def _finite(a: Any) -> bool:
     return True if value is None else bool(value)  # traced values are checked by the solve's info
 
 
+def _nonneg(a: Any) -> bool:
+    value = concrete((a >= 0).all())
+    return True if value is None else bool(value)  # (under jit the sign cannot be checked)
+
+
 class _JaxArrays:
     """Call arguments as JAX arrays (see :class:`diffcontrol.emitters._common.Arrays`)."""
 
@@ -277,6 +282,7 @@ class _JaxArrays:
     choose = staticmethod(_dtype)
     to_array = staticmethod(_to_array)
     is_finite = staticmethod(_finite)
+    is_nonneg = staticmethod(_nonneg)
     broadcast = staticmethod(jnp.broadcast_to)
 
 

@@ -243,6 +243,10 @@ class _TorchArrays:
         return bool(torch.isfinite(a).all())
 
     @staticmethod
+    def is_nonneg(a: torch.Tensor) -> bool:
+        return bool((a >= 0).all())
+
+    @staticmethod
     def broadcast(a: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         return a.expand(shape)
 
