@@ -263,3 +263,30 @@ def test_a_negative_value_of_a_nonneg_parameter_is_refused_not_solved_as_another
             layer(M=np.eye(3), b=np.ones(3), r=torch.tensor([0.5, -0.1]))
         (y_star,) = layer(M=np.eye(3), b=np.ones(3), r=0.0)
         assert torch.allclose(y_star, torch.ones(3, dtype=y_star.dtype), atol=1e-6)
+
+
+def test_quad_form_parameter_matrix_singular_solves_indefinite_is_named():
+    """cone, quad_form(y, P) with P a parameter: a PSD-but-singular P (convex) raised a raw
+    Cholesky error; an indefinite one too, naming nothing. min y^T P y + y_0 on the box [-1, 1]:
+    P = I gives y = (-1/2, 0); P = [[1, 1], [1, 1]] gives y = (-1, 1) (y_0 + y_1 = 0 zeroes
+    the quadratic; y_0 = -1 the linear term); P = diag(1, -1) is refused before any solve."""
+    pytest.importorskip("cvxpylayers")
+    y, P = dc.Variable(2, name="y"), dc.Parameter((2, 2), name="P")
+    layer = dc.Problem(dc.Minimize(dc.quad_form(y, P) + y[0]), [y >= -1, y <= 1]).compile(backend="cone").to_torch()
+    (sol,) = layer(P=np.stack([np.eye(2), np.ones((2, 2))]))
+    assert torch.allclose(sol, torch.tensor([[-0.5, 0.0], [-1.0, 1.0]], dtype=sol.dtype), atol=1e-6)
+    with pytest.raises(dc.SolverError, match=r"batch elements 1\).*quad_form that is not positive semidefinite"):
+        layer(P=np.stack([np.eye(2), np.diag([1.0, -1.0])]))
+
+
+def test_division_by_a_parameter_equal_to_zero_is_named_and_prints_nothing(capfd):
+    """cone: 1 / c at c = 0 made the solver print 'could not determine problem status' and
+    return NaN; now a SolverError before any solve, naming the example."""
+    pytest.importorskip("cvxpylayers")
+    y, c = dc.Variable(2, name="y"), dc.Parameter(name="c")
+    layer = dc.Problem(dc.Minimize(dc.sum_squares(y - 1 / c)), [y >= -1, y <= 1]).compile(backend="cone").to_torch()
+    with pytest.raises(dc.SolverError, match=r"1 of 2 examples \(batch elements 0\).*division by a parameter"):
+        layer(c=torch.tensor([0.0, 2.0]))
+    assert capfd.readouterr().out == ""
+    (sol,) = layer(c=2.0)
+    assert torch.allclose(sol, torch.full((2,), 0.5, dtype=sol.dtype), atol=1e-6)

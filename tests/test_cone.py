@@ -296,7 +296,7 @@ def test_parameter_matrix_of_quad_form_is_factorised_per_call_and_differentiated
     rng = np.random.default_rng(5)
     M = rng.standard_normal((3, 3))
     check_against_reference(prob, direct, {"P": M @ M.T + np.eye(3), "q": rng.standard_normal(3)})
-    assert "cholesky(P)^T" in prob.explain()
+    assert "psd_factor(P)" in prob.explain()
 
 
 def test_warm_start_is_refused_with_the_reason():
@@ -348,3 +348,23 @@ def test_a_call_emits_no_warning_from_the_solver_stack():
         warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy keyword",
                                 category=DeprecationWarning)
         _nnls().compile().to_torch()(**{k: torch.tensor(v) for k, v in _nnls_values().items()})
+
+
+def test_the_derivative_mode_is_stated_in_explain_and_the_lsmr_switch_warns():
+    """derivative='auto' switches to diffcp's iterative lsmr above dense_max_size: explain()
+    names the mode chosen and why, and a call that differentiates under that switch warns
+    (GradientFallbackWarning); chosen explicitly it does not. The gradient stays close to the
+    analytic one: y = clip(c, -1, 1) per entry, so d sum(y) / dc = 2 inside the box."""
+    y, c = dc.Variable(2, name="y"), dc.Parameter(name="c")
+    prob = dc.Problem(dc.Minimize(dc.sum_squares(y - c)), [y >= -1, y <= 1])
+    assert "gradients: diffcp's dense derivative (N <= dense_max_size = 1000): exact" in prob.compile().explain()
+    switched = prob.compile(backend="cone", dense_max_size=2)
+    assert "gradients: diffcp's lsmr derivative (N > dense_max_size = 2): approximate" in switched.explain()
+    c_value = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    with pytest.warns(dc.GradientFallbackWarning, match="derivative='dense'"):
+        (sol,) = switched.to_torch()(c=c_value)
+    sol.sum().backward()
+    assert abs(float(c_value.grad) - 2.0) < 1e-4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dc.GradientFallbackWarning)
+        prob.compile(backend="cone", derivative="lsmr").to_torch()(c=c_value)[0].sum().backward()

@@ -264,6 +264,15 @@ def explain_lowering(program: Any, options: dict) -> list[str]:
                  f"{dims.exp}, PSD {list(dims.psd) or 'none'}")
     lines.append(f"  size N = {program.size} (variables + rows; derivative='auto' differentiates densely "
                  "up to dense_max_size, iteratively (lsmr) above)")
+    mode, limit = options.get("derivative", "auto"), options.get("dense_max_size", 1000)
+    chosen = mode if mode != "auto" else ("dense" if program.size <= limit else "lsmr")
+    why = (f"N {'<=' if program.size <= limit else '>'} dense_max_size = {limit}" if mode == "auto"
+           else "derivative option")
+    accuracy = ("exact (a dense solve of the derivative's linear system)" if chosen == "dense" else
+                "approximate (iterative; under 'auto' a GradientFallbackWarning says so at each call that "
+                "differentiates): "
+                "derivative='dense' is exact at O(N^3)")
+    lines.append(f"  gradients: diffcp's {chosen} derivative ({why}): {accuracy}")
     lines.append("  cvxpy parameters, computed per call from the dc.Parameters by the layer's framework "
                  "(its autodiff carries their gradients on):")
     lines += [f"    {d.describe()}  shape {d.parameter.shape}" for d in program.derived]

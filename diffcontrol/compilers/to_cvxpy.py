@@ -35,9 +35,28 @@ from diffcontrol.errors import ModelError
 TRANSFORMS = {
     "value": lambda xp, v: v,
     "reciprocal": lambda xp, v: 1.0 / v,
-    # P = L_c L_c^T, so x^T P x = ||L_c^T x||^2: quad_form with a parameter matrix in DPP form.
-    "psd_factor": lambda xp, v: xp.linalg.cholesky(0.5 * (v + v.mT)).mT,
+    # x^T P x = ||L x||^2 with L^T L = P: quad_form with a parameter matrix in DPP form.
+    "psd_factor": lambda xp, v: psd_factor(xp, v),
 }
+
+
+def psd_factor(xp: Any, v: Any) -> Any:
+    """L (n, n) with L^T L = P for P = (v + v^T) / 2 (n, n), one example (vmapped): the
+    transposed Cholesky factor where P is positive definite, the eigen-factor
+    sqrt(max(w, 0)) V^T where it is singular (still convex), and NaN where P has a negative
+    eigenvalue (the cone backend then refuses the example, named). Each branch is fed a
+    matrix it handles (the other's rows are swapped for I or diag(1..n)): a failed Cholesky,
+    or an eigen-decomposition's gradient at repeated eigenvalues, would poison the selected
+    branch's gradient through ``where``."""
+    P = 0.5 * (v + v.mT)
+    w = xp.linalg.eigvalsh(P)
+    scale = xp.clip(xp.max(xp.abs(w)), 1.0)
+    singular, indefinite = w[0] <= 1e-8 * scale, w[0] < -1e-8 * scale
+    ones = xp.ones_like(w)
+    chol = xp.linalg.cholesky(xp.where(singular, xp.diag(ones), P)).mT
+    w_s, V = xp.linalg.eigh(xp.where(singular, P, xp.diag(xp.cumsum(ones, 0))))
+    eigen = xp.sqrt(xp.clip(w_s, 0.0))[:, None] * V.mT
+    return xp.where(indefinite, float("nan"), xp.where(singular, eigen, chol))
 
 
 @dataclass(frozen=True)
@@ -51,7 +70,7 @@ class DerivedParameter:
     stage: int | None = None
 
     def describe(self) -> str:
-        what = {"value": "{}", "reciprocal": "1 / ({})", "psd_factor": "cholesky({})^T"}[self.transform]
+        what = {"value": "{}", "reciprocal": "1 / ({})", "psd_factor": "psd_factor({})"}[self.transform]
         at = "" if self.stage is None else f"   (time-varying: at t = {self.stage})"
         return f"{self.parameter.name()} = {what.format(self.expr)}{at}"
 
