@@ -4,6 +4,7 @@ The public names of ``../API.md``; importing this never imports JAX.
 """
 
 from diffcontrol import models
+from diffcontrol.backends.base import Info
 from diffcontrol.compilers.compiled import CompiledProblem
 from diffcontrol.dsl.constraints import Constraint, Equality, Inequality
 from diffcontrol.dsl.constructors import (
@@ -63,7 +64,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendError", "CompiledProblem", "Constraint", "Control", "ControlProblem", "Equality",
-    "Expression", "Function", "GradientFallbackWarning", "Inequality", "InputError", "Maximize",
+    "Expression", "Function", "GradientFallbackWarning", "Inequality", "Info", "InputError", "Maximize",
     "MPCPolicy", "Minimize", "ModelError",
     "NotConvergedWarning", "Parameter", "Problem", "SaddlePointWarning", "SolverError", "State", "Status",
     "Variable", "abs",

@@ -1,1 +1,1 @@
-"""Emitters: a compiled problem as a framework layer (torch now; JAX planned)."""
+"""Emitters: a compiled problem as a framework layer (``to_torch()``, ``to_jax()``)."""
