@@ -1,7 +1,7 @@
-"""mkdocs hooks: the example figures (``examples/results/*.png``, written by the examples
-themselves) are served under ``figures/`` so the docs show them without a second copy that
-could go stale; the Sphinx roles of the docstrings (``:class:`~diffcontrol.Status```), which
-mkdocstrings leaves as raw text, become code."""
+"""mkdocs hooks: the figures of the examples and the benchmarks (``examples/results/*.png``,
+``benchmarks/results/*.png``, written by their scripts) are served under ``figures/``, so the
+docs show them without a second copy that could go stale; the Sphinx roles of the docstrings
+(``:class:`~diffcontrol.Status```), which mkdocstrings leaves as raw text, become code."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ from pathlib import Path
 
 from mkdocs.structure.files import File
 
-FIGURES = Path(__file__).resolve().parent.parent / "examples" / "results"
+ROOT = Path(__file__).resolve().parent.parent
+#: the examples' figures and the benchmarks' (benchmarks/plot_results.py)
+FIGURES = [ROOT / "examples" / "results", ROOT / "benchmarks" / "results"]
 
 
 def on_files(files, config):
-    for png in sorted(FIGURES.glob("*.png")):
-        files.append(File.generated(config, f"figures/{png.name}", abs_src_path=str(png)))
+    for folder in FIGURES:
+        for png in sorted(folder.glob("*.png")):
+            files.append(File.generated(config, f"figures/{png.name}", abs_src_path=str(png)))
     return files
 
 
