@@ -41,7 +41,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from diffcontrol.backends.ops import Ops
-from diffcontrol.backends.terminal import _tile
+from diffcontrol.backends.tiling import tiled_vjp
 from diffcontrol.errors import GradientFallbackWarning, Status
 
 #: the implicit inputs of the rows' values: stage rows (B, T, k_s), terminal rows (B, k_T)
@@ -269,13 +269,15 @@ def _schur(ops: Ops, inner_vjp: Callable, saved: Any, rows: _Rows, vectors: list
     residual is -K^{-1} v (K the Hessian of the augmented Lagrangian, on the free controls)."""
     xp = ops.xp
     B, R, T1, n = rows.gx.shape
-    copies = R + len(vectors)
-    gx = xp.concatenate([rows.gx[:, r] for r in range(R)] + [v[0] for v in vectors], 0)
-    gu = xp.concatenate([rows.gu[:, r] for r in range(R)] + [v[1] for v in vectors], 0)
-    P = inner_vjp({}, _tile(xp, saved, B, copies), (gx, gu), ops, ("grad_tau", "grad_T"))
-    last = xp.concatenate([P["grad_T"], 0.0 * P["grad_tau"][:, 0, n:]], -1)[:, None]
-    Pz = xp.concatenate([P["grad_tau"], last], 1)  # (copies B, T+1, N)
-    Pz = xp.stack([Pz[r * B:(r + 1) * B] for r in range(copies)], 1)  # (B, copies, T+1, N)
+    pairs = [(rows.gx[:, r], rows.gu[:, r]) for r in range(R)] + list(vectors)
+    P = tiled_vjp(ops, inner_vjp, {}, saved, pairs, ("grad_tau", "grad_T"))
+
+    def joined(p: dict) -> Any:
+        """A copy's cotangent of (tau_0..tau_{T-1}, x_T) as one array (B, T+1, N)."""
+        last = xp.concatenate([p["grad_T"], 0.0 * p["grad_tau"][:, 0, n:]], -1)
+        return xp.concatenate([p["grad_tau"], last[:, None]], 1)
+
+    Pz = xp.stack([joined(p) for p in P], 1)  # (B, copies, T+1, N)
     JKv = -((rows.onehot[:, None] @ Pz) * rows.J[:, None]).sum(-1)  # (B, copies, R): J_i K^{-1} (column)
     G = xp.swapaxes(JKv[:, :R], -1, -2)
     pad = ~(rows.present[..., None] & rows.present[:, None, :])

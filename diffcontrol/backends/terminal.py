@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 
 from diffcontrol.backends.ops import Ops
 from diffcontrol.backends.riccati import mv, vm
+from diffcontrol.backends.tiling import tiled_vjp
 from diffcontrol.errors import Status
 
 #: The constraint's data keys: G (B, k, n) and g (B, k).
@@ -69,39 +70,14 @@ TILE_MAX_ROWS = 64
 
 def _sensitivity(ops: Ops, inner: Inner, data: dict, G: Any, saved: Any, T: int, m: int) -> Any:
     """S = d x_T / d nu (B, n, k): the solver's VJP of each constraint row's cotangent G_j on
-    x_T, read at its terminal linear term. Small batches run the k VJPs as one, on the data and
-    saved solve tiled k times (row j * B + b: row j of example b)."""
+    x_T, read at its terminal linear term; small batches run the k VJPs as one tiled batch."""
     xp = ops.xp
     B, k, n = G.shape
     key = inner.cotangent_key
-    if B * k > TILE_MAX_ROWS:
-        zero_x, zero_u = ops.zeros((B, T, n), G), ops.zeros((B, T, m), G)
-        columns = [inner.vjp(data, saved, (xp.concatenate([zero_x, G[:, j:j + 1]], 1), zero_u), ops, (key,))[key]
-                   for j in range(k)]
-        return xp.stack(columns, -1)
-    tiled_data = {name: _tile(xp, v, B, k) for name, v in data.items()}
-    tiled_saved = _tile(xp, saved, B, k)
-    rows = xp.concatenate([G[:, j] for j in range(k)], 0)  # (k * B, n)
-    gx = xp.concatenate([ops.zeros((k * B, T, n), G), rows[:, None]], 1)
-    dcT = inner.vjp(tiled_data, tiled_saved, (gx, ops.zeros((k * B, T, m), G)), ops, (key,))[key]
-    return xp.stack([dcT[j * B:(j + 1) * B] for j in range(k)], -1)
-
-
-def _tile(xp: Any, tree: Any, B: int, k: int) -> Any:
-    """Every array in ``tree`` whose leading axis is the batch (B) repeated k times along it;
-    other leaves (scalars, None, strings) as they are."""
-    if k == 1:
-        return tree
-    if hasattr(tree, "tiled"):  # a model of the problem's functions (iLQR): its own copy-major tiling
-        return tree.tiled(k)
-    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        return type(tree)(*(_tile(xp, v, B, k) for v in tree))
-    if isinstance(tree, (tuple, list)):
-        return type(tree)(_tile(xp, v, B, k) for v in tree)
-    shape = getattr(tree, "shape", None)
-    if shape is not None and len(shape) >= 1 and shape[0] == B:
-        return xp.concatenate([tree] * k, 0)
-    return tree
+    zero_x, zero_u = ops.zeros((B, T, n), G), ops.zeros((B, T, m), G)
+    pairs = [(xp.concatenate([zero_x, G[:, j:j + 1]], 1), zero_u) for j in range(k)]
+    columns = tiled_vjp(ops, inner.vjp, data, saved, pairs, (key,), max_rows=TILE_MAX_ROWS)
+    return xp.stack([c[key] for c in columns], -1)
 
 
 def _inverse_times(ops: Ops, M: Any, r: Any) -> Any:
