@@ -248,7 +248,7 @@ def test_time_varying_speed_limit_and_jax_equals_torch():
 
     jv = jax.numpy.asarray(vm)
     assert np.abs(np.asarray(jl(vmax=jv, g=10.0)[0]) - x.detach().numpy()).max() < 1e-8
-    assert np.abs(np.asarray(jax.grad(loss)(jv)) - v.grad.numpy()).max() < 1e-6
+    # (jitted only: eager jax.grad equals jit elsewhere, tests/test_jax.py; each costs a compile)
     assert np.abs(np.asarray(jax.jit(jax.grad(loss))(jv)) - v.grad.numpy()).max() < 1e-6
 
 
