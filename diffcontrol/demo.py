@@ -115,7 +115,7 @@ def _plot(history: dict, path: Path) -> Path | None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib is not installed (pip install 'diffcontrol[demo]'); no figure written")
+        print("matplotlib is not installed (pip install 'diffcontrol[bench]'); no figure written")
         return None
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.5))
     ax.semilogy(history["iteration"], history["train_loss"], label="imitation loss (batch)")

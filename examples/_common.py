@@ -16,7 +16,7 @@ def arguments(doc: str) -> argparse.Namespace:
 
 
 def progress(items: Iterable, desc: str) -> Iterable:
-    """tqdm's progress bar where it is installed (``pip install 'diffcontrol[demo]'``)."""
+    """tqdm's progress bar where it is installed (``pip install 'diffcontrol[bench]'``)."""
     try:
         from tqdm import tqdm
     except ImportError:
@@ -44,7 +44,7 @@ def pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib is not installed (pip install 'diffcontrol[demo]'); no figure written")
+        print("matplotlib is not installed (pip install 'diffcontrol[bench]'); no figure written")
         return None
     return plt
 
