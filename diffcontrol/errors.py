@@ -75,3 +75,8 @@ class Status(enum.Enum):
 
 
 _STATUSES = tuple(Status)  # in declaration order: the codes
+
+
+def listed(rows: list[int], most: int = 10) -> str:
+    """Batch elements for a message: the first ``most`` of ``rows``, then "..." if there are more."""
+    return ", ".join(map(str, rows[:most])) + (", ..." if len(rows) > most else "")

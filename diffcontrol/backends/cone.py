@@ -23,7 +23,7 @@ import numpy as np
 
 from diffcontrol.backends.base import Info
 from diffcontrol.backends.ops import Ops
-from diffcontrol.errors import GradientFallbackWarning, SolverError, Status
+from diffcontrol.errors import GradientFallbackWarning, SolverError, Status, listed
 
 # cvxpylayers converts tensors with np.array(t) in its backward (outside any call of ours);
 # NumPy 2 warns about that for every call. It is cvxpylayers' business, not the user's.
@@ -95,11 +95,10 @@ def _check_finite_data(args: list, batch: int) -> None:
         bad |= ~np.isfinite(np.asarray(a).reshape(batch, -1)).all(-1)
     if bad.any():
         rows = np.flatnonzero(bad).tolist()
-        shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
-        raise SolverError(f"the cone program's data is NaN or Inf for {len(rows)} of {batch} examples (batch elements "
-                          f"{shown}): an expression of the parameters is undefined at these values (a division by a "
-                          "parameter equal to 0, or the matrix of a quad_form that is not positive semidefinite); "
-                          "no solve was attempted")
+        raise SolverError(f"the cone program's data is NaN or Inf for {len(rows)} of {batch} examples (batch "
+                          f"elements {listed(rows)}): an expression of the parameters is undefined at these values "
+                          "(a division by a parameter equal to 0, or the matrix of a quad_form that is not positive "
+                          "semidefinite); no solve was attempted")
 
 
 class _InaccurateLog:

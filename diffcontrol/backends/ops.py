@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from diffcontrol.errors import SolverError
+from diffcontrol.errors import SolverError, listed
 
 _NOT_PD = ("a matrix that must be positive definite is not (the control block Q_uu = C_uu + F_u^T V F_u "
            "of some stage, or a box QP's free block, or the Hessian of a generic objective): the cost "
@@ -31,8 +31,7 @@ def cholesky_failure(nonfinite: bool, failed: Any = None) -> SolverError:
     where = ""
     if failed is not None and np.ndim(failed) >= 1:
         rows = np.asarray(failed).reshape(np.shape(failed)[0], -1).any(-1).nonzero()[0].tolist()
-        shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
-        where = f" [in {len(rows)} of {np.shape(failed)[0]} examples: batch elements {shown}]"
+        where = f" [in {len(rows)} of {np.shape(failed)[0]} examples: batch elements {listed(rows)}]"
     return SolverError((_NON_FINITE if nonfinite else _NOT_PD) + where)
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from diffcontrol.dsl.leaves import Parameter
-from diffcontrol.errors import InputError, ModelError, SolverError
+from diffcontrol.errors import InputError, ModelError, SolverError, listed
 
 
 class Arrays(Protocol):
@@ -214,8 +214,8 @@ def non_finite_message(statuses: list) -> str | None:
     examples = [i for i, s in enumerate(statuses) if s is Status.NON_FINITE]
     if not examples:
         return None
-    shown = ", ".join(map(str, examples[:10])) + (", ..." if len(examples) > 10 else "")
-    return (f"NaN or Inf in the solution of {len(examples)} of {len(statuses)} examples (batch elements {shown}): "
+    return (f"NaN or Inf in the solution of {len(examples)} of {len(statuses)} examples (batch elements "
+            f"{listed(examples)}): "
             "either the dynamics, the cost or their derivatives (a dc.Function among them, or dc.log / dc.sqrt / "
             "a division outside its domain) evaluated to a non-finite value or overflowed at an iterate the "
             "solver reached, or a matrix that must be positive definite was not (a cost that is not strictly "
