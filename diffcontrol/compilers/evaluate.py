@@ -16,7 +16,7 @@ import numpy as np
 from diffcontrol.dsl.atoms import broadcast_batch
 from diffcontrol.dsl.expression import Expression
 from diffcontrol.dsl.function import FunctionCall
-from diffcontrol.dsl.leaves import Constant, Leaf
+from diffcontrol.dsl.leaves import Constant, Leaf, Parameter
 from diffcontrol.dsl.traverse import walk
 from diffcontrol.errors import DiffControlError, ModelError
 
@@ -92,6 +92,7 @@ def _call(node: FunctionCall, args: list[Any], fw: Framework) -> Any:
     or returns something other than an array of the layer's framework, is a ModelError that
     names it."""
     fn, batched = node.function.fn, max(a.shape[0] for a in args) > 1
+    fn = with_pytrees(fn, node.args)
     try:
         out = fw.vmap(fn)(*broadcast_batch(fw.xp, args)) if batched else fn(*[a[0] for a in args])
     except DiffControlError:
@@ -104,6 +105,18 @@ def _call(node: FunctionCall, args: list[Any], fw: Framework) -> Any:
                          "solver differentiates it, so compute it with that framework's operations (torch for "
                          "to_torch(), jax.numpy for to_jax()), without converting to NumPy")
     return node.check_shape(out, batched=True) if batched else node.check_shape(out)[None]
+
+
+def with_pytrees(fn: Callable, args: list[Expression]) -> Callable:
+    """``fn`` called on ``args``, with a pytree parameter's flat array (size,) of one example
+    given to it as the pytree (``dc.Parameter.pytree``); ``fn`` itself where there is none."""
+    trees = [a.tree if isinstance(a, Parameter) else None for a in args]
+    if all(t is None for t in trees):
+        return fn
+
+    def call(*args: Any) -> Any:
+        return fn(*(a if t is None else t.unflatten(a) for t, a in zip(trees, args)))
+    return call
 
 
 def _failure(node: FunctionCall, args: list[Any], err: Exception, batched: bool) -> str:

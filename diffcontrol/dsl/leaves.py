@@ -69,6 +69,24 @@ class Parameter(Leaf):
         super().__init__(shape, name)
         self.nonneg = bool(nonneg)
         self.time_varying = bool(time_varying)
+        self.tree = None  # a ParameterTree where the value is a pytree (Parameter.pytree)
+
+    @classmethod
+    def pytree(cls, example: Any, name: str | None = None) -> Parameter:
+        """A parameter whose value is a pytree shaped like ``example`` (a Flax / Equinox model's
+        weights, a dict of arrays): shape (size,), size the leaves' total number of entries.
+
+        A layer takes its value as such a pytree (each leaf of ``example``'s shape, or all with
+        one leading batch dimension B) or flat, (size,) or (B, size). A ``dc.Function`` given
+        the parameter as an argument receives the pytree, so ``lambda w, z: model.apply(w, z)``
+        works as written; ``jax.grad`` with respect to the pytree returns one. Needs JAX.
+        """
+        from diffcontrol.dsl.pytree import ParameterTree
+
+        tree = ParameterTree(example)
+        parameter = cls(tree.size, name)
+        parameter.tree = tree
+        return parameter
 
     def sign(self, arg_signs):
         return NONNEG if self.nonneg else ANY_SIGN

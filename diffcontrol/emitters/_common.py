@@ -40,6 +40,7 @@ def bind_call(compiled: Any, params: dict[str, Any], u_init: Any, y_init: Any,
     y (B, n), or None), the batch size given (None: unbatched) and the dtype target chosen."""
     parameters = compiled.parameters
     check_names(parameters, params)
+    params = flat_pytrees(parameters, params, arrays.xp)
     check_warm_start(compiled, u_init, y_init)
     warm = warm_start_inputs(compiled.problem, u_init, y_init)  # name -> (shape, value)
     target = arrays.choose({**params, **{k: v for k, (_, v) in warm.items()}})
@@ -57,6 +58,18 @@ def bind_call(compiled: Any, params: dict[str, Any], u_init: Any, y_init: Any,
     else:
         init = init[0] if u_init is not None else compiled.program.join(arrays.xp, init)
     return values, init, batch, target
+
+
+def flat_pytrees(parameters: Sequence[Parameter], params: dict[str, Any], xp: Any) -> dict[str, Any]:
+    """The values of pytree parameters (``dc.Parameter.pytree``) as flat arrays (size,) or
+    (B, size); the framework's concatenate carries gradients back to the leaves."""
+    out = dict(params)
+    for p in parameters:
+        if p.tree is None or params[p.name] is None or p.tree.is_flat(params[p.name]):
+            continue
+        # (torch.as_tensor keeps a leaf's autograd graph; torch.asarray warns about it)
+        out[p.name] = p.tree.flatten(p.name, params[p.name], getattr(xp, "as_tensor", xp.asarray), xp.concatenate)
+    return out
 
 
 def _signature(parameters: Sequence[Parameter]) -> str:

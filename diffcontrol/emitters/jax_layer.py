@@ -1,11 +1,12 @@
-"""``compiled.to_jax()``: the compiled problem as a JAX function with a custom VJP.
+"""``compiled.to_jax()``: the compiled problem as a JAX function, differentiable in both modes.
 
 The solve runs the same framework-neutral backend code as the torch layer, with
 :class:`~diffcontrol.emitters.jax_ops.JaxOps` (``lax.while_loop`` / ``lax.cond``), so
-lqr, ilqr and ift_cg trace under ``jax.jit`` and ``jax.vmap``. The backward is the
-backend's VJP (implicit: one more LQR solve, or CG on Hessian-vector products) inside a
-``jax.custom_vjp`` whose residuals are the solution's arrays; ``jax.vjp`` of the
-program's ``implicit_inputs`` carries the backend's cotangents on to the parameters.
+lqr, ilqr and ift_cg trace under ``jax.jit`` and ``jax.vmap``. The derivative is a
+``jax.custom_jvp`` whose tangent map transposes to the backend's VJP (implicit: one more
+LQR solve, or CG on Hessian-vector products), so ``jax.grad`` runs exactly that backward
+and ``jax.jvp`` / ``jax.jacfwd`` work too; ``jax.vjp`` of the program's ``implicit_inputs``
+carries the backend's cotangents on to the parameters.
 The cone backend goes through cvxpylayers' JAX layer, which is host-bound: eager calls
 and ``jax.grad`` work, ``jax.jit`` / ``jax.vmap`` do not.
 """
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
+import math
 import sys
 import warnings
 from typing import Any
@@ -21,6 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from diffcontrol.backends.base import Info
 from diffcontrol.emitters import _common
@@ -143,13 +147,19 @@ class JaxLayer:
 
 
 def _implicit(program: Any, solver: Any, run: Any) -> Any:
-    """The solve as a ``jax.custom_vjp`` of (values, init, like): forward = the backend's solve,
-    backward = its VJP pulled back through the program's ``implicit_inputs``.
+    """The solve as a ``jax.custom_jvp`` of (values, init, like): primal = the backend's solve;
+    tangent = :func:`_linear` of its implicit Jacobian, whose transpose (reverse mode) is
+    the backend's VJP pulled back through the program's ``implicit_inputs``.
 
-    The residuals are the arrays of the backend's saved state. Its fields that its class
-    declares ``FROM_DATA`` (objects of the IR data that close over the parameters: the ilqr
-    Model, the ift_cg Objective) are rebuilt in the backward from the parameters, and its
-    ``STATIC`` fields (strings, options) are kept aside; neither is carried as a residual.
+    Both modes come from the one rule, as in optimistix: ``jax.jvp`` / ``jax.jacfwd`` apply
+    the Jacobian, ``jax.grad`` / ``jax.vjp`` transpose it into exactly the backward a
+    ``custom_vjp`` would run (one more LQR solve, or CG on Hessian-vector products).
+
+    The backward rebuilds the fields of the backend's saved state that its class declares
+    ``FROM_DATA`` (objects of the IR data that close over the parameters: the ilqr Model, the
+    ift_cg Objective) from the parameters, and keeps its ``STATIC`` fields (strings, options)
+    aside; its arrays pass through :func:`_first_order`, which makes a second derivative
+    (``jax.hessian``, grad of grad) a clear error instead of a silently partial one.
     """
     static: dict = {}  # filled by the forward (at trace time under jit), read by the backward
 
@@ -161,65 +171,158 @@ def _implicit(program: Any, solver: Any, run: Any) -> Any:
     def full(arrays: Any, data: dict) -> Any:
         return arrays._replace(**{f: data[key] for f, key in type(arrays).FROM_DATA.items()}, **static)
 
-    # Everything the backward uses arrives as an argument or residual: a closed-over array of
-    # an enclosing trace (jit) would be stale by the time the backward runs.
-    @jax.custom_vjp
+    @jax.custom_jvp
     def solve(values: dict, init: Any, like: Any) -> tuple:
         outputs, info, _, _ = run(values, init, like)
         return tuple(outputs), info
 
-    def forward(values: dict, init: Any, like: Any) -> tuple:
-        outputs, info, saved, data = run(values, init, like)
+    def solve_jvp(primals: tuple, tangents: tuple) -> tuple:
+        values, init, like = primals
+        outputs, info, saved, _ = run(values, init, like)
+        outputs = tuple(outputs)
+        info_tangent = jax.tree_util.tree_map(_no_tangent, info)
+        moving = {k: t for k, t in tangents[0].items() if not _zero(t)}  # the values differentiated
+        if not moving:
+            return (outputs, info), (tuple(jnp.zeros_like(o) for o in outputs), info_tangent)
         bad = _common.non_finite_examples(jnp, outputs, info, tuple(values.values()))
-        return (tuple(outputs), info), (values, init, like, split(saved), bad)
+        kept, arrays = jax.tree_util.tree_map(_first_order, (values, split(saved)))
 
-    def backward(residuals: tuple, cotangents: tuple) -> tuple:
-        values, init, like, arrays, bad = residuals
-        output_cotangents, _ = cotangents
+        def pullback(output_cotangents: tuple) -> dict:
+            """Output cotangents (each (B, ...)) -> the values' cotangents (each (B, ...))."""
+            def inputs_of(values: dict) -> dict:
+                data = program.data(JaxFramework, values, like)
+                return program.implicit_inputs(JaxFramework, values, data, full(arrays, data))
 
-        def inputs_of(values: dict) -> dict:
-            data = program.data(JaxFramework, values, like)
-            return program.implicit_inputs(JaxFramework, values, data, full(arrays, data))
+            inputs, inputs_pullback = jax.vjp(inputs_of, kept)
+            data = program.data(JaxFramework, kept, like)
+            grads = solver.vjp(inputs, full(arrays, data), tuple(output_cotangents), JaxOps, tuple(inputs))
+            grads = {k: jnp.zeros_like(v) if grads.get(k) is None else grads[k] for k, v in inputs.items()}
+            (value_cotangents,) = inputs_pullback(grads)
+            # a non-finite example's backward is NaN even where its cotangent is zero (0 * NaN):
+            # its share is zero here, and NaN through _nan_where where the loss uses it
+            return {k: jnp.where(_rows(bad, v), 0.0, v) for k, v in value_cotangents.items()}
 
-        inputs, pullback = jax.vjp(inputs_of, values)
-        data = program.data(JaxFramework, values, like)
-        grads = solver.vjp(inputs, full(arrays, data), tuple(output_cotangents), JaxOps, tuple(inputs))
-        grads = {k: jnp.zeros_like(v) if grads.get(k) is None else grads[k] for k, v in inputs.items()}
-        (value_cotangents,) = pullback(grads)
-        # a non-finite example's backward is NaN even where its cotangent is zero (0 * NaN): its
-        # share is zero here, and NaN through _nan_where where the loss uses it
-        value_cotangents = {k: jnp.where(_rows(bad, v), 0.0, v) for k, v in value_cotangents.items()}
-        return value_cotangents, jax.tree_util.tree_map(jnp.zeros_like, init), jnp.zeros_like(like)
+        def apply(v: dict) -> tuple:  # J v
+            return _jacobian_times(pullback, v, outputs)
 
-    solve.defvjp(forward, backward)
+        def transpose(c: tuple) -> dict:  # J^T c
+            cotangents = pullback(c)
+            return {k: cotangents[k] for k in moving}
+
+        return (outputs, info), (_linear(apply, transpose, moving, outputs), info_tangent)
+
+    solve.defjvp(solve_jvp, symbolic_zeros=True)
     return solve
 
 
-@jax.custom_vjp
+def _linear(apply: Any, transpose: Any, v: Any, outputs: tuple) -> tuple:
+    """``apply(v)``, shaped like ``outputs``, for a linear ``apply`` whose transpose is ``transpose``
+    (a pytree of ``outputs``' shapes -> one of ``v``'s), with every leaf of ``v`` a tangent.
+
+    As a ``lax.custom_linear_solve`` of the square operator (v, t) -> (0, apply(v)), whose
+    transpose (c, o) -> (transpose(o), 0) JAX calls in reverse mode: so ``jax.grad`` runs the
+    backend's backward itself, once, and ``jax.jvp`` runs ``apply``. The t part is zeros made
+    linear in v (times 0), because every operand of a transposed solve must be a tangent.
+    """
+    leaves = jax.tree_util.tree_leaves(v)
+    nothing = sum(jnp.sum(a) for a in leaves) * 0.0
+    anchor = tuple(jnp.broadcast_to(nothing.astype(o.dtype), o.shape) for o in outputs)
+    zeros_v = jax.tree_util.tree_map(jnp.zeros_like, v)
+    zeros_out = tuple(jnp.zeros_like(o) for o in outputs)
+
+    def forward(_: Any, b: tuple) -> tuple:
+        return zeros_v, tuple(apply(b[0]))
+
+    def backward(_: Any, c: tuple) -> tuple:
+        return transpose(c[1]), zeros_out
+
+    identity = lambda z: z  # noqa: E731  (no matrix: custom_linear_solve uses only the two maps)
+    return lax.custom_linear_solve(identity, (v, anchor), forward, backward)[1]
+
+
+def _zero(t: Any) -> bool:
+    return isinstance(t, jax.custom_derivatives.SymbolicZero)
+
+
+def _jacobian_times(pullback: Any, v: dict, outputs: tuple) -> tuple:
+    """(J_b v_b)_b, each output (B, ...), from ``pullback`` of unit cotangents: row k of every
+    example's Jacobian is pullback(e_k placed in each example), because an example's outputs
+    depend on its own values only (shared values reach the solve broadcast to (B, ...))."""
+    B, dtype = outputs[0].shape[0], outputs[0].dtype
+    sizes = [math.prod(o.shape[1:]) for o in outputs]
+    N = sum(sizes)
+
+    def row(k: Any) -> Any:  # (B,): output element k of every example, in direction v
+        unit = (jnp.arange(N) == k).astype(dtype)
+        pieces = jnp.split(unit, list(itertools.accumulate(sizes))[:-1])
+        cotangents = tuple(jnp.broadcast_to(p.reshape(o.shape[1:]), o.shape) for p, o in zip(pieces, outputs))
+        g = pullback(cotangents)
+        return sum(jnp.sum((g[key] * v[key]).reshape(B, -1), -1) for key in v)
+
+    rows = lax.map(row, jnp.arange(N), batch_size=min(N, 256))  # (N, B)
+    flat = rows.T
+    pieces = jnp.split(flat, list(itertools.accumulate(sizes))[:-1], axis=1)
+    return tuple(p.reshape(o.shape) for p, o in zip(pieces, outputs))
+
+
+@jax.custom_jvp
+def _first_order(a: Any) -> Any:
+    """The identity; differentiating it raises: marks arrays a backward reads, so that a
+    second derivative through the layer fails loudly (the implicit backward is not itself
+    differentiated; a linear solve's constants would otherwise get no tangent)."""
+    return a
+
+
+@_first_order.defjvp
+def _first_order_jvp(primals: tuple, tangents: tuple) -> tuple:
+    raise BackendError("second derivatives through the JAX layer (jax.hessian, grad of grad, jacfwd of "
+                       "jacrev) are not implemented: the implicit backward is not itself differentiated. "
+                       "First derivatives work in both modes (jax.grad / jax.vjp, jax.jvp / jax.jacfwd); "
+                       "for a second, difference the gradient, or use backward='unroll' (differentiates "
+                       "through every iteration)")
+
+
+def _no_tangent(a: Any) -> Any:
+    """The zero tangent of an Info field (float0 for integers and booleans)."""
+    if jnp.issubdtype(a.dtype, jnp.inexact):
+        return jnp.zeros_like(a)
+    return np.zeros(a.shape, dtype=jax.dtypes.float0)
+
+
+@jax.custom_jvp
 def _nan_where(values: dict, bad: Any, outputs: tuple) -> tuple:
-    """``outputs`` (each (B, ...)) with the examples ``bad`` (B,) made NaN. Backward: a loss
+    """``outputs`` (each (B, ...)) with the examples ``bad`` (B,) made NaN. Reverse mode: a loss
     that uses a bad example's outputs gets NaN in the gradient of every input of that example
     (all of an unbatched parameter's), where ``jnp.where`` would give a silent zero; a loss that
-    masks them out (``info.converged``) keeps the other examples' gradients finite."""
+    masks them out (``info.converged``) keeps the other examples' gradients finite. Forward
+    mode: a bad example's output tangents are NaN."""
     return tuple(jnp.where(_rows(bad, o), jnp.nan, o) for o in outputs)
 
 
-def _nan_where_forward(values: dict, bad: Any, outputs: tuple) -> tuple:
-    return _nan_where(values, bad, outputs), (values, bad)
+def _nan_where_jvp(primals: tuple, tangents: tuple) -> tuple:
+    values, bad, outputs = primals
+    out = _nan_where(values, bad, outputs)
+    value_tangents = {k: t for k, t in tangents[0].items() if not _zero(t)}
+    output_tangents = {i: t for i, t in enumerate(tangents[2]) if not _zero(t)}
+    if not value_tangents and not output_tangents:
+        return out, tuple(jnp.zeros_like(o) for o in outputs)
+
+    def apply(v: tuple) -> tuple:  # a bad example's output tangents are NaN
+        return tuple(jnp.where(_rows(bad, v[1][i]), jnp.nan, v[1][i]) if i in v[1] else
+                     jnp.where(_rows(bad, o), jnp.nan, 0.0) for i, o in enumerate(outputs))
+
+    def transpose(cotangents: tuple) -> tuple:  # NaN into the inputs of a bad example the loss uses
+        used = bad & False
+        for o in cotangents:
+            used = used | (o.reshape(o.shape[0], -1) != 0).any(-1)
+        hit = bad & used
+        return ({k: jnp.where(_rows(hit, values[k]), jnp.nan, jnp.zeros_like(values[k])) for k in value_tangents},
+                {i: jnp.where(_rows(bad, cotangents[i]), 0.0, cotangents[i]) for i in output_tangents})
+
+    return out, _linear(apply, transpose, (value_tangents, output_tangents), outputs)
 
 
-def _nan_where_backward(residuals: tuple, cotangents: tuple) -> tuple:
-    values, bad = residuals
-    used = bad & False
-    for c in cotangents:
-        used = used | (c.reshape(c.shape[0], -1) != 0).any(-1)
-    hit = bad & used
-    value_cotangents = {k: jnp.where(_rows(hit, v), jnp.nan, jnp.zeros_like(v)) for k, v in values.items()}
-    output_cotangents = tuple(jnp.where(_rows(bad, c), 0.0, c) for c in cotangents)
-    return value_cotangents, None, output_cotangents
-
-
-_nan_where.defvjp(_nan_where_forward, _nan_where_backward)
+_nan_where.defjvp(_nan_where_jvp, symbolic_zeros=True)
 
 
 def _rows(mask: Any, like: Any) -> Any:

@@ -135,6 +135,7 @@ def _check_functions_differentiate(problem: Any) -> None:
     ``torch.no_grad()`` (a frozen pretrained model wrapped so) would look constant to the
     solver: it would stop at its start and report convergence. A ModelError instead."""
     from diffcontrol.compilers.analysis import expression_facts
+    from diffcontrol.compilers.evaluate import with_pytrees
     from diffcontrol.dsl.function import FunctionCall
     from diffcontrol.dsl.traverse import nodes_of_type
 
@@ -149,7 +150,7 @@ def _check_functions_differentiate(problem: Any) -> None:
         args = [torch.randn(a.shape, dtype=dtype, device=device, requires_grad=True) for a in call.args]
         try:
             with torch.random.fork_rng(devices=[]), torch.enable_grad():  # (leave the user's random stream)
-                out = fn.fn(*args)
+                out = with_pytrees(fn.fn, call.args)(*args)
         except Exception:  # noqa: BLE001  (the solve's own call reports a failing function, named)
             continue
         if isinstance(out, torch.Tensor) and out.is_floating_point() and not out.requires_grad:
