@@ -5,14 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from diffcontrol.backends.registry import BY_NAME
 from diffcontrol.compilers.analysis import ProblemForm
 from diffcontrol.compilers.selection import Decision
-from diffcontrol.dsl import atoms
 from diffcontrol.dsl.expression import Expression
-from diffcontrol.dsl.leaves import Constant, Leaf, Parameter
+from diffcontrol.dsl.leaves import Parameter
 from diffcontrol.dsl.problems import ControlProblem
 from diffcontrol.dsl.traverse import nodes_of_type
 
@@ -56,24 +53,3 @@ def feeds(exprs: list[Expression], terminal: bool = False) -> str:
     time = ", at stage T" if terminal else ", per stage"
     per_stage = time if any(p.time_varying for p in params) else ""
     return f"from {', '.join(p.name for p in params)}{per_stage}"
-
-
-def is_linear(expr: Expression) -> bool:
-    """True when expr vanishes at x = u = 0 by structure (no constant offset)."""
-    if isinstance(expr, Constant):
-        return bool(np.all(expr.value == 0))
-    if isinstance(expr, Leaf):
-        return expr.is_decision
-    if isinstance(expr, (atoms.Multiply, atoms.MatMul)):
-        return any(is_linear(a) for a in expr.args)
-    if isinstance(expr, (atoms.SumSquares, atoms.Square, atoms.QuadForm)):
-        return is_linear(expr.args[0])
-    if isinstance(expr, (atoms.Add, atoms.Neg, atoms.Index, atoms.Stack, atoms.Concat, atoms.Sum,
-                         atoms.Transpose, atoms.Divide)):
-        args = expr.args[:1] if isinstance(expr, atoms.Divide) else expr.args
-        return all(is_linear(a) for a in args)
-    return False
-
-
-def linear_term(expr: Expression, what: str) -> str:
-    return "0" if is_linear(expr) else f"gradient of the {what} at 0 (evaluated per call)"

@@ -19,11 +19,11 @@ from diffcontrol.compilers.analysis import ProblemForm
 from diffcontrol.compilers.control_program import ControlProgram, check_bounds
 from diffcontrol.compilers.evaluate import Framework, evaluate, evaluate_batched
 from diffcontrol.compilers.linearize import jacobian_expression
-from diffcontrol.compilers.symbolic import coefficient, hessian_blocks, render_block_matrix, render_folded
+from diffcontrol.compilers.symbolic import hessian_blocks, render_block_matrix, render_constant, render_folded
 from diffcontrol.dsl.atoms import broadcast_batch
 from diffcontrol.dsl.expression import Expression
 from diffcontrol.dsl.problems import ControlProblem
-from diffcontrol.explain import feeds, is_linear, linear_term
+from diffcontrol.explain import feeds
 
 
 @dataclass(frozen=True)
@@ -108,34 +108,54 @@ def lower_lqr(problem: ControlProblem, form: ProblemForm) -> LQRProgram:
 
 
 def explain_lowering(program: Any, options: dict) -> list[str]:
+    """The LQR data as the solve computes them. Parameter-free data are printed by value and
+    zero terms as 0, both read off the program's own arrays (evaluated at two random draws of
+    the parameters, so a term is called 0 only where the solve's is); terms that depend on
+    parameters are printed as expressions, the dynamics' Jacobians as the very expressions
+    the solve evaluates."""
     p: ControlProblem = program.problem
     x, u = p.state, p.control
     n, m, T = p.n, p.m, p.horizon
+    draws = [_probe(program, seed) for seed in (0, 1)]
+
+    def fixed(key: str, ndim: int) -> np.ndarray | None:
+        """Stage 0 of the solve's array ``key`` where the parameters do not move it, else None."""
+        a, b = (_stage(d[key], ndim) for d in draws)
+        return a if np.array_equal(a, b) else None
+
+    def term(key: str, words: str) -> str:
+        """c, f or c_T: 0 where the solve's is, its value where the parameters do not move it."""
+        if all(not np.any(d[key]) for d in draws):
+            return "0"
+        value = fixed(key, 1)
+        return words if value is None else render_constant(value)
+
     if program.jacobians is not None:  # the expressions the solve evaluates for F, as they are
         F = "[" + ", ".join(render_folded(J) for J in program.jacobians) + "]"
-    else:  # (F by the framework's autodiff at call time)
-        Fx, Fu = coefficient(p.transition, x), coefficient(p.transition, u)
-        F = f"[{Fx or '0'}, {Fu or '0'}]"
-    f = "0" if is_linear(p.transition) else f"{p.transition} at x = u = 0"
-    blocks = hessian_blocks(p.cost, [x, u])
-    C = render_block_matrix(blocks, 2) if blocks is not None else "Hessian of the stage cost (per call)"
+    elif fixed("F", 2) is not None:
+        F = render_constant(fixed("F", 2))
+    else:
+        F = "Jacobian of the dynamics at x = u = 0 (autodiff per call)"
+    f = term("f", f"{p.transition} at x = u = 0")
+    C = _hessian_text(p.cost, [x, u], fixed("C", 2), "stage cost")
     lines = [
         "Lowered problem (LQR data, "
         + ("per stage t = 0..T-1 where marked 'per stage'; terminal data from stage T)"
            if any(q.time_varying for q in program.parameters) else "time-invariant over t = 0..T-1)"),
         f"  sizes: n={n}, m={m}, N=n+m={n + m}, T={T}; tau_t = [{x.name}_t; {u.name}_t]",
         f"  dynamics    x_(t+1) = F tau_t + f        F = {F}, f = {f}   ({feeds([p.transition])})",
-        f"  stage cost  1/2 tau^T C tau + c^T tau    C = {C}, c = {linear_term(p.cost, 'stage cost')}"
+        f"  stage cost  1/2 tau^T C tau + c^T tau    C = {C}, "
+        f"c = {term('c', 'gradient of the stage cost at 0 (evaluated per call)')}"
         f"   ({feeds([p.cost])})",
     ]
     if p.terminal_cost is None:
         lines.append("  terminal    none (C_T = 0, c_T = 0)")
     else:
-        tb = hessian_blocks(p.terminal_cost, [x])
-        CT = str(tb.get((0, 0), "0")) if tb is not None else "Hessian of the terminal cost (per call)"
+        CT = _hessian_text(p.terminal_cost, [x], fixed("CT", 2), "terminal cost")
         source = feeds([p.terminal_cost], terminal=True)
         lines.append(f"  terminal    1/2 x^T C_T x + c_T^T x     C_T = {CT}, "
-                     f"c_T = {linear_term(p.terminal_cost, 'terminal cost')}   ({source})")
+                     f"c_T = {term('cT', 'gradient of the terminal cost at 0 (evaluated per call)')}"
+                     f"   ({source})")
     lines.append(f"  x_0 = {p.initial_state}   ({feeds([p.initial_state])})")
     if p.terminal_constraints:
         sides = [e for c in p.terminal_constraints for e in (c.lhs, c.rhs)]
@@ -150,3 +170,44 @@ def explain_lowering(program: Any, options: dict) -> list[str]:
     lines.append(f"  arrays: C (B,{T},{n + m},{n + m}), c (B,{T},{n + m}), F (B,{T},{n},{n + m}), "
                  f"f (B,{T},{n}), C_T (B,{n},{n}), c_T (B,{n}), x_0 (B,{n}), lo/hi (B,{T},{m})")
     return lines
+
+
+def _probe(program: Any, seed: int) -> dict[str, np.ndarray]:
+    """The program's arrays for one example at random parameter values (nonnegative where
+    declared so; a time-varying one with its time axis), as NumPy."""
+    import torch
+
+    from diffcontrol.emitters.torch_ops import TorchFramework
+
+    rng = np.random.default_rng(seed)
+    T = program.problem.horizon
+    values = {}
+    for q in program.parameters:
+        shape = (1, T + 1, *q.shape) if q.time_varying else (1, *q.shape)
+        v = rng.uniform(0.5, 1.5, shape) if q.nonneg else rng.normal(size=shape)
+        values[q.name] = torch.as_tensor(v)
+    data = program.data(TorchFramework, values, torch.zeros(1, dtype=torch.float64))
+    return {k: np.asarray(v.detach().numpy()) for k, v in data.items() if isinstance(v, torch.Tensor)}
+
+
+def _stage(a: np.ndarray, ndim: int) -> np.ndarray:
+    """Stage 0 of one example's array: a (1, ..., *shape) array's last ``ndim`` axes."""
+    return a.reshape(-1, *a.shape[a.ndim - ndim:])[0]
+
+
+def _hessian_text(cost: Expression, variables: list[Any], value: np.ndarray | None, what: str) -> str:
+    """A cost's Hessian in blocks (one variable: the block): by value (``value``, the solve's own)
+    where the parameters do not move it, else symbolically from the Jacobian rules the
+    dynamics use."""
+    if value is not None:
+        sizes = np.cumsum([0] + [v.shape[0] for v in variables])
+        blocks = {(i, j): render_constant(value[sizes[i]:sizes[i + 1], sizes[j]:sizes[j + 1]])
+                  for i in range(len(variables)) for j in range(len(variables))}
+    else:
+        blocks = hessian_blocks(cost, variables)
+        if blocks is None:
+            return f"Hessian of the {what} (per call)"
+        blocks = {k: str(b) for k, b in blocks.items()}
+    if len(variables) == 1:
+        return blocks.get((0, 0), "0")
+    return render_block_matrix({k: b for k, b in blocks.items() if b != "0"}, len(variables))

@@ -1,8 +1,10 @@
 """Symbolic forms of the LQR data for explain(): F = [A  B], C = blockdiag(2*I, 0.2*I), ...
 
-Coefficients of affine expressions and Hessian blocks of the common quadratic
-atoms, rendered as short matrix expressions. Anything these rules do not
-cover renders as the derivative it stands for (still exact at call time).
+Hessian blocks of the common quadratic atoms, from the Jacobians of
+:mod:`~diffcontrol.compilers.linearize` (the rules the lowering evaluates), and
+expressions rendered with their parameter-free parts folded to the values the
+solve computes. Anything these rules do not cover renders as the derivative it
+stands for (still exact at call time).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 
 from diffcontrol.compilers.analysis import expression_facts
 from diffcontrol.compilers.evaluate import evaluate
+from diffcontrol.compilers.linearize import jacobian_expression
 from diffcontrol.dsl import atoms
 from diffcontrol.dsl.expression import Expression
 from diffcontrol.dsl.leaves import Constant, Leaf, Parameter
@@ -58,42 +61,6 @@ def _scale(factor: Expression, s: Sym | None) -> Sym | None:
     return Sym(f"{factor}*{s}" if s.scale == 1.0 else f"{s.scale:g}*{factor}*{s.text}")
 
 
-def _matmul(left: str, s: Sym | None) -> Sym | None:
-    if s is None:
-        return None
-    return Sym(left if s.text == "I" else f"{left} @ {s.text}", s.scale)
-
-
-def coefficient(expr: Expression, var: Leaf) -> Sym | None:
-    """d expr / d var for an expression affine in the decision leaves (None: zero)."""
-    if expr is var:
-        return Sym("I")
-    if isinstance(expr, Leaf) or not (expression_facts(expr).uses & {id(var)}):
-        return None
-    a = expr.args
-    if isinstance(expr, atoms.Add):
-        return _add(coefficient(a[0], var), coefficient(a[1], var))
-    if isinstance(expr, atoms.Neg):
-        c = coefficient(a[0], var)
-        return None if c is None else c.times(-1.0)
-    if isinstance(expr, atoms.Multiply):
-        if expression_facts(a[0]).degree == 0:
-            return _scale(a[0], coefficient(a[1], var))
-        if expression_facts(a[1]).degree == 0:
-            return _scale(a[1], coefficient(a[0], var))
-    if isinstance(expr, atoms.Divide) and expression_facts(a[1]).degree == 0:
-        k, c = _const_scale(a[1]), coefficient(a[0], var)
-        if c is None or k is not None:
-            return None if c is None else c.times(1.0 / k)
-        return Sym(f"{c}/{a[1]}")
-    if isinstance(expr, atoms.MatMul) and expression_facts(a[0]).degree == 0:
-        return _matmul(str(a[0]) if isinstance(a[0], Leaf) else f"({a[0]})", coefficient(a[1], var))
-    if isinstance(expr, atoms.Index):
-        c = coefficient(a[0], var)
-        return None if c is None else Sym(f"{c.text}[{str(expr)[len(str(a[0])) + 1:-1]}]", c.scale)
-    return Sym(f"d({expr})/d{var.name}")
-
-
 def hessian_blocks(expr: Expression, variables: list[Leaf]) -> dict[tuple[int, int], Sym] | None:
     """Hessian blocks {(i, j): d^2 expr / d v_i d v_j} of a quadratic expression, or None
     when a term is outside the rules."""
@@ -124,7 +91,9 @@ def hessian_blocks(expr: Expression, variables: list[Leaf]) -> dict[tuple[int, i
 
 
 def _gram(inner: Expression, variables: list[Leaf], P: Expression | None) -> dict | None:
-    """Blocks 2 J_i^T J_j (sum of squares) or J_i^T (P + P^T) J_j (quad_form) of an affine ``inner``."""
+    """Blocks 2 J_i^T J_j (sum of squares) or J_i^T (P + P^T) J_j (quad_form) of an affine
+    ``inner``, J_i its Jacobians by the rules the lowering itself uses
+    (:func:`~diffcontrol.compilers.linearize.jacobian_expression`)."""
     if (expression_facts(inner).degree or 0) > 1:
         return None
     if P is None:
@@ -133,7 +102,15 @@ def _gram(inner: Expression, variables: list[Leaf], P: Expression | None) -> dic
         core, factor = str(P), 2.0
     else:
         core, factor = f"({P} + {P}.T)", 1.0
-    J = [coefficient(inner, v) for v in variables]
+    J = []
+    for v in variables:
+        if id(v) not in expression_facts(inner).uses:
+            J.append(None)
+            continue
+        expr = jacobian_expression(inner, v)
+        if expr is None:
+            return None
+        J.append(_as_sym(expr))
     out = {}
     for i, Ji in enumerate(J):
         for j, Jj in enumerate(J):
@@ -143,6 +120,15 @@ def _gram(inner: Expression, variables: list[Leaf], P: Expression | None) -> dic
                 + ([] if Jj.text == "I" else [Jj.text])
             out[(i, j)] = Sym(" @ ".join(parts) or "I", factor * Ji.scale * Jj.scale)
     return out
+
+
+def _as_sym(J: Expression) -> Sym | None:
+    """A Jacobian expression as ``scale * text``: k*I as Sym("I", k), else its folded rendering."""
+    if isinstance(J, Constant) and J.value.ndim == 2 and J.value.shape[0] == J.value.shape[1]:
+        k = float(J.value[0, 0])
+        if np.array_equal(J.value, k * np.eye(J.value.shape[0])):
+            return Sym("I", k)
+    return Sym(render_folded(J))
 
 
 def render_block_matrix(blocks: dict[tuple[int, int], Sym], k: int) -> str:
