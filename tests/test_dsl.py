@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import diffcontrol as dc
-from diffcontrol.compilers.evaluate import evaluate
 from diffcontrol.emitters.torch_ops import TorchFramework
+from diffcontrol.programs.evaluate import evaluate
 
 
 def _value(expr, env):

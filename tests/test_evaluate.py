@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import diffcontrol as dc
-from diffcontrol.compilers.evaluate import evaluate, evaluate_batched
 from diffcontrol.emitters.torch_ops import TorchFramework
+from diffcontrol.programs.evaluate import evaluate, evaluate_batched
 
 B = 5
 x = dc.Variable(3, name="x")

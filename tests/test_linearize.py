@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import diffcontrol as dc
-from diffcontrol.compilers.evaluate import evaluate
 from diffcontrol.compilers.linearize import jacobian_expression
 from diffcontrol.emitters.torch_ops import TorchFramework
+from diffcontrol.programs.evaluate import evaluate
 
 n, m = 3, 2
 x, u = dc.State(n), dc.Control(m)

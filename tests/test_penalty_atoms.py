@@ -12,9 +12,9 @@ from scipy.optimize import minimize
 
 import diffcontrol as dc
 from diffcontrol.compilers.analysis import expression_facts
-from diffcontrol.compilers.evaluate import evaluate
 from diffcontrol.dsl.expression import AFFINE, CONCAVE, CONSTANT, CONVEX
 from diffcontrol.emitters.torch_ops import TorchFramework
+from diffcontrol.programs.evaluate import evaluate
 
 RNG = np.random.default_rng(0)
 A = RNG.normal(size=(3, 4))

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import diffcontrol as dc
-from diffcontrol.compilers.evaluate import evaluate
 from diffcontrol.emitters.torch_ops import TorchFramework
+from diffcontrol.programs.evaluate import evaluate
 
 SHAPES = [(), (1,), (2,), (3,), (2, 3), (3, 2), (1, 3), (3, 3), (2, 1)]
 # derandomize: CI sees the same examples on every run (a failure is reproducible, never flaky)

@@ -154,7 +154,7 @@ def solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tupl
 
 def _solve(data: dict, options: dict, ops: Ops, u_init: Any = None) -> tuple[tuple[Any, Any], Info, Saved]:
     """Solve the batch. ``data``: x0 (B, n), lo / hi (B, T, m) and ``model`` (see
-    :class:`~diffcontrol.compilers.lower_ilqr.Model`). Returns (x, u), Info, and what the VJP needs."""
+    :class:`~diffcontrol.programs.ilqr.Model`). Returns (x, u), Info, and what the VJP needs."""
     xp = ops.xp
     model, x0, lo, hi = _model(data), data["x0"], data["lo"], data["hi"]
     B, T, m = lo.shape

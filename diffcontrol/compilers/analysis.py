@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from diffcontrol.dsl.atoms import Index, QuadForm
 from diffcontrol.dsl.constraints import Constraint, Equality, Inequality
 from diffcontrol.dsl.expression import AFFINE, CONCAVE, CONSTANT, CONVEX, NONNEG, Expression
@@ -16,6 +18,7 @@ from diffcontrol.dsl.function import FunctionCall
 from diffcontrol.dsl.leaves import Control, Leaf, Parameter
 from diffcontrol.dsl.problems import ControlProblem, Problem
 from diffcontrol.dsl.traverse import nodes_of_type, walk
+from diffcontrol.errors import ModelError
 from diffcontrol.facts import ConstraintKind, ConstraintKinds, Form, Kind
 
 
@@ -321,3 +324,16 @@ def _psd_quad_forms_assumed(exprs: list[Expression]) -> dict[int, NodeFacts]:
             memo[id(q)] = NodeFacts(None if x.degree is None else 2 * x.degree, CONVEX, NONNEG,
                                     True, x.opaque, x.uses)
     return memo
+
+
+def check_bounds(problem: ControlProblem, bounds: tuple[BoxBound, ...]) -> None:
+    """Each bound must broadcast to the control entries it bounds."""
+    for b in bounds:
+        rows = np.atleast_1d(np.arange(problem.m)[b.index])
+        try:
+            np.broadcast_to(np.empty(b.bound.shape), (rows.size,))
+        except ValueError:
+            raise ModelError(
+                f"the bound {b.bound} of shape {b.bound.shape} in '{b.source}' does not fit "
+                f"the {rows.size} control entries it bounds"
+            ) from None

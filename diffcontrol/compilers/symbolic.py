@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from diffcontrol.compilers.analysis import expression_facts
-from diffcontrol.compilers.evaluate import evaluate
 from diffcontrol.compilers.linearize import jacobian_expression
 from diffcontrol.dsl import atoms
 from diffcontrol.dsl.expression import Expression
 from diffcontrol.dsl.leaves import Constant, Leaf, Parameter
 from diffcontrol.dsl.traverse import walk
+from diffcontrol.programs.evaluate import evaluate
 
 
 @dataclass(frozen=True)

@@ -23,56 +23,14 @@ import cvxpy as cp
 import numpy as np
 
 from diffcontrol.compilers.analysis import NodeFacts, expression_facts
-from diffcontrol.compilers.evaluate import evaluate
 from diffcontrol.dsl import atoms, penalties
 from diffcontrol.dsl.expression import NONNEG, NONPOS, Expression
 from diffcontrol.dsl.function import FunctionCall
 from diffcontrol.dsl.leaves import Leaf, Parameter
 from diffcontrol.dsl.traverse import nodes_of_type
 from diffcontrol.errors import ModelError
-
-#: How a derived parameter's value follows from its DSL expression's value ``v``.
-TRANSFORMS = {
-    "value": lambda xp, v: v,
-    "reciprocal": lambda xp, v: 1.0 / v,
-    # x^T P x = ||L x||^2 with L^T L = P: quad_form with a parameter matrix in DPP form.
-    "psd_factor": lambda xp, v: psd_factor(xp, v),
-}
-
-
-def psd_factor(xp: Any, v: Any) -> Any:
-    """L (n, n) with L^T L = P for P = (v + v^T) / 2 (n, n), one example (vmapped): the
-    transposed Cholesky factor where P is positive definite, the eigen-factor
-    sqrt(max(w, 0)) V^T where it is singular (still convex), and NaN where P has a negative
-    eigenvalue (the cone backend then refuses the example, named). Each branch is fed a
-    matrix it handles (the other's rows are swapped for I or diag(1..n)): a failed Cholesky,
-    or an eigen-decomposition's gradient at repeated eigenvalues, would poison the selected
-    branch's gradient through ``where``."""
-    P = 0.5 * (v + v.mT)
-    w = xp.linalg.eigvalsh(P)
-    scale = xp.clip(xp.max(xp.abs(w)), 1.0)
-    singular, indefinite = w[0] <= 1e-8 * scale, w[0] < -1e-8 * scale
-    ones = xp.ones_like(w)
-    chol = xp.linalg.cholesky(xp.where(singular, xp.diag(ones), P)).mT
-    w_s, V = xp.linalg.eigh(xp.where(singular, P, xp.diag(xp.cumsum(ones, 0))))
-    eigen = xp.sqrt(xp.clip(w_s, 0.0))[:, None] * V.mT
-    return xp.where(indefinite, float("nan"), xp.where(singular, eigen, chol))
-
-
-@dataclass(frozen=True)
-class DerivedParameter:
-    """A cvxpy Parameter whose value is ``TRANSFORMS[transform]`` of a DSL expression."""
-
-    parameter: cp.Parameter
-    expr: Expression
-    transform: str = "value"
-    #: the stage t whose rows of the time-varying parameters it reads (None: none)
-    stage: int | None = None
-
-    def describe(self) -> str:
-        what = {"value": "{}", "reciprocal": "1 / ({})", "psd_factor": "psd_factor({})"}[self.transform]
-        at = "" if self.stage is None else f"   (time-varying: at t = {self.stage})"
-        return f"{self.parameter.name()} = {what.format(self.expr)}{at}"
+from diffcontrol.programs.cone import TRANSFORMS, DerivedParameter
+from diffcontrol.programs.evaluate import evaluate
 
 
 @dataclass(frozen=True)
@@ -85,7 +43,7 @@ class Value:
 
 
 class _NumpyFramework:
-    """Just enough of :class:`~diffcontrol.compilers.evaluate.Framework` to fold constants."""
+    """Just enough of :class:`~diffcontrol.programs.evaluate.Framework` to fold constants."""
 
     xp = np
 

@@ -1,5 +1,5 @@
 """The JAX implementations of the backends' :class:`~diffcontrol.backends.ops.Ops` and the
-compilers' :class:`~diffcontrol.compilers.evaluate.Framework`.
+compilers' :class:`~diffcontrol.programs.evaluate.Framework`.
 
 Loops are ``lax.while_loop`` (or, for ``backward="unroll"``, a ``lax.scan`` of fixed
 length, which reverse-mode autodiff can walk through); branches are ``lax.cond``. So the

@@ -135,9 +135,9 @@ def _check_functions_differentiate(problem: Any) -> None:
     ``torch.no_grad()`` (a frozen pretrained model wrapped so) would look constant to the
     solver: it would stop at its start and report convergence. A ModelError instead."""
     from diffcontrol.compilers.analysis import expression_facts
-    from diffcontrol.compilers.evaluate import with_pytrees
     from diffcontrol.dsl.function import FunctionCall
     from diffcontrol.dsl.traverse import nodes_of_type
+    from diffcontrol.programs.evaluate import with_pytrees
 
     seen: set[int] = set()
     for call in nodes_of_type(problem.expressions(), FunctionCall):

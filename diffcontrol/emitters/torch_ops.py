@@ -1,5 +1,5 @@
 """The torch implementations of the backends' :class:`~diffcontrol.backends.ops.Ops`
-and the compilers' :class:`~diffcontrol.compilers.evaluate.Framework`."""
+and the compilers' :class:`~diffcontrol.programs.evaluate.Framework`."""
 
 from __future__ import annotations
 

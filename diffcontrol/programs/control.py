@@ -4,18 +4,19 @@ leaves to arrays, and the initial state and control bounds as data."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from diffcontrol.compilers.analysis import BoxBound
-from diffcontrol.compilers.evaluate import Framework, evaluate, evaluate_batched
 from diffcontrol.dsl.expression import Expression
 from diffcontrol.dsl.function import FunctionCall
 from diffcontrol.dsl.leaves import Parameter
 from diffcontrol.dsl.problems import ControlProblem
 from diffcontrol.dsl.traverse import nodes_of_type
-from diffcontrol.errors import ModelError
+from diffcontrol.programs.evaluate import Framework, evaluate, evaluate_batched
+
+if TYPE_CHECKING:  # (a record of the analysis; the program only reads its fields)
+    from diffcontrol.compilers.analysis import BoxBound
 
 #: The data keys of terminal terms (evaluated with the parameters' values at t = T).
 TERMINAL_KEYS = ("CT", "cT", "G", "g")
@@ -168,19 +169,6 @@ class ControlProgram:
             else:
                 hi = xp.where(mask, xp.minimum(hi, full), hi)
         return lo, hi
-
-
-def check_bounds(problem: ControlProblem, bounds: tuple[BoxBound, ...]) -> None:
-    """Each bound must broadcast to the control entries it bounds."""
-    for b in bounds:
-        rows = np.atleast_1d(np.arange(problem.m)[b.index])
-        try:
-            np.broadcast_to(np.empty(b.bound.shape), (rows.size,))
-        except ValueError:
-            raise ModelError(
-                f"the bound {b.bound} of shape {b.bound.shape} in '{b.source}' does not fit "
-                f"the {rows.size} control entries it bounds"
-            ) from None
 
 
 def _stages(v: Any, T: int) -> Any:

@@ -1,0 +1,93 @@
+"""The LQR program: the IR arrays C, c, F, f, C_T, c_T, x_0, the bounds and the terminal
+equalities of a lowered problem, evaluated for a batch on every layer call.
+
+The numbers are functions of the parameters: the emitter's framework evaluates the
+declared expressions and takes their exact derivatives (the dynamics are affine and the
+costs quadratic, so Jacobian and Hessian at tau = 0 *are* F, C, and the values there f, c),
+all with ordinary framework ops, so its autodiff carries the backend's cotangents to the
+Parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from diffcontrol.dsl.atoms import broadcast_batch
+from diffcontrol.dsl.expression import Expression
+from diffcontrol.programs.control import ControlProgram
+from diffcontrol.programs.evaluate import Framework, evaluate, evaluate_batched
+
+
+@dataclass(frozen=True)
+class LQRProgram(ControlProgram):
+    """A time-invariant LQ problem: the expressions it was lowered from and its sizes."""
+
+    #: (df/dx, df/du) as expressions in the parameters, or None: autodiff per call
+    jacobians: tuple[Expression, Expression] | None = None
+
+    def data(self, fw: Framework, params: dict[str, Any], like: Any) -> dict[str, Any]:
+        """The IR arrays (see :data:`diffcontrol.backends.lqr.DATA_KEYS`) for a batch.
+
+        ``params`` maps each parameter's name to an array with a leading batch
+        dimension B; ``like`` is an array of shape (B,) giving dtype and device.
+        C, c, F, f stay time-invariant (no T axis); the bounds carry it.
+        """
+        return self._evaluate_pieces(fw, params, like, self._pieces())
+
+    def implicit_inputs(self, fw: Framework, params: dict, data: dict, saved: dict) -> dict[str, Any]:
+        """The arrays whose cotangents the backend's VJP returns: the IR data itself."""
+        from diffcontrol.backends.lqr import DATA_KEYS
+        from diffcontrol.backends.terminal import KEYS
+
+        return {k: data[k] for k in (*DATA_KEYS, *KEYS) if k in data}
+
+    def _pieces(self):
+        """(data keys, expressions they depend on, function computing them for one example)."""
+        prob = self.problem
+        terminal = [prob.terminal_cost] if prob.terminal_cost is not None else []
+        return [
+            (("F", "f"), [prob.transition], *((self._dynamics, False) if self.jacobians is None
+                                               else (self._affine_dynamics, True))),
+            (("C", "c"), [prob.cost], self._stage_cost),
+            (("CT", "cT"), terminal, self._terminal_cost),
+            *self._bound_pieces(),
+        ] + self._terminal_pieces()
+
+    def _affine_dynamics(self, fw: Framework, p: dict, like: Any) -> tuple:
+        """F (b, n, N) and f (b, n) from the symbolic Jacobians, for batched parameters ``p``."""
+        env = self._env(p)
+        zero = fw.constant(np.zeros((1, self.n + self.m)), like)
+        env[id(self.problem.state)], env[id(self.problem.control)] = zero[:, :self.n], zero[:, self.n:]
+        Fx, Fu, f = evaluate_batched([*self.jacobians, self.problem.transition], env, fw, like)
+        return fw.xp.concatenate(broadcast_batch(fw.xp, [Fx, Fu]), -1), f
+
+    def _dynamics(self, fw: Framework, p: dict, ref: Any) -> tuple:
+        """F (n, N) and f (n,) for one example, by the framework's autodiff (no symbolic Jacobian)."""
+        def g(tau):
+            return evaluate([self.problem.transition], self._env(p, tau), fw, ref)[0]
+
+        zero = fw.constant(np.zeros(self.n + self.m), ref)
+        return fw.jacobian(g)(zero), g(zero)
+
+    def _stage_cost(self, fw: Framework, p: dict, ref: Any) -> tuple:
+        def g(tau):
+            return evaluate([self.problem.cost], self._env(p, tau), fw, ref)[0]
+
+        zero = fw.constant(np.zeros(self.n + self.m), ref)
+        return fw.hessian(g)(zero), fw.grad(g)(zero)
+
+    def _terminal_cost(self, fw: Framework, p: dict, ref: Any) -> tuple:
+        n = self.n
+        if self.problem.terminal_cost is None:
+            return fw.constant(np.zeros((n, n)), ref), fw.constant(np.zeros(n), ref)
+
+        def g(z):
+            env = self._env(p)
+            env[id(self.problem.state)] = z
+            return evaluate([self.problem.terminal_cost], env, fw, ref)[0]
+
+        zero = fw.constant(np.zeros(n), ref)
+        return fw.hessian(g)(zero), fw.grad(g)(zero)
