@@ -69,7 +69,50 @@ def test_parameter_hessians_are_the_solves():
     """quad_form(x, Q) with a parameter Q: explain's (Q + Q.T) is the solve's C block."""
     prob = dc.ControlProblem(dynamics=x.next == A @ x + u[0], cost=dc.quad_form(x, Q) + 0.1 * dc.sum_squares(u),
                              horizon=3, initial_state=np.ones(2))
-    assert "C = blockdiag((Q + Q.T), 0.2*I), c = 0" in _line(prob, "stage cost  1/2")
+    assert "C = blockdiag(Q + Q.T, 0.2*I), c = 0" in _line(prob, "stage cost  1/2")
     Qv = np.array([[2.0, 1.0], [0.0, 3.0]])
     C = _data(prob, A=np.eye(2), Q=Qv)["C"][0].numpy()
     assert np.allclose(C[:2, :2], Qv + Qv.T) and np.allclose(C[2:, 2:], 0.2) and not C[:2, 2:].any()
+
+
+w, r = dc.Parameter(name="w", nonneg=True), dc.Parameter(2, name="r", time_varying=True)
+HESSIAN_COSTS = {
+    "reference": dc.sum_squares(x - r) + 0.1 * dc.sum_squares(u),
+    "parameter matrix and weight": dc.quad_form(x, Q) + w * dc.sum_squares(u) - dc.sum_squares(A @ x) / 4,
+    "cross terms": dc.sum_squares(A @ x + u[0] - r) + dc.square(x[0] - u[0]) + (u[0] + 1.0) ** 2,
+}
+
+
+@pytest.mark.parametrize("case", sorted(HESSIAN_COSTS))
+def test_the_solves_hessian_expressions_equal_autodiff(case):
+    """C (and c) as the lqr program builds them from the Hessian rules equal torch's own Hessian
+    and gradient of the cost, evaluated directly, at every stage."""
+    from diffcontrol.programs.evaluate import evaluate
+
+    cost = HESSIAN_COSTS[case]
+    prob = dc.ControlProblem(dynamics=x.next == x + u[0], cost=cost, horizon=3, initial_state=np.ones(2))
+    program = prob.compile(backend="lqr").program
+    assert program.hessian is not None
+    rng = np.random.default_rng(0)
+    values = {"A": rng.normal(size=(2, 2)), "Q": rng.normal(size=(2, 2)), "w": 0.7, "r": rng.normal(size=(4, 2))}
+    values = {p.name: values[p.name] for p in program.parameters}
+    data = _data(prob, **values)
+    for t in range(3):
+        env = {id(p): torch.as_tensor(values[p.name][t] if p.time_varying else values[p.name], dtype=torch.float64)
+               for p in program.parameters}
+
+        def f(tau, env=env):
+            return evaluate([cost], {**env, id(x): tau[:2], id(u): tau[2:]}, TorchFramework, tau)[0]
+
+        zero = torch.zeros(3, dtype=torch.float64)
+        C = data["C"][0] if data["C"].ndim == 3 else data["C"][0, t]
+        c = data["c"][0] if data["c"].ndim == 2 else data["c"][0, t]
+        assert torch.allclose(C, torch.autograd.functional.hessian(f, zero), atol=1e-12), case
+        assert torch.allclose(c, torch.autograd.functional.jacobian(f, zero), atol=1e-12), case
+
+
+def test_a_moving_reference_leaves_one_hessian_for_all_stages():
+    prob = dc.ControlProblem(dynamics=x.next == x + u[0], cost=HESSIAN_COSTS["reference"], horizon=3,
+                             initial_state=np.ones(2))
+    data = _data(prob, r=np.zeros((4, 2)))
+    assert data["C"].shape == (1, 3, 3) and data["c"].shape == (1, 3, 3)  # C once; c per stage

@@ -111,3 +111,92 @@ def _coef(expr: Expression, var: Leaf) -> Any:
     if isinstance(expr, atoms.Sum) and expr.axis is None and a[0].ndim == 1:
         return atoms.Sum(_materialise(_coef(a[0], var), a[0].shape, k), axis=0)
     raise _Unsupported
+
+
+def hessian_expressions(expr: Expression, variables: list[Leaf]) -> dict[tuple[int, int], Expression] | None:
+    """Blocks {(i, j): d^2 expr / d v_i d v_j} of a scalar ``expr`` quadratic in the decision
+    leaves ``variables`` (each 1-D), as expressions in the parameters; missing blocks are zero.
+    None where a term is outside the rules (sums, negations and constant scalings of
+    sum_squares / square / power 2 / quad_form of affine terms, and terms of degree <= 1):
+    the lowering then takes the Hessian by autodiff (still exact).
+
+    The same expressions are the solve's data and explain()'s rendering of it, and they show
+    which parameters C depends on: sum_squares(x - r_t) has the constant Hessian 2 I however
+    the reference moves, so C is made once, not once per stage."""
+    a = expr.args
+    facts = expression_facts(expr)
+    if expr.shape != () or any(v.ndim != 1 for v in variables):
+        return None
+    if facts.degree is not None and facts.degree <= 1:
+        return {}
+    if isinstance(expr, atoms.Add):
+        left, right = hessian_expressions(a[0], variables), hessian_expressions(a[1], variables)
+        if left is None or right is None:
+            return None
+        return {k: left[k] + right[k] if k in left and k in right else left.get(k, right.get(k))
+                for k in set(left) | set(right)}
+    if isinstance(expr, atoms.Neg):
+        inner = hessian_expressions(a[0], variables)
+        return None if inner is None else {k: -b for k, b in inner.items()}
+    if isinstance(expr, (atoms.Multiply, atoms.Divide)):
+        for factor, rest in ((a[1], a[0]),) if isinstance(expr, atoms.Divide) else ((a[0], a[1]), (a[1], a[0])):
+            if expression_facts(factor).degree == 0 and factor.shape == ():
+                inner = hessian_expressions(rest, variables)
+                if inner is None:
+                    return None
+                if isinstance(expr, atoms.Divide):
+                    return {k: b / factor for k, b in inner.items()}
+                return {k: _times(factor, b) for k, b in inner.items()}
+        return None
+    if isinstance(expr, atoms.SumSquares) or (isinstance(expr, atoms.Square)) or (
+            isinstance(expr, atoms.Power) and expr.p == 2.0):
+        return _gram(a[0], variables, None)
+    if isinstance(expr, atoms.QuadForm) and expression_facts(a[1]).degree == 0:
+        return _gram(a[0], variables, a[1])
+    return None
+
+
+def _gram(inner: Expression, variables: list[Leaf], P: Expression | None) -> dict | None:
+    """2 J_i^T J_j (sum of squares; P None) or J_i^T (P + P^T) J_j (quad_form) of an affine
+    ``inner`` (at most 1-D), J_i its Jacobians; identities are left out of the products."""
+    if (expression_facts(inner).degree or 0) > 1 or inner.ndim > 1:
+        return None
+    J = {}
+    for i, v in enumerate(variables):
+        if _free_of(inner, v):
+            continue
+        Ji = jacobian_expression(inner, v)
+        if Ji is None:
+            return None
+        J[i] = _Rows([Ji]) if inner.ndim == 0 else Ji  # a scalar's (k,) row as a (1, k) matrix
+    core = None if P is None else P + P.T
+    out = {}
+    for i, Ji in J.items():
+        for j, Jj in J.items():
+            block = _matmul(_matmul(_transpose(Ji), core), Jj)
+            out[(i, j)] = _times(Constant(np.array(2.0)), block) if P is None else block
+    return out
+
+
+def _is_identity(e: Any) -> bool:
+    return isinstance(e, Constant) and e.value.ndim == 2 and np.array_equal(e.value, np.eye(e.value.shape[0]))
+
+
+def _transpose(e: Expression) -> Expression:
+    return e if _is_identity(e) else e.T
+
+
+def _matmul(a: Expression | None, b: Expression | None) -> Expression | None:
+    """a @ b, with None and identities left out."""
+    if a is None or _is_identity(a):
+        return b
+    if b is None or _is_identity(b):
+        return a
+    return a @ b
+
+
+def _times(k: Expression, e: Expression) -> Expression:
+    """k * e for a scalar k, folded where both are constants (2 * I renders as 2*I)."""
+    if isinstance(k, Constant) and isinstance(e, Constant):
+        return Constant(k.value * e.value)
+    return k * e

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 
 from diffcontrol.compilers.analysis import ProblemForm, check_bounds
-from diffcontrol.compilers.linearize import jacobian_expression
-from diffcontrol.compilers.symbolic import hessian_blocks, render_block_matrix, render_constant, render_folded
+from diffcontrol.compilers.linearize import hessian_expressions, jacobian_expression
+from diffcontrol.compilers.symbolic import render_block_matrix, render_constant, render_folded
 from diffcontrol.dsl.expression import Expression
+from diffcontrol.dsl.leaves import Constant
 from diffcontrol.dsl.problems import ControlProblem
 from diffcontrol.explain import feeds
 from diffcontrol.programs.lqr import LQRProgram
@@ -24,7 +25,26 @@ def lower_lqr(problem: ControlProblem, form: ProblemForm) -> LQRProgram:
     Fx = jacobian_expression(problem.transition, problem.state)
     Fu = jacobian_expression(problem.transition, problem.control)
     jacobians = None if Fx is None or Fu is None else (Fx, Fu)
-    return LQRProgram(problem, form.box_bounds, tuple(problem.parameters()), jacobians=jacobians)
+    return LQRProgram(problem, form.box_bounds, tuple(problem.parameters()), jacobians=jacobians,
+                      hessian=_stage_hessian(problem), terminal_hessian=_terminal_hessian(problem))
+
+
+def _stage_hessian(problem: ControlProblem) -> tuple[Expression, ...] | None:
+    """The stage cost's Hessian blocks (xx, xu, ux, uu), zeros where a block vanishes."""
+    blocks = hessian_expressions(problem.cost, [problem.state, problem.control])
+    if blocks is None:
+        return None
+    sizes = (problem.n, problem.m)
+    return tuple(blocks.get((i, j), Constant(np.zeros((sizes[i], sizes[j])))) for i in (0, 1) for j in (0, 1))
+
+
+def _terminal_hessian(problem: ControlProblem) -> Expression | None:
+    if problem.terminal_cost is None:
+        return None
+    blocks = hessian_expressions(problem.terminal_cost, [problem.state])
+    if blocks is None:
+        return None
+    return blocks.get((0, 0), Constant(np.zeros((problem.n, problem.n))))
 
 
 def explain_lowering(program: Any, options: dict) -> list[str]:
@@ -57,7 +77,7 @@ def explain_lowering(program: Any, options: dict) -> list[str]:
     else:
         F = "Jacobian of the dynamics at x = u = 0 (autodiff per call)"
     f = term("f", f"{p.transition} at x = u = 0")
-    C = _hessian_text(p.cost, [x, u], fixed("C", 2), "stage cost")
+    C = _hessian_text(program.hessian, fixed("C", 2), (n, m), "stage cost")
     lines = [
         "Lowered problem (LQR data, "
         + ("per stage t = 0..T-1 where marked 'per stage'; terminal data from stage T)"
@@ -71,7 +91,8 @@ def explain_lowering(program: Any, options: dict) -> list[str]:
     if p.terminal_cost is None:
         lines.append("  terminal    none (C_T = 0, c_T = 0)")
     else:
-        CT = _hessian_text(p.terminal_cost, [x], fixed("CT", 2), "terminal cost")
+        CT = _hessian_text(None if program.terminal_hessian is None else (program.terminal_hessian,),
+                           fixed("CT", 2), (n,), "terminal cost")
         source = feeds([p.terminal_cost], terminal=True)
         lines.append(f"  terminal    1/2 x^T C_T x + c_T^T x     C_T = {CT}, "
                      f"c_T = {term('cT', 'gradient of the terminal cost at 0 (evaluated per call)')}"
@@ -115,19 +136,19 @@ def _stage(a: np.ndarray, ndim: int) -> np.ndarray:
     return a.reshape(-1, *a.shape[a.ndim - ndim:])[0]
 
 
-def _hessian_text(cost: Expression, variables: list[Any], value: np.ndarray | None, what: str) -> str:
-    """A cost's Hessian in blocks (one variable: the block): by value (``value``, the solve's own)
-    where the parameters do not move it, else symbolically from the Jacobian rules the
-    dynamics use."""
+def _hessian_text(blocks: tuple[Expression, ...] | None, value: np.ndarray | None, sizes: tuple[int, ...],
+                  what: str) -> str:
+    """A cost's Hessian in blocks (one variable: the block): by value (``value``, the solve's
+    own) where the parameters do not move it, else the block expressions the solve evaluates."""
+    k = len(sizes)
     if value is not None:
-        sizes = np.cumsum([0] + [v.shape[0] for v in variables])
-        blocks = {(i, j): render_constant(value[sizes[i]:sizes[i + 1], sizes[j]:sizes[j + 1]])
-                  for i in range(len(variables)) for j in range(len(variables))}
+        edges = np.cumsum((0, *sizes))
+        text = {(i, j): render_constant(value[edges[i]:edges[i + 1], edges[j]:edges[j + 1]])
+                for i in range(k) for j in range(k)}
+    elif blocks is not None:
+        text = {(i, j): render_folded(blocks[i * k + j]) for i in range(k) for j in range(k)}
     else:
-        blocks = hessian_blocks(cost, variables)
-        if blocks is None:
-            return f"Hessian of the {what} (per call)"
-        blocks = {k: str(b) for k, b in blocks.items()}
-    if len(variables) == 1:
-        return blocks.get((0, 0), "0")
-    return render_block_matrix({k: b for k, b in blocks.items() if b != "0"}, len(variables))
+        return f"Hessian of the {what} (autodiff per call)"
+    if k == 1:
+        return text[(0, 0)]
+    return render_block_matrix({key: t for key, t in text.items() if t != "0"}, k)

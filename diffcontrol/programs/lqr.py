@@ -27,6 +27,10 @@ class LQRProgram(ControlProgram):
 
     #: (df/dx, df/du) as expressions in the parameters, or None: autodiff per call
     jacobians: tuple[Expression, Expression] | None = None
+    #: the stage cost's Hessian blocks (xx, xu, ux, uu) as expressions, or None: autodiff per call
+    hessian: tuple[Expression, ...] | None = None
+    #: the terminal cost's Hessian (n, n) as an expression, or None: autodiff per call
+    terminal_hessian: Expression | None = None
 
     def data(self, fw: Framework, params: dict[str, Any], like: Any) -> dict[str, Any]:
         """The IR arrays (see :data:`diffcontrol.backends.lqr.DATA_KEYS`) for a batch.
@@ -47,14 +51,25 @@ class LQRProgram(ControlProgram):
     def _pieces(self):
         """(data keys, expressions they depend on, function computing them for one example)."""
         prob = self.problem
-        terminal = [prob.terminal_cost] if prob.terminal_cost is not None else []
         return [
             (("F", "f"), [prob.transition], *((self._dynamics, False) if self.jacobians is None
                                                else (self._affine_dynamics, True))),
-            (("C", "c"), [prob.cost], self._stage_cost),
-            (("CT", "cT"), terminal, self._terminal_cost),
+            *self._cost_pieces(),
             *self._bound_pieces(),
         ] + self._terminal_pieces()
+
+    def _cost_pieces(self) -> list:
+        """C and c (C_T and c_T): the Hessian from its block expressions where the lowering built
+        them, evaluated only on the parameters they use (a reference r_t leaves C one matrix
+        for all stages), and the gradient at 0 by autodiff; else both by autodiff."""
+        prob = self.problem
+        terminal = [prob.terminal_cost] if prob.terminal_cost is not None else []
+        stage = [(("C", "c"), [prob.cost], self._stage_cost)] if self.hessian is None else [
+            (("C",), list(self.hessian), self._stage_hessian, True), (("c",), [prob.cost], self._stage_gradient)]
+        final = [(("CT", "cT"), terminal, self._terminal_cost)] if self.terminal_hessian is None else [
+            (("CT",), [self.terminal_hessian], self._terminal_hessian, True),
+            (("cT",), terminal, self._terminal_gradient)]
+        return stage + final
 
     def _affine_dynamics(self, fw: Framework, p: dict, like: Any) -> tuple:
         """F (b, n, N) and f (b, n) from the symbolic Jacobians, for batched parameters ``p``."""
@@ -78,6 +93,29 @@ class LQRProgram(ControlProgram):
 
         zero = fw.constant(np.zeros(self.n + self.m), ref)
         return fw.hessian(g)(zero), fw.grad(g)(zero)
+
+    def _stage_hessian(self, fw: Framework, p: dict, like: Any) -> tuple:
+        """C (b, N, N) from the Hessian's block expressions, for batched parameters ``p``."""
+        xp = fw.xp
+        xx, xu, ux, uu = broadcast_batch(xp, evaluate_batched(self.hessian, self._env(p), fw, like))
+        return (xp.concatenate([xp.concatenate([xx, xu], -1), xp.concatenate([ux, uu], -1)], -2),)
+
+    def _stage_gradient(self, fw: Framework, p: dict, ref: Any) -> tuple:
+        def g(tau):
+            return evaluate([self.problem.cost], self._env(p, tau), fw, ref)[0]
+
+        return (fw.grad(g)(fw.constant(np.zeros(self.n + self.m), ref)),)
+
+    def _terminal_hessian(self, fw: Framework, p: dict, like: Any) -> tuple:
+        return (evaluate_batched([self.terminal_hessian], self._env(p), fw, like)[0],)
+
+    def _terminal_gradient(self, fw: Framework, p: dict, ref: Any) -> tuple:
+        def g(z):
+            env = self._env(p)
+            env[id(self.problem.state)] = z
+            return evaluate([self.problem.terminal_cost], env, fw, ref)[0]
+
+        return (fw.grad(g)(fw.constant(np.zeros(self.n), ref)),)
 
     def _terminal_cost(self, fw: Framework, p: dict, ref: Any) -> tuple:
         n = self.n
