@@ -116,3 +116,17 @@ def test_a_moving_reference_leaves_one_hessian_for_all_stages():
                              initial_state=np.ones(2))
     data = _data(prob, r=np.zeros((4, 2)))
     assert data["C"].shape == (1, 3, 3) and data["c"].shape == (1, 3, 3)  # C once; c per stage
+
+
+def test_explain_claims_nothing_where_the_probe_fails(monkeypatch):
+    """Where the data cannot be evaluated at a random parameter draw, explain() still reports,
+    and calls no term 0 (it cannot know)."""
+    import diffcontrol.compilers.lower_lqr as lower_lqr
+
+    def fail(program, seed):
+        raise FloatingPointError("a bad draw")
+
+    monkeypatch.setattr(lower_lqr, "_probe", fail)
+    prob = dc.ControlProblem(dynamics=x.next == A @ x + u[0], cost=QUAD, horizon=3, initial_state=np.ones(2))
+    assert "c = gradient of the stage cost at 0" in _line(prob, "stage cost  1/2")
+    assert "C = blockdiag(2*I, 2*I)" in _line(prob, "stage cost  1/2")  # the rules' expressions still render

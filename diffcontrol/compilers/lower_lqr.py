@@ -56,16 +56,21 @@ def explain_lowering(program: Any, options: dict) -> list[str]:
     p: ControlProblem = program.problem
     x, u = p.state, p.control
     n, m, T = p.n, p.m, p.horizon
-    draws = [_probe(program, seed) for seed in (0, 1)]
+    try:
+        draws = [_probe(program, seed) for seed in (0, 1)]
+    except Exception:  # noqa: BLE001  (explain() must not fail where a random draw is a bad value: say less)
+        draws = None
 
     def fixed(key: str, ndim: int) -> np.ndarray | None:
         """Stage 0 of the solve's array ``key`` where the parameters do not move it, else None."""
+        if draws is None:
+            return None
         a, b = (_stage(d[key], ndim) for d in draws)
         return a if np.array_equal(a, b) else None
 
     def term(key: str, words: str) -> str:
         """c, f or c_T: 0 where the solve's is, its value where the parameters do not move it."""
-        if all(not np.any(d[key]) for d in draws):
+        if draws is not None and all(not np.any(d[key]) for d in draws):
             return "0"
         value = fixed(key, 1)
         return words if value is None else render_constant(value)
