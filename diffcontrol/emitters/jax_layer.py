@@ -247,7 +247,9 @@ def _zero(t: Any) -> bool:
 def _jacobian_times(pullback: Any, v: dict, outputs: tuple) -> tuple:
     """(J_b v_b)_b, each output (B, ...), from ``pullback`` of unit cotangents: row k of every
     example's Jacobian is pullback(e_k placed in each example), because an example's outputs
-    depend on its own values only (shared values reach the solve broadcast to (B, ...))."""
+    depend on its own values only (shared values reach the solve broadcast to (B, ...)).
+    Exact, and N backward solves per example where reverse mode needs one (a tangent rule per
+    backend would make forward mode one solve too)."""
     B, dtype = outputs[0].shape[0], outputs[0].dtype
     sizes = [math.prod(o.shape[1:]) for o in outputs]
     N = sum(sizes)
@@ -259,7 +261,8 @@ def _jacobian_times(pullback: Any, v: dict, outputs: tuple) -> tuple:
         g = pullback(cotangents)
         return sum(jnp.sum((g[key] * v[key]).reshape(B, -1), -1) for key in v)
 
-    rows = lax.map(row, jnp.arange(N), batch_size=min(N, 256))  # (N, B)
+    # blocks of about 2048 backward solves (cotangents x examples): a bounded working set
+    rows = lax.map(row, jnp.arange(N), batch_size=max(1, min(N, 2048 // B)))  # (N, B)
     flat = rows.T
     pieces = jnp.split(flat, list(itertools.accumulate(sizes))[:-1], axis=1)
     return tuple(p.reshape(o.shape) for p, o in zip(pieces, outputs))
