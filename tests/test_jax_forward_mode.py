@@ -161,3 +161,14 @@ def test_a_second_derivative_is_a_clear_error(second):
             jax.hessian(loss)(values["goal"])
         else:
             jax.grad(lambda g: jax.grad(loss)(g).sum())(values["goal"])
+
+
+def test_forward_mode_on_the_cone_backend_is_a_clear_error():
+    pytest.importorskip("cvxpylayers")
+    y, p = dc.Variable(2, name="y"), dc.Parameter(2, name="p")
+    solve = dc.Problem(dc.Minimize(dc.sum_squares(y - p)), [y >= 0]).compile(backend="cone").to_jax()
+    with pytest.raises(dc.BackendError, match="reverse mode only"):
+        jax.jvp(lambda v: solve(p=v)[0], (jnp.array([1.0, -1.0]),), (jnp.array([1.0, 1.0]),))
+    # reverse mode works: d/dp sum(max(p, 0)) = [1, 0]
+    grad = jax.grad(lambda v: solve(p=v)[0].sum())(jnp.array([1.0, -1.0]))
+    assert np.abs(np.asarray(grad) - [1.0, 0.0]).max() < 1e-4

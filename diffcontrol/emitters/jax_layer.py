@@ -98,6 +98,12 @@ class JaxLayer:
                                    "its JAX layer runs eagerly and under jax.grad, not under jax.jit or "
                                    "jax.vmap; call it outside them (pass the batch as a leading dimension "
                                    "instead of vmap)") from None
+            except TypeError as err:
+                if "forward-mode" not in str(err):
+                    raise
+                raise BackendError(f"backend '{compiled.backend}' differentiates through cvxpylayers' JAX layer, "
+                                   "which is reverse mode only: use jax.grad / jax.vjp / jax.jacrev, or a "
+                                   "backend with forward mode too (lqr, ilqr, ift_cg)") from None
         else:
             outputs, info = _implicit(program, solver, run)(values, init, like)
         # NaN or Inf in an example's solution (or, under jit, in its inputs) is flagged, its
