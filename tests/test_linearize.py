@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import diffcontrol as dc
-from diffcontrol.compilers.linearize import jacobian_expression
+from diffcontrol.compilers.rules import jacobian_expression
 from diffcontrol.emitters.torch_ops import TorchFramework
 from diffcontrol.programs.evaluate import evaluate
 

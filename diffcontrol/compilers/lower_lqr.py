@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from diffcontrol.compilers.analysis import ProblemForm, check_bounds
-from diffcontrol.compilers.linearize import hessian_expressions, jacobian_expression
+from diffcontrol.compilers.rules import hessian_expressions, jacobian_expression
 from diffcontrol.compilers.symbolic import render_block_matrix, render_constant, render_folded
 from diffcontrol.dsl.expression import Expression
 from diffcontrol.dsl.leaves import Constant

@@ -1,6 +1,6 @@
 """How explain() renders the LQR data: matrices as 0, I, k*I or their entries, and the
 expressions the solve evaluates (the dynamics' Jacobians, the costs' Hessian blocks of
-:mod:`~diffcontrol.compilers.linearize`) with their parameter-free parts folded to the values
+:mod:`~diffcontrol.compilers.rules`) with their parameter-free parts folded to the values
 the solve computes, so that what explain() prints is what the solve uses."""
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def render_constant(value: np.ndarray) -> str:
 def render_folded(expr: Expression) -> str:
     """``expr`` as text, each parameter-free sub-expression shown by its value (as the solve
     evaluates it): the rendering of an expression the solve itself evaluates, such as the
-    dynamics' Jacobians of :func:`~diffcontrol.compilers.linearize.jacobian_expression`."""
+    dynamics' Jacobians of :func:`~diffcontrol.compilers.rules.jacobian_expression`."""
     text: dict[int, str] = {}
     free: dict[int, bool] = {}
     for node in walk([expr]):

@@ -16,13 +16,16 @@ against it once it gets a trailing unit axis.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import import_module
 from typing import Any
 
 import cvxpy as cp
 import numpy as np
 
 from diffcontrol.compilers.analysis import NodeFacts, expression_facts
+from diffcontrol.compilers.rules import rules_of
 from diffcontrol.dsl import atoms, penalties
 from diffcontrol.dsl.expression import NONNEG, NONPOS, Expression
 from diffcontrol.dsl.function import FunctionCall
@@ -83,7 +86,7 @@ class Translator:
         if isinstance(node, FunctionCall):
             raise ModelError(f"{node} applies the opaque dc.Function {node.function.name} to decision "
                              "variables; cvxpy cannot certify its convexity (the 'cone' backend needs DCP atoms)")
-        rule = _RULES.get(type(node)) or _RULES.get(type(node).__mro__[1])
+        rule = _translation(node)
         if rule is None:
             raise ModelError(f"{node} has no convex (DCP) counterpart in cvxpy; the 'cone' backend takes "
                              "affine, quadratic, norm and other DCP atoms of the decision variables")
@@ -352,31 +355,30 @@ def _reshape_order(e: Any, shape: tuple[int, ...], order: str) -> Any:
     return cp.reshape(e, shape, order=order)
 
 
-_RULES = {
-    atoms.Add: _binary(lambda a, b: a + b),
-    atoms.Multiply: _binary(cp.multiply),
-    atoms.Neg: lambda tr, node: Value(-tr(node.args[0]).expr, tr(node.args[0]).timed),
-    atoms.Divide: _divide,
-    atoms.Power: _power,
-    atoms.MatMul: _matmul,
-    atoms.Index: _index,
-    atoms.Transpose: _transpose,
-    atoms.Elementwise: _elementwise,
-    atoms.Sum: _sum,
-    atoms.SumSquares: _sum_squares,
-    atoms.Norm2: _norm2,
-    atoms.QuadForm: _quad_form,
-    atoms.Stack: _stack,
-    atoms.Concat: _concat,
-    penalties.Pos: _elementwise_atom(lambda e, node: cp.pos(e)),
-    penalties.Softplus: _elementwise_atom(lambda e, node: cp.logistic(e)),
-    penalties.Huber: _elementwise_atom(lambda e, node: cp.huber(e, node.M)),
-    penalties.Maximum: _extremum(cp.maximum),
-    penalties.Minimum: _extremum(cp.minimum),
-    penalties.Max: _reduction,
-    penalties.Min: _reduction,
-    penalties.LogSumExp: _reduction,
-    penalties.Norm1: _reduction,
-    penalties.NormInf: _reduction,
-    penalties.Reshape: _reshape_rule,
-}
+# the rules that the table of :mod:`~diffcontrol.compilers.rules` names and the factories above make
+_add = _binary(lambda a, b: a + b)
+_multiply = _binary(cp.multiply)
+_pos = _elementwise_atom(lambda e, node: cp.pos(e))
+_softplus = _elementwise_atom(lambda e, node: cp.logistic(e))
+_huber = _elementwise_atom(lambda e, node: cp.huber(e, node.M))
+_maximum = _extremum(cp.maximum)
+_minimum = _extremum(cp.minimum)
+
+
+def _neg(tr: Translator, node: atoms.Neg) -> Value:
+    inner = tr(node.args[0])
+    return Value(-inner.expr, inner.timed)
+
+
+_LOADED: dict[str, Callable] = {}
+
+
+def _translation(node: Expression) -> Callable | None:
+    """The cvxpy translation the atom's row in :data:`~diffcontrol.compilers.rules.RULES` names."""
+    path = rules_of(node).cvxpy
+    if path is None:
+        return None
+    if path not in _LOADED:
+        module, name = path.split(":")
+        _LOADED[path] = getattr(import_module(module), name)
+    return _LOADED[path]
