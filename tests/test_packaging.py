@@ -28,6 +28,32 @@ def test_compiling_and_solving_an_lqr_imports_no_cone_stack_and_no_jax():
     assert out.stdout.strip() == "[]"
 
 
+def test_a_cold_lqr_layer_call_and_backward_import_no_torch_dynamo():
+    """torch.func's reverse transforms import torch._dynamo (0.9 s of a cold start here); the
+    LQR data's derivatives use classic autograd, so a first call and backward avoid it. The
+    same script checks the layer in inference mode against no_grad, with a moving reference
+    (the data's derivatives then run on inference tensors) and terminal equalities."""
+    code = (
+        "import sys, numpy as np, torch, diffcontrol as dc\n"
+        "x, u = dc.State(2), dc.Control(1); A = dc.Parameter((2, 2), name='A')\n"
+        "r = dc.Parameter(2, name='r', time_varying=True)\n"
+        "p = dc.ControlProblem(dynamics=x.next == A @ x + u[0], cost=dc.sum_squares(x - r) + dc.sum_squares(u),\n"
+        "                      horizon=3, initial_state=np.ones(2), constraints=[-1 <= u, u <= 1],\n"
+        "                      terminal_constraints=[x[0] == 0.5])\n"
+        "layer = p.compile().to_torch(); A_ = torch.eye(2, dtype=torch.float64, requires_grad=True)\n"
+        "R = torch.zeros(4, 2, dtype=torch.float64)\n"
+        "layer(A=A_, r=R)[1].sum().backward()\n"
+        "with torch.no_grad():\n"
+        "    plain = layer(A=A_, r=R)[1]\n"
+        "with torch.inference_mode():\n"
+        "    inferred = layer(A=torch.eye(2, dtype=torch.float64), r=R)[1]\n"
+        "assert torch.allclose(plain, inferred, atol=1e-12, rtol=0) and A_.grad is not None\n"
+        "print('torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
+
+
 def _constrained_control_problem():
     x, u = dc.State(2, name="x"), dc.Control(1, name="u")
     return dc.ControlProblem(dynamics=x.next == x + u[0], cost=dc.sum_squares(x) + dc.sum_squares(u), horizon=3,

@@ -218,6 +218,24 @@ class JaxFramework:
         return jax.grad(fn, argnums=argnums, has_aux=has_aux)
 
     @staticmethod
+    def row_jacobian(fn, x, params):
+        out = fn(x, params)
+        eye = jnp.eye(x.shape[-1], dtype=x.dtype)
+        # column j: the directional derivative along e_j in every row (the rows are independent)
+        J = jax.vmap(lambda e: jax.jvp(lambda z: fn(z, params), (x,), (jnp.broadcast_to(e, x.shape),))[1],
+                     out_axes=-1)(eye)
+        return out, J
+
+    @staticmethod
+    def row_gradient(fn, x, params, hessian=False):
+        grad = jax.grad(lambda z: fn(z, params).sum())
+        if not hessian:
+            return grad(x)
+        eye = jnp.eye(x.shape[-1], dtype=x.dtype)
+        H = jax.vmap(lambda e: jax.jvp(grad, (x,), (jnp.broadcast_to(e, x.shape),))[1], out_axes=-1)(eye)
+        return grad(x), H
+
+    @staticmethod
     def hvp_operator(value, y):
         """v -> H v for f = sum_b value(y)_b at y (B, n): the gradient linearised once
         (``jax.linearize``), each product then one forward-mode pass."""

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from diffcontrol.dsl.atoms import broadcast_batch
 from diffcontrol.dsl.expression import Expression
 from diffcontrol.dsl.function import FunctionCall
 from diffcontrol.dsl.leaves import Parameter
@@ -120,25 +121,38 @@ class ControlProgram:
         without terminal constraints)."""
         if not self.problem.terminal_constraints:
             return []
-        return [(("G", "g"), self._terminal_sides(), self._terminal_equalities)]
+        return [(("G", "g"), self._terminal_sides(), self._terminal_equalities, True)]
 
     def _terminal_sides(self) -> list[Expression]:
         return [e for c in self.problem.terminal_constraints for e in (c.lhs, c.rhs)]
 
-    def _terminal_equalities(self, fw: Framework, p: dict, ref: Any) -> tuple:
-        """G (k, n) and g (k,) of the terminal equalities, stacked as G x_T = g (each side's
+    def _terminal_equalities(self, fw: Framework, p: dict, like: Any) -> tuple:
+        """G (b, k, n) and g (b, k) of the terminal equalities, stacked as G x_T = g (each side's
         difference flattened; exact: they are affine)."""
         xp = fw.xp
 
-        def residual(z):
+        def residual(z: Any, p: dict) -> Any:
             env = self._env(p)
             env[id(self.problem.state)] = z
-            sides = evaluate(self._terminal_sides(), env, fw, ref)
-            return xp.concatenate([(xp.zeros_like(a + b) + a - b).reshape(-1) for a, b in
-                                   zip(sides[::2], sides[1::2])])
+            sides = broadcast_batch(xp, [z[:, :1], *evaluate_batched(self._terminal_sides(), env, fw, z[:, 0])])[1:]
+            return xp.concatenate([(a - b).reshape(z.shape[0], -1) for a, b in zip(sides[::2], sides[1::2])], -1)
 
-        zero = fw.constant(np.zeros(self.n), ref)
-        return fw.jacobian(residual)(zero), -residual(zero)
+        r, G = fw.row_jacobian(residual, fw.constant(np.zeros((like.shape[0], self.n)), like), p)
+        return G, -r
+
+    def _at_rows(self, fw: Framework, root: Expression, terminal: bool = False) -> Any:
+        """z (b, k), parameters -> ``root``'s values (b, ...), with x, u the rows of z = [x; u]
+        (``terminal``: z = x): the functions of rows whose derivatives at 0 are the data."""
+        n, xp = self.n, fw.xp
+
+        def value(z: Any, p: dict) -> Any:
+            env = self._env(p)
+            env[id(self.problem.state)] = z if terminal else z[:, :n]
+            if not terminal:
+                env[id(self.problem.control)] = z[:, n:]
+            return broadcast_batch(xp, [z[:, 0], evaluate_batched([root], env, fw, z[:, 0])[0]])[1]
+
+        return value
 
     def _env(self, p: dict[str, Any], tau: Any = None) -> dict[int, Any]:
         """Leaf values keyed by id: the parameters in ``p``, and x, u from tau = [x; u]."""

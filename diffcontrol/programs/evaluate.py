@@ -43,6 +43,16 @@ class Framework(Protocol):
         """Gradient of a scalar ``fn`` with respect to argument ``argnums`` (with ``has_aux``,
         ``fn`` returns (scalar, aux) and the result is (gradient, aux))."""
 
+    def row_jacobian(self, fn: Callable, x: Any, params: dict) -> tuple[Any, Any]:
+        """(fn(x, params), its Jacobian in x) for a function of rows: x (b, k) -> (b, p), each
+        row of the output depending on its row of x only; the Jacobian is (b, p, k), and
+        differentiable in ``params`` where the framework records gradients (``params`` holds
+        every array ``fn`` reads besides x)."""
+
+    def row_gradient(self, fn: Callable, x: Any, params: dict, hessian: bool = False) -> Any:
+        """The gradient (b, k) in x of a function of rows x (b, k) -> (b,) (and with
+        ``hessian``, the pair (gradient, Hessian (b, k, k))), as :meth:`row_jacobian`."""
+
     def hvp_operator(self, value: Callable, y: Any) -> Callable:
         """v -> H v, H the Hessian of sum_b value(y)_b at y (B, n), linearised once so that
         each product costs one backward (or forward) pass."""

@@ -18,7 +18,7 @@ import numpy as np
 from diffcontrol.dsl.atoms import broadcast_batch
 from diffcontrol.dsl.expression import Expression
 from diffcontrol.programs.control import ControlProgram
-from diffcontrol.programs.evaluate import Framework, evaluate, evaluate_batched
+from diffcontrol.programs.evaluate import Framework, evaluate_batched
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,7 @@ class LQRProgram(ControlProgram):
         """(data keys, expressions they depend on, function computing them for one example)."""
         prob = self.problem
         return [
-            (("F", "f"), [prob.transition], *((self._dynamics, False) if self.jacobians is None
-                                               else (self._affine_dynamics, True))),
+            (("F", "f"), [prob.transition], self._dynamics if self.jacobians is None else self._affine_dynamics, True),
             *self._cost_pieces(),
             *self._bound_pieces(),
         ] + self._terminal_pieces()
@@ -64,11 +63,11 @@ class LQRProgram(ControlProgram):
         for all stages), and the gradient at 0 by autodiff; else both by autodiff."""
         prob = self.problem
         terminal = [prob.terminal_cost] if prob.terminal_cost is not None else []
-        stage = [(("C", "c"), [prob.cost], self._stage_cost)] if self.hessian is None else [
-            (("C",), list(self.hessian), self._stage_hessian, True), (("c",), [prob.cost], self._stage_gradient)]
-        final = [(("CT", "cT"), terminal, self._terminal_cost)] if self.terminal_hessian is None else [
+        stage = [(("C", "c"), [prob.cost], self._stage_cost, True)] if self.hessian is None else [
+            (("C",), list(self.hessian), self._stage_hessian, True), (("c",), [prob.cost], self._stage_gradient, True)]
+        final = [(("CT", "cT"), terminal, self._terminal_cost, True)] if self.terminal_hessian is None else [
             (("CT",), [self.terminal_hessian], self._terminal_hessian, True),
-            (("cT",), terminal, self._terminal_gradient)]
+            (("cT",), terminal, self._terminal_gradient, True)]
         return stage + final
 
     def _affine_dynamics(self, fw: Framework, p: dict, like: Any) -> tuple:
@@ -79,20 +78,21 @@ class LQRProgram(ControlProgram):
         Fx, Fu, f = evaluate_batched([*self.jacobians, self.problem.transition], env, fw, like)
         return fw.xp.concatenate(broadcast_batch(fw.xp, [Fx, Fu]), -1), f
 
-    def _dynamics(self, fw: Framework, p: dict, ref: Any) -> tuple:
-        """F (n, N) and f (n,) for one example, by the framework's autodiff (no symbolic Jacobian)."""
-        def g(tau):
-            return evaluate([self.problem.transition], self._env(p, tau), fw, ref)[0]
+    # The derivatives below are of functions of rows (one per example, or per example and
+    # stage), at tau = 0, by the framework's row derivatives: exact, for the dynamics are
+    # affine and the costs quadratic.
+    def _rows(self, fw: Framework, like: Any, k: int) -> Any:
+        return fw.constant(np.zeros((like.shape[0], k)), like)
 
-        zero = fw.constant(np.zeros(self.n + self.m), ref)
-        return fw.jacobian(g)(zero), g(zero)
+    def _dynamics(self, fw: Framework, p: dict, like: Any) -> tuple:
+        """F (b, n, N) and f (b, n) by the framework's autodiff (no symbolic Jacobian)."""
+        f, F = fw.row_jacobian(self._at_rows(fw, self.problem.transition), self._rows(fw, like, self.n + self.m), p)
+        return F, f
 
-    def _stage_cost(self, fw: Framework, p: dict, ref: Any) -> tuple:
-        def g(tau):
-            return evaluate([self.problem.cost], self._env(p, tau), fw, ref)[0]
-
-        zero = fw.constant(np.zeros(self.n + self.m), ref)
-        return fw.hessian(g)(zero), fw.grad(g)(zero)
+    def _stage_cost(self, fw: Framework, p: dict, like: Any) -> tuple:
+        c, C = fw.row_gradient(self._at_rows(fw, self.problem.cost), self._rows(fw, like, self.n + self.m), p,
+                               hessian=True)
+        return C, c
 
     def _stage_hessian(self, fw: Framework, p: dict, like: Any) -> tuple:
         """C (b, N, N) from the Hessian's block expressions, for batched parameters ``p``."""
@@ -100,32 +100,20 @@ class LQRProgram(ControlProgram):
         xx, xu, ux, uu = broadcast_batch(xp, evaluate_batched(self.hessian, self._env(p), fw, like))
         return (xp.concatenate([xp.concatenate([xx, xu], -1), xp.concatenate([ux, uu], -1)], -2),)
 
-    def _stage_gradient(self, fw: Framework, p: dict, ref: Any) -> tuple:
-        def g(tau):
-            return evaluate([self.problem.cost], self._env(p, tau), fw, ref)[0]
-
-        return (fw.grad(g)(fw.constant(np.zeros(self.n + self.m), ref)),)
+    def _stage_gradient(self, fw: Framework, p: dict, like: Any) -> tuple:
+        return (fw.row_gradient(self._at_rows(fw, self.problem.cost), self._rows(fw, like, self.n + self.m), p),)
 
     def _terminal_hessian(self, fw: Framework, p: dict, like: Any) -> tuple:
         return (evaluate_batched([self.terminal_hessian], self._env(p), fw, like)[0],)
 
-    def _terminal_gradient(self, fw: Framework, p: dict, ref: Any) -> tuple:
-        def g(z):
-            env = self._env(p)
-            env[id(self.problem.state)] = z
-            return evaluate([self.problem.terminal_cost], env, fw, ref)[0]
+    def _terminal_gradient(self, fw: Framework, p: dict, like: Any) -> tuple:
+        return (fw.row_gradient(self._at_rows(fw, self.problem.terminal_cost, terminal=True),
+                                self._rows(fw, like, self.n), p),)
 
-        return (fw.grad(g)(fw.constant(np.zeros(self.n), ref)),)
-
-    def _terminal_cost(self, fw: Framework, p: dict, ref: Any) -> tuple:
+    def _terminal_cost(self, fw: Framework, p: dict, like: Any) -> tuple:
         n = self.n
         if self.problem.terminal_cost is None:
-            return fw.constant(np.zeros((n, n)), ref), fw.constant(np.zeros(n), ref)
-
-        def g(z):
-            env = self._env(p)
-            env[id(self.problem.state)] = z
-            return evaluate([self.problem.terminal_cost], env, fw, ref)[0]
-
-        zero = fw.constant(np.zeros(n), ref)
-        return fw.hessian(g)(zero), fw.grad(g)(zero)
+            return fw.constant(np.zeros((1, n, n)), like), fw.constant(np.zeros((1, n)), like)
+        cT, CT = fw.row_gradient(self._at_rows(fw, self.problem.terminal_cost, terminal=True),
+                                 self._rows(fw, like, n), p, hessian=True)
+        return CT, cT
