@@ -28,7 +28,7 @@ from jax import lax
 
 from diffcontrol.backends.base import Info
 from diffcontrol.emitters import _common
-from diffcontrol.emitters.jax_ops import JaxFramework, JaxOps, UnrolledJaxOps, concrete
+from diffcontrol.emitters.jax_ops import JaxFramework, JaxOps, UnrolledJaxOps, concrete, used_examples
 from diffcontrol.errors import BackendError, InputError, NotConvergedWarning, SolverError, Status
 
 # Info is a pytree here, so it passes through jit, vmap and custom_vjp as the torch layer's does
@@ -321,10 +321,7 @@ def _nan_where_jvp(primals: tuple, tangents: tuple) -> tuple:
                      jnp.where(_rows(bad, o), jnp.nan, 0.0) for i, o in enumerate(outputs))
 
     def transpose(cotangents: tuple) -> tuple:  # NaN into the inputs of a bad example the loss uses
-        used = bad & False
-        for o in cotangents:
-            used = used | (o.reshape(o.shape[0], -1) != 0).any(-1)
-        hit = bad & used
+        hit = bad & used_examples(cotangents)
         return ({k: jnp.where(_rows(hit, values[k]), jnp.nan, jnp.zeros_like(values[k])) for k in value_tangents},
                 {i: jnp.where(_rows(bad, cotangents[i]), 0.0, cotangents[i]) for i in output_tangents})
 

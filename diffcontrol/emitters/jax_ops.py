@@ -256,10 +256,15 @@ def _poison_forward(outputs, failed, anchor):
 
 def _poison_backward(residuals, grads):
     failed, anchor = residuals
-    used = jnp.zeros(failed.shape, bool)
-    for g in grads:
-        used = used | (g.reshape(g.shape[0], -1) != 0).any(-1)
-    return grads, None, jnp.where(failed & used, jnp.nan, 0.0).astype(anchor.dtype)
+    return grads, None, jnp.where(failed & used_examples(grads), jnp.nan, 0.0).astype(anchor.dtype)
+
+
+def used_examples(cotangents: tuple) -> Any:
+    """(B,): the examples that get a nonzero cotangent in any of ``cotangents`` (each (B, ...))."""
+    used = jnp.zeros(cotangents[0].shape[:1], bool)
+    for c in cotangents:
+        used = used | (c.reshape(c.shape[0], -1) != 0).any(-1)
+    return used
 
 
 _poison_gradient.defvjp(_poison_forward, _poison_backward)

@@ -143,23 +143,23 @@ class ControlProgram:
     def _at_rows(self, fw: Framework, root: Expression, terminal: bool = False) -> Any:
         """z (b, k), parameters -> ``root``'s values (b, ...), with x, u the rows of z = [x; u]
         (``terminal``: z = x): the functions of rows whose derivatives at 0 are the data."""
-        n, xp = self.n, fw.xp
+        xp = fw.xp
 
         def value(z: Any, p: dict) -> Any:
-            env = self._env(p)
-            env[id(self.problem.state)] = z if terminal else z[:, :n]
-            if not terminal:
-                env[id(self.problem.control)] = z[:, n:]
+            env = self._env(p, None if terminal else z)
+            if terminal:
+                env[id(self.problem.state)] = z
             return broadcast_batch(xp, [z[:, 0], evaluate_batched([root], env, fw, z[:, 0])[0]])[1]
 
         return value
 
     def _env(self, p: dict[str, Any], tau: Any = None) -> dict[int, Any]:
-        """Leaf values keyed by id: the parameters in ``p``, and x, u from tau = [x; u]."""
+        """Leaf values keyed by id: the parameters in ``p``, and x, u from tau = [x; u] (one
+        point (N,), or rows (b, N))."""
         env = {id(param): p[param.name] for param in self.parameters if param.name in p}
         if tau is not None:
-            env[id(self.problem.state)] = tau[: self.n]
-            env[id(self.problem.control)] = tau[self.n:]
+            env[id(self.problem.state)] = tau[..., : self.n]
+            env[id(self.problem.control)] = tau[..., self.n:]
         return env
 
     def _initial_state(self, fw: Framework, p: dict, like: Any) -> tuple:
